@@ -1,0 +1,41 @@
+"""Default MIR-head configuration: the paper's model read literally, with every open choice named.
+
+The paper (section III.C) fixes: a d->d ReLU hidden layer, a sigmoid commonality unit W2 of shape 128x1
+trained toward "all faces are one class", character = x - y, a softmax over identities, learning rate
+0.001 and L2 coefficient 0.001 (TensorFlow). Everything else below is our reading; BUILD.md lists each
+with its alternatives.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = ''  # an .npz (x, labels) or an embedding-cache dir from `python -m mir_jax.embed`
+  config.data.min_images_per_identity = 10  # LFW's >= 10 images: 158 identities, 4,324 images
+  config.data.protocol = 'stratified'  # 'stratified' (train_fraction per identity) | 'fixed_count'
+  config.data.train_fraction = 0.5
+  config.data.num_train_per_identity = 10  # for 'fixed_count' (davidsandberg/facenet's classifier split)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.commonality_dim = 1  # the paper's W2 is 128x1: one scalar y, broadcast in x - y
+  config.model.subtract_from = 'input'  # "we use x subtract y": the embedding; 'hidden' uses relu(x W1 + b1)
+  config.model.center = False  # the paper's extra "centralize the data" experiment
+
+  config.train = ml_collections.ConfigDict()
+  config.train.schedules = 'joint'  # comma-separated subset of joint,alternating,single; one run each
+  config.train.seed = 0  # first seed; a run's seed also picks its data split
+  config.train.num_seeds = 1
+  config.train.commonality_weight = 1.0  # lambda: loss = CE + lambda * BCE(commonality, 1)
+  config.train.alternate_every = 1  # alternating: steps per phase (commonality task first)
+  config.train.optimizer = 'adam'  # not stated by the paper; adam | sgd | momentum | rmsprop
+  config.train.learning_rate = 1e-3  # paper
+  config.train.l2 = 1e-3  # paper
+  config.train.l2_form = 'loss_half_sum'  # TF's l2 * tf.nn.l2_loss(W) added to the loss | 'decoupled' (AdamW)
+  config.train.l2_params = 'kernels'  # 'kernels' | 'all' (biases too)
+  config.train.steps = 2000  # not stated by the paper; full-batch steps by default
+  config.train.batch_size = 0  # 0 = full batch
+  config.train.log_every = 10
+  return config

@@ -1,0 +1,43 @@
+"""The interface every face-embedding backbone implements."""
+
+import abc
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """What the aligner found in one image.
+
+  Attributes:
+    box: (x1, y1, x2, y2) in pixels of the original image, float.
+    landmarks: (5, 2) MTCNN landmarks (eyes, nose, mouth corners), or None.
+    detected: False when no face was found and `box` is the centre-crop fallback.
+  """
+  box: np.ndarray
+  landmarks: Optional[np.ndarray]
+  detected: bool
+
+
+class Backbone(abc.ABC):
+  """Maps RGB images plus their detections to L2-normalised embeddings.
+
+  `preprocess` turns one image into the network input (the backbone's own alignment: a 160x160 MTCNN
+  crop for FaceNet, a dlib 5-point face chip for dlib); `embed` runs a batch of those inputs.
+  """
+  name: str
+  dim: int
+
+  @abc.abstractmethod
+  def preprocess(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+    """uint8 HxWx3 RGB image -> one network input (backbone-specific array)."""
+
+  @abc.abstractmethod
+  def embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch of `preprocess` outputs -> float32 (n, dim), each row L2-normalised."""
+
+  def config_key(self) -> dict:
+    """Everything that changes the embeddings (the cache keys shards on it)."""
+    return {'backbone': self.name, 'dim': self.dim}

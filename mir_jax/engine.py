@@ -1,0 +1,275 @@
+"""The compiled training engine: many MIR-head runs trained at once, each run's loop fully inside XLA.
+
+One call to `train` trains R runs (seeds x schedules x per-run hyperparameters) that share shapes: the
+step loop is a `lax.scan` and the runs are a `vmap` over it, so there is no Python dispatch per step and
+no per-run compile. What differs between runs is numbers, never control flow:
+
+  schedule     gate  ce_to_commonality  bce_weight  alternate_every  groups updated at step t
+  joint          1          1             lambda          0          both
+  alternating    1          0             lambda          P          commonality if (t // P) even, else classifier
+  single         0          0               0             0          classifier
+
+Each parameter group (see `model.COMMONALITY_PARAMS` / `CLASSIFIER_PARAMS`) has its own optimizer state,
+and a group that is not updated at a step keeps its parameters *and* its optimizer state bit-for-bit, so
+"fixing one task while learning the other" is exact (Adam's moments would otherwise keep moving frozen
+weights).
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mir_jax import model as model_lib
+
+SCHEDULES = ('joint', 'alternating', 'single')
+OPTIMIZERS = ('adam', 'sgd', 'momentum', 'rmsprop')
+L2_FORMS = ('loss_half_sum', 'decoupled')
+L2_PARAMS = ('kernels', 'all')
+GROUPS = {'commonality': model_lib.COMMONALITY_PARAMS, 'classifier': model_lib.CLASSIFIER_PARAMS}
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticOptions:
+  """What fixes shapes or the compiled program; runs in one `train` call share these."""
+  num_classes: int
+  commonality_dim: int = 1
+  subtract_from: str = 'input'
+  optimizer: str = 'adam'
+  l2_form: str = 'loss_half_sum'
+  l2_params: str = 'kernels'
+  steps: int = 2000
+  batch_size: int = 0  # 0: full batch (the whole training set every step)
+  center: bool = False  # subtract each run's training-set mean embedding (the paper's "centralize")
+  log_every: int = 1  # loss history resolution, in steps
+
+  def __post_init__(self):
+    _check_choice('optimizer', self.optimizer, OPTIMIZERS)
+    _check_choice('l2_form', self.l2_form, L2_FORMS)
+    _check_choice('l2_params', self.l2_params, L2_PARAMS)
+    _check_choice('subtract_from', self.subtract_from, model_lib.SUBTRACT_FROM)
+    if self.steps < 1 or self.log_every < 1 or self.steps % self.log_every:
+      raise ValueError(f'steps ({self.steps}) must be a positive multiple of log_every ({self.log_every})')
+    if self.num_classes < 2:
+      raise ValueError(f'need at least 2 identities to classify, got num_classes={self.num_classes}')
+
+  def model(self) -> model_lib.MIRHead:
+    return model_lib.MIRHead(self.num_classes, self.commonality_dim, self.subtract_from)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run: what may differ between runs trained together."""
+  schedule: str = 'joint'
+  seed: int = 0
+  learning_rate: float = 1e-3
+  l2: float = 1e-3
+  commonality_weight: float = 1.0  # lambda, the weight of the commonality (BCE) task
+  alternate_every: int = 1  # steps per phase of the alternating schedule
+
+  def __post_init__(self):
+    _check_choice('schedule', self.schedule, SCHEDULES)
+    if self.schedule == 'alternating' and self.alternate_every < 1:
+      raise ValueError(f'alternate_every must be >= 1, got {self.alternate_every}')
+
+
+class RunArrays(NamedTuple):
+  """`Run`s as per-run arrays (leading axis R), the form `vmap` consumes."""
+  key: jax.Array
+  gate: jax.Array
+  ce_to_commonality: jax.Array
+  bce_weight: jax.Array
+  alternate_every: jax.Array
+  learning_rate: jax.Array
+  l2: jax.Array
+
+
+def run_arrays(runs: Sequence[Run]) -> RunArrays:
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  return RunArrays(
+      key=jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in runs]),
+      gate=f32([0.0 if r.schedule == 'single' else 1.0 for r in runs]),
+      ce_to_commonality=f32([1.0 if r.schedule == 'joint' else 0.0 for r in runs]),
+      bce_weight=f32([0.0 if r.schedule == 'single' else r.commonality_weight for r in runs]),
+      alternate_every=jnp.asarray([r.alternate_every if r.schedule == 'alternating' else 0 for r in runs],
+                                  jnp.int32),
+      learning_rate=f32([r.learning_rate for r in runs]),
+      l2=f32([r.l2 for r in runs]),
+  )
+
+
+class TrainResult(NamedTuple):
+  params: dict  # every leaf has a leading run axis R
+  input_mean: jax.Array  # (R, d): subtracted from embeddings before the head (zeros unless opts.center)
+  history: dict  # 'loss', 'ce', 'bce': (R, steps // log_every) training losses, for convergence checks
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f'unknown {name} {value!r}; choose one of {choices}')
+
+
+def _direction(optimizer: str) -> optax.GradientTransformation:
+  """The optimizer without its learning rate, which is per run and applied in `_step`."""
+  return {
+      'adam': optax.scale_by_adam(),
+      'sgd': optax.identity(),
+      'momentum': optax.trace(decay=0.9),
+      'rmsprop': optax.scale_by_rms(),
+  }[optimizer]
+
+
+def _split(params):
+  return {g: {k: params[k] for k in names} for g, names in GROUPS.items()}
+
+
+def _merge(groups):
+  return {k: v for g in groups.values() for k, v in g.items()}
+
+
+def _l2_mask(params, which: str):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: which == 'all' or path[-1].key == 'kernel', params)
+
+
+def _l2_half_sum(params, mask):
+  """TensorFlow's `tf.nn.l2_loss` summed over the penalised weights: sum(w^2) / 2."""
+  leaves = jax.tree.leaves(jax.tree.map(lambda p, m: 0.5 * jnp.sum(p * p) if m else 0.0, params, mask))
+  return sum(leaves)
+
+
+def check_training_data(x, labels, num_classes: int):
+  """Raises ValueError on inputs that would silently train a wrong head."""
+  x = np.asarray(x)
+  labels = np.asarray(labels)
+  if x.ndim != 2 or labels.ndim != 1 or x.shape[0] != labels.shape[0]:
+    raise ValueError(f'expected x of shape (n, d) and labels of shape (n,), got {x.shape} and {labels.shape}')
+  if x.shape[0] == 0:
+    raise ValueError('no training examples')
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'labels must be integers, got dtype {labels.dtype}')
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise ValueError(f'{bad.sum()} embedding(s) contain NaN or inf, first at rows {np.flatnonzero(bad)[:5]}')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f'labels must lie in [0, {num_classes}), got min {labels.min()} max {labels.max()}')
+  missing = np.setdiff1d(np.arange(num_classes), labels)
+  if missing.size:
+    raise ValueError(f'{missing.size} class(es) have no training example (e.g. {missing[:5].tolist()}); '
+                     'their logits would never be trained')
+
+
+def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None) -> TrainResult:
+  """Trains `len(runs)` heads in one compiled call. Deterministic given the runs.
+
+  Args:
+    x, labels: all embeddings (n, d) and their identities (n,).
+    opts: what the runs share.
+    runs: what differs between runs.
+    train_idx: optional (R, n_train) indices of each run's training examples (e.g. a different seeded
+      split per run; splits by the same rule have equal sizes). Default: every run trains on all of x.
+  """
+  if not runs:
+    raise ValueError('no runs to train')
+  x, labels = np.asarray(x), np.asarray(labels)
+  if train_idx is None:
+    train_idx = np.broadcast_to(np.arange(len(labels)), (len(runs), len(labels)))
+  train_idx = np.asarray(train_idx)
+  if train_idx.ndim != 2 or train_idx.shape[0] != len(runs):
+    raise ValueError(f'train_idx must have shape (runs={len(runs)}, n_train), got {train_idx.shape}')
+  check_training_data(x, labels, opts.num_classes)
+  for idx in np.unique(train_idx, axis=0):
+    check_training_data(x[idx], labels[idx], opts.num_classes)
+  return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
+                         jnp.asarray(train_idx, jnp.int32), run_arrays(runs), opts)
+
+
+@functools.partial(jax.jit, static_argnames='opts')
+def _train_compiled(x, labels, train_idx, runs: RunArrays, opts: StaticOptions) -> TrainResult:
+  return jax.vmap(_train_one, in_axes=(None, None, 0, 0, None))(x, labels, train_idx, runs, opts)
+
+
+def _train_one(x, labels, train_idx, run: RunArrays, opts: StaticOptions) -> TrainResult:
+  x, labels = x[train_idx], labels[train_idx]
+  input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
+  x = x - input_mean
+  model = opts.model()
+  tx = _direction(opts.optimizer)
+  init_key, data_key = jax.random.split(jax.random.wrap_key_data(run.key))
+  params = model_lib.init_params(init_key, model, x.shape[1])
+  l2_mask = _l2_mask(params, opts.l2_params)
+  opt_state = {g: tx.init(p) for g, p in _split(params).items()}
+  n = x.shape[0]
+  batch = n if opts.batch_size in (0, None) or opts.batch_size >= n else opts.batch_size
+  batches_per_epoch = n // batch
+
+  def losses(params, xb, yb):
+    out = model.apply({'params': params}, xb, run.gate, run.ce_to_commonality)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, yb).mean()
+    # The commonality task: every face belongs to the one class "face" (target 1).
+    bce = optax.sigmoid_binary_cross_entropy(out.commonality_logit, jnp.ones_like(out.commonality_logit)).mean()
+    reg = _l2_half_sum(params, l2_mask) if opts.l2_form == 'loss_half_sum' else 0.0
+    total = ce + run.bce_weight * bce + run.l2 * reg
+    return total, (ce, bce)
+
+  def minibatch(step):
+    if batch == n:
+      return x, labels
+    epoch, i = jnp.divmod(step, batches_per_epoch)
+    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
+    return x[idx], labels[idx]
+
+  def step_fn(carry, step):
+    params, opt_state = carry
+    (total, (ce, bce)), grads = jax.value_and_grad(losses, has_aux=True)(params, *minibatch(step))
+    alternating = run.alternate_every > 0
+    commonality_phase = (step // jnp.maximum(run.alternate_every, 1)) % 2 == 0
+    active = {
+        'commonality': jnp.where(alternating, commonality_phase, run.gate > 0),
+        'classifier': jnp.where(alternating, ~commonality_phase, True),
+    }
+    p_groups, g_groups, new_params, new_state = _split(params), _split(grads), {}, {}
+    m_groups = _split(l2_mask)
+    for g in GROUPS:
+      direction, state = tx.update(g_groups[g], opt_state[g], p_groups[g])
+      if opts.l2_form == 'decoupled':  # AdamW-style: decay applied beside, not through, the optimizer
+        direction = jax.tree.map(lambda d, p, m: d + run.l2 * p if m else d, direction, p_groups[g], m_groups[g])
+      updated = jax.tree.map(lambda p, d: p - run.learning_rate * d, p_groups[g], direction)
+      keep = lambda new, old, a=active[g]: jnp.where(a, new, old)
+      new_params[g] = jax.tree.map(keep, updated, p_groups[g])
+      new_state[g] = jax.tree.map(keep, state, opt_state[g])
+    return (_merge(new_params), new_state), jnp.stack([total, ce, bce])
+
+  def log_block(carry, block):
+    carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
+    return carry, per_step.mean(axis=0)
+
+  (params, _), hist = jax.lax.scan(log_block, (params, opt_state), jnp.arange(opts.steps // opts.log_every))
+  return TrainResult(params, input_mean, {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]})
+
+
+@functools.partial(jax.jit, static_argnames='opts')
+def _apply_all(params, input_mean, x, gates, opts: StaticOptions):
+  apply = lambda p, mu, g: opts.model().apply({'params': p}, x - mu, g)
+  return jax.vmap(apply)(params, input_mean, gates)
+
+
+def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions) -> model_lib.HeadOutputs:
+  """Head outputs of every run on x; each field has a leading run axis."""
+  x = np.asarray(x, np.float32)
+  dim = result.input_mean.shape[-1]
+  if x.ndim != 2 or x.shape[1] != dim:
+    raise ValueError(f'embeddings have shape {x.shape}, the heads were trained on dimension {dim}')
+  if not np.isfinite(x).all():
+    raise ValueError('embeddings contain NaN or inf')
+  return _apply_all(result.params, result.input_mean, jnp.asarray(x), run_arrays(runs).gate, opts)
+
+
+def accuracy(logits, labels) -> np.ndarray:
+  """Ac = TP / AP per run: the fraction of faces whose identity is predicted correctly."""
+  return np.asarray((jnp.argmax(logits, axis=-1) == jnp.asarray(labels)).mean(axis=-1))

@@ -1,0 +1,164 @@
+"""The compiled training engine: learning, schedules, determinism, vmap equivalence, bad input."""
+
+import jax
+import numpy as np
+import pytest
+
+from mir_jax import data
+from mir_jax import engine
+
+NUM_CLASSES = 12
+
+
+@pytest.fixture(scope='module')
+def synthetic():
+  # Overlapping clusters (spread 2.5 around unit-variance centres in 32-D): learnable, not trivial.
+  return data.synthetic_identities(NUM_CLASSES, per_class=20, dim=32, seed=0, spread=2.5)
+
+
+def opts(**kw):
+  base = dict(num_classes=NUM_CLASSES, steps=300, log_every=10)
+  base.update(kw)
+  return engine.StaticOptions(**base)
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def run_params(result, i):
+  return jax.tree.map(lambda v: np.asarray(v[i]), result.params)
+
+
+@pytest.mark.parametrize('schedule', engine.SCHEDULES)
+def test_each_schedule_learns(synthetic, schedule):
+  # Alternating trains each task half of the steps, so it gets twice as many.
+  o = opts(steps=600 if schedule == 'alternating' else 300)
+  runs = [engine.Run(schedule=schedule, learning_rate=1e-2)]
+  result = engine.train(synthetic.x, synthetic.labels, o, runs)
+  loss = np.asarray(result.history['ce'][0])
+  assert loss[-1] < 0.5 * loss[0], loss
+  acc = engine.accuracy(engine.apply_runs(result, synthetic.x, runs, o).logits, synthetic.labels)[0]
+  assert acc > 5.0 / NUM_CLASSES, acc  # chance is 1/12
+
+
+def test_single_never_updates_the_commonality_branch(synthetic):
+  runs = [engine.Run(schedule='single')]
+  short = engine.train(synthetic.x, synthetic.labels, opts(steps=1, log_every=1), runs)
+  long = engine.train(synthetic.x, synthetic.labels, opts(steps=40), runs)
+  for group in ('hidden', 'commonality'):
+    assert leaves_equal(short.params[group], long.params[group])
+  assert not leaves_equal(short.params['classifier'], long.params['classifier'])
+  assert np.all(np.asarray(long.history['bce']) > 0)  # computed and logged, but weighted 0
+
+
+def test_alternating_freezes_the_task_it_does_not_train(synthetic):
+  runs = [engine.Run(schedule='alternating', alternate_every=5)]
+  after = {s: engine.train(synthetic.x, synthetic.labels, opts(steps=s, log_every=1), runs) for s in (1, 5, 10)}
+  # Steps 0-4 train only the commonality task: the classifier stays at its initial value.
+  assert leaves_equal(after[1].params['classifier'], after[5].params['classifier'])
+  assert not leaves_equal(after[1].params['commonality'], after[5].params['commonality'])
+  # Steps 5-9 train only the classifier: the commonality branch stays where step 4 left it.
+  for group in ('hidden', 'commonality'):
+    assert leaves_equal(after[5].params[group], after[10].params[group])
+  assert not leaves_equal(after[5].params['classifier'], after[10].params['classifier'])
+
+
+def test_joint_updates_both_tasks(synthetic):
+  runs = [engine.Run(schedule='joint')]
+  a = engine.train(synthetic.x, synthetic.labels, opts(steps=1, log_every=1), runs)
+  b = engine.train(synthetic.x, synthetic.labels, opts(steps=5, log_every=1), runs)
+  for group in ('hidden', 'commonality', 'classifier'):
+    assert not leaves_equal(a.params[group], b.params[group])
+
+
+def test_classification_gradient_reaches_commonality_only_in_joint(synthetic):
+  # With lambda = 0 the commonality branch can only move through the classification loss.
+  o = opts(steps=10, log_every=1)
+  for schedule, moves in (('joint', True), ('alternating', False)):
+    runs = [engine.Run(schedule=schedule, commonality_weight=0.0, l2=0.0, alternate_every=100)]
+    a = engine.train(synthetic.x, synthetic.labels, opts(steps=1, log_every=1), runs)
+    b = engine.train(synthetic.x, synthetic.labels, o, runs)
+    assert leaves_equal(a.params['hidden'], b.params['hidden']) != moves, schedule
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(synthetic):
+  o = opts(steps=50)
+  a = engine.train(synthetic.x, synthetic.labels, o, [engine.Run(seed=3)])
+  b = engine.train(synthetic.x, synthetic.labels, o, [engine.Run(seed=3)])
+  c = engine.train(synthetic.x, synthetic.labels, o, [engine.Run(seed=4)])
+  assert leaves_equal(a.params, b.params)
+  assert np.array_equal(a.history['loss'], b.history['loss'])
+  assert not leaves_equal(a.params, c.params)
+
+
+def test_vmapped_runs_equal_runs_trained_one_at_a_time(synthetic):
+  o = opts(steps=100, batch_size=64)
+  runs = [engine.Run(schedule=s, seed=i, learning_rate=lr)
+          for s in engine.SCHEDULES for i, lr in ((0, 1e-3), (1, 3e-3))]
+  together = engine.train(synthetic.x, synthetic.labels, o, runs)
+  for i, run in enumerate(runs):
+    alone = engine.train(synthetic.x, synthetic.labels, o, [run])
+    for x, y in zip(jax.tree.leaves(run_params(together, i)), jax.tree.leaves(run_params(alone, 0))):
+      # Batched and unbatched matmuls may round differently in the last bits; nothing more.
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(together.history['loss'][i], alone.history['loss'][0], rtol=1e-4)
+
+
+def test_per_run_training_subsets(synthetic):
+  idx = np.stack([np.arange(0, 240, 2), np.arange(1, 240, 2)])
+  runs = [engine.Run(seed=0), engine.Run(seed=0)]
+  result = engine.train(synthetic.x, synthetic.labels, opts(steps=20, center=True), runs, idx)
+  np.testing.assert_allclose(result.input_mean[0], synthetic.x[idx[0]].mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.input_mean[1], synthetic.x[idx[1]].mean(0), rtol=1e-5, atol=1e-6)
+  assert not leaves_equal(run_params(result, 0), run_params(result, 1))
+
+
+def test_l2_forms_agree_without_l2_and_differ_with_it(synthetic):
+  def final(form, l2):
+    o = opts(steps=30, l2_form=form)
+    return engine.train(synthetic.x, synthetic.labels, o, [engine.Run(l2=l2)]).params
+  def max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  # Two compiled programs: equal up to float rounding without L2, far apart with it.
+  assert max_diff(final('loss_half_sum', 0.0), final('decoupled', 0.0)) < 1e-5
+  assert max_diff(final('loss_half_sum', 0.1), final('decoupled', 0.1)) > 1e-3
+
+
+def test_unknown_choices_raise():
+  with pytest.raises(ValueError, match='unknown schedule'):
+    engine.Run(schedule='sequential')
+  with pytest.raises(ValueError, match='unknown optimizer'):
+    opts(optimizer='lbfgs')
+  with pytest.raises(ValueError, match='unknown l2_form'):
+    opts(l2_form='l1')
+
+
+@pytest.mark.parametrize('corrupt, message', [
+    (lambda x, y: (np.where(np.arange(x.shape[0])[:, None] == 3, np.nan, x), y), 'NaN or inf'),
+    (lambda x, y: (np.where(np.arange(x.shape[0])[:, None] == 3, np.inf, x), y), 'NaN or inf'),
+    (lambda x, y: (x, np.where(y == 0, NUM_CLASSES, y)), r'labels must lie in \[0, 12\)'),
+    (lambda x, y: (x, np.where(y == 0, -1, y)), r'labels must lie in \[0, 12\)'),
+    (lambda x, y: (x[y != 5], y[y != 5]), 'have no training example'),
+    (lambda x, y: (x, y.astype(np.float32)), 'labels must be integers'),
+    (lambda x, y: (x[:, None], y), 'expected x of shape'),
+])
+def test_bad_training_data_raises_clearly(synthetic, corrupt, message):
+  x, y = corrupt(synthetic.x, synthetic.labels)
+  with pytest.raises(ValueError, match=message):
+    engine.train(x, y, opts(steps=10), [engine.Run()])
+
+
+def test_class_missing_from_one_runs_subset_raises(synthetic):
+  every_class = np.flatnonzero(np.arange(240) % 6 != 0)  # 200 indices, all 12 classes
+  without_2 = np.flatnonzero(synthetic.labels != 2)[np.arange(220) % 11 != 0]  # 200 indices
+  idx = np.stack([every_class, without_2])
+  with pytest.raises(ValueError, match=r'have no training example \(e.g. \[2\]\)'):
+    engine.train(synthetic.x, synthetic.labels, opts(steps=10), [engine.Run(), engine.Run()], idx)
+
+
+def test_apply_rejects_other_dimension(synthetic):
+  o = opts(steps=10)
+  result = engine.train(synthetic.x, synthetic.labels, o, [engine.Run()])
+  with pytest.raises(ValueError, match='trained on dimension 32'):
+    engine.apply_runs(result, np.zeros((3, 128), np.float32), [engine.Run()], o)
