@@ -105,7 +105,9 @@ def run_arrays(runs: Sequence[Run]) -> RunArrays:
 class TrainResult(NamedTuple):
   params: dict  # every leaf has a leading run axis R
   input_mean: jax.Array  # (R, d): subtracted from embeddings before the head (zeros unless opts.center)
-  history: dict  # 'loss', 'ce', 'bce': (R, steps // log_every) training losses, for convergence checks
+  # 'loss', 'ce', 'bce': (R, steps // log_every) mean training losses over each block of log_every steps,
+  # for convergence checks; 'eval_accuracy': accuracy on each run's eval_idx after each block (if given).
+  history: dict
 
 
 def _check_choice(name, value, choices):
@@ -163,7 +165,7 @@ def check_training_data(x, labels, num_classes: int):
                      'their logits would never be trained')
 
 
-def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None) -> TrainResult:
+def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, eval_idx=None) -> TrainResult:
   """Trains `len(runs)` heads in one compiled call. Deterministic given the runs.
 
   Args:
@@ -172,6 +174,9 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None) -
     runs: what differs between runs.
     train_idx: optional (R, n_train) indices of each run's training examples (e.g. a different seeded
       split per run; splits by the same rule have equal sizes). Default: every run trains on all of x.
+    eval_idx: optional (R, n_eval) indices of held-out examples whose accuracy is recorded after every
+      block of log_every steps, inside the compiled loop (for choosing the number of steps on validation
+      data without retraining).
   """
   if not runs:
     raise ValueError('no runs to train')
@@ -184,17 +189,24 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None) -
   check_training_data(x, labels, opts.num_classes)
   for idx in np.unique(train_idx, axis=0):
     check_training_data(x[idx], labels[idx], opts.num_classes)
+  if eval_idx is not None:
+    eval_idx = np.asarray(eval_idx)
+    if eval_idx.ndim != 2 or eval_idx.shape[0] != len(runs):
+      raise ValueError(f'eval_idx must have shape (runs={len(runs)}, n_eval), got {eval_idx.shape}')
+    eval_idx = jnp.asarray(eval_idx, jnp.int32)
   return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
-                         jnp.asarray(train_idx, jnp.int32), run_arrays(runs), opts)
+                         jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts)
 
 
 @functools.partial(jax.jit, static_argnames='opts')
-def _train_compiled(x, labels, train_idx, runs: RunArrays, opts: StaticOptions) -> TrainResult:
-  return jax.vmap(_train_one, in_axes=(None, None, 0, 0, None))(x, labels, train_idx, runs, opts)
+def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions) -> TrainResult:
+  eval_axis = None if eval_idx is None else 0
+  return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None))(
+      x, labels, train_idx, eval_idx, runs, opts)
 
 
-def _train_one(x, labels, train_idx, run: RunArrays, opts: StaticOptions) -> TrainResult:
-  x, labels = x[train_idx], labels[train_idx]
+def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions) -> TrainResult:
+  x, labels = x_all[train_idx], labels_all[train_idx]
   input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
   x = x - input_mean
   model = opts.model()
@@ -245,12 +257,21 @@ def _train_one(x, labels, train_idx, run: RunArrays, opts: StaticOptions) -> Tra
       new_state[g] = jax.tree.map(keep, state, opt_state[g])
     return (_merge(new_params), new_state), jnp.stack([total, ce, bce])
 
+  def eval_accuracy(params):
+    if eval_idx is None:
+      return jnp.float32(jnp.nan)
+    logits = model.apply({'params': params}, x_all[eval_idx] - input_mean, run.gate).logits
+    return (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
+
   def log_block(carry, block):
     carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
-    return carry, per_step.mean(axis=0)
+    return carry, jnp.concatenate([per_step.mean(axis=0), eval_accuracy(carry[0])[None]])
 
   (params, _), hist = jax.lax.scan(log_block, (params, opt_state), jnp.arange(opts.steps // opts.log_every))
-  return TrainResult(params, input_mean, {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]})
+  history = {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]}
+  if eval_idx is not None:
+    history['eval_accuracy'] = hist[:, 3]
+  return TrainResult(params, input_mean, history)
 
 
 @functools.partial(jax.jit, static_argnames='opts')

@@ -162,3 +162,16 @@ def test_apply_rejects_other_dimension(synthetic):
   result = engine.train(synthetic.x, synthetic.labels, o, [engine.Run()])
   with pytest.raises(ValueError, match='trained on dimension 32'):
     engine.apply_runs(result, np.zeros((3, 128), np.float32), [engine.Run()], o)
+
+
+def test_eval_accuracy_history_matches_a_separately_trained_head(synthetic):
+  train_idx = np.flatnonzero(np.arange(240) % 4 != 0)[None]
+  eval_idx = np.flatnonzero(np.arange(240) % 4 == 0)[None]
+  runs = [engine.Run(learning_rate=1e-2)]
+  full = engine.train(synthetic.x, synthetic.labels, opts(steps=100, log_every=25), runs, train_idx, eval_idx)
+  assert full.history['eval_accuracy'].shape == (1, 4)
+  for block in (1, 4):  # the accuracy logged after `block` blocks = that of a head trained that long
+    short = engine.train(synthetic.x, synthetic.labels, opts(steps=25 * block, log_every=25), runs, train_idx)
+    logits = engine.apply_runs(short, synthetic.x[eval_idx[0]], runs, opts()).logits
+    expected = engine.accuracy(logits, synthetic.labels[eval_idx[0]])[0]
+    np.testing.assert_allclose(full.history['eval_accuracy'][0, block - 1], expected, atol=1e-6)
