@@ -34,6 +34,7 @@ _STEPS = flags.DEFINE_integer('steps', 300, 'Full-batch steps per run.')
 _SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds per schedule.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions of the engine and GEMM (median reported).')
 _TORCH_REPEATS = flags.DEFINE_integer('torch_repeats', 1, 'Timed repetitions of the whole PyTorch grid.')
+_TORCH_DEVICE = flags.DEFINE_string('torch_device', 'auto', "PyTorch device: 'auto' (cuda when available), 'cpu', 'cuda'.")
 
 NUM_CLASSES, DIM, NUM_EXAMPLES, MIN_PER_CLASS = 158, 128, 4324, 10
 LEARNING_RATE, L2, LAMBDA = 1e-3, 1e-3, 1.0
@@ -69,40 +70,45 @@ def timed(fn, repeats):
   return statistics.median(times), times
 
 
-def matmul_peak(repeats):
-  """GFLOP/s of a 2048^3 float32 GEMM in JAX, NumPy and PyTorch; the best of them is the machine's peak."""
+def matmul_peak(repeats, torch_device):
+  """GFLOP/s of a large float32 GEMM in JAX, NumPy and PyTorch; the best of them is the machine's peak.
+
+  2048^3 on a CPU; 8192^3 on an accelerator, where a smaller one would not fill the chip.
+  """
   import torch  # pylint: disable=g-import-not-at-top
-  n = 2048
+  n = 2048 if jax.default_backend() == 'cpu' else 8192
   flops = 2 * n ** 3
   a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
   ja = jnp.asarray(a)
   jdot = jax.jit(lambda m: m @ m)
   jdot(ja).block_until_ready()
-  ta = torch.from_numpy(a)
+  ta = torch.from_numpy(a).to(torch_device)
+  sync = torch.cuda.synchronize if torch_device == 'cuda' else lambda: None
   results = {}
   for name, fn in (('jax', lambda: jdot(ja).block_until_ready()), ('numpy', lambda: a @ a),
-                   ('torch', lambda: ta @ ta)):
+                   ('torch', lambda: (ta @ ta, sync()))):
     fn()
     med, _ = timed(lambda f=fn: [f() for _ in range(5)], repeats)
     results[name] = 5 * flops / med / 1e9
   return results
 
 
-def torch_grid(x, labels, train_idx, test_idx, schedules, steps):
+def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
   """The same runs as the engine's grid, one after another in PyTorch eager mode. Returns test accuracies."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
-  xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+  xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device)
   accs = []
   for schedule in schedules:
     for seed, (tr, te) in enumerate(zip(train_idx, test_idx)):
       torch.manual_seed(seed)
       xb, yb = xt[tr], yt[tr]
-      hidden, common, classifier = nn.Linear(DIM, DIM), nn.Linear(DIM, 1), nn.Linear(DIM, NUM_CLASSES)
+      hidden, common, classifier = (nn.Linear(DIM, DIM).to(device), nn.Linear(DIM, 1).to(device),
+                                    nn.Linear(DIM, NUM_CLASSES).to(device))
       branch = list(hidden.parameters()) + list(common.parameters())
       l2 = lambda *layers: sum(0.5 * (m.weight ** 2).sum() for m in layers)
-      ones = torch.ones(len(tr), 1)
+      ones = torch.ones(len(tr), 1, device=device)
 
       def forward(inputs):
         y_logit = common(torch.relu(hidden(inputs)))
@@ -171,8 +177,11 @@ def main(argv):
   opts = engine.StaticOptions(num_classes=NUM_CLASSES, steps=_STEPS.value, log_every=_STEPS.value)
   n_train = train_idx.shape[1]
 
+  torch_device = _TORCH_DEVICE.value
+  if torch_device == 'auto':
+    torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
   print('matmul peak ...', flush=True)
-  peak = matmul_peak(_REPEATS.value)
+  peak = matmul_peak(_REPEATS.value, torch_device)
 
   print('engine ...', flush=True)
   start = time.perf_counter()
@@ -187,9 +196,13 @@ def main(argv):
 
   print('pytorch eager loop ...', flush=True)
   torch_accs = []
-  torch_median, torch_times = timed(
-      lambda: torch_accs.append(torch_grid(x, labels, train_idx, test_idx, engine.SCHEDULES, _STEPS.value)),
-      _TORCH_REPEATS.value)
+
+  def run_torch():
+    torch_accs.append(torch_grid(x, labels, train_idx, test_idx, engine.SCHEDULES, _STEPS.value, torch_device))
+    if torch_device == 'cuda':
+      torch.cuda.synchronize()
+
+  torch_median, torch_times = timed(run_torch, _TORCH_REPEATS.value)
 
   print('scikit-learn ...', flush=True)
   sk_accs = []
@@ -204,7 +217,8 @@ def main(argv):
       'command': 'python -m benchmarks.train_speed ' + ' '.join(f'--{k}={v}' for k, v in (
           ('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))),
       'machine': {'platform': platform.platform(), 'processor': _cpu_model(), 'cpus': os.cpu_count(),
-                  'jax_backend': jax.default_backend(), 'jax': jax.__version__, 'torch': torch.__version__,
+                  'jax_backend': jax.default_backend(), 'jax_device': str(jax.devices()[0].device_kind),
+                  'torch_device': torch_device, 'jax': jax.__version__, 'torch': torch.__version__,
                   'sklearn': sklearn.__version__},
       'grid': {'runs': len(runs), 'schedules': list(engine.SCHEDULES), 'seeds': len(seeds),
                'steps_per_run': _STEPS.value, 'num_train': int(n_train), 'num_test': int(test_idx.shape[1]),
