@@ -1,0 +1,96 @@
+"""Face-embedding backbones by name.
+
+  dlib-resnet        dlib's 128-D ResNet; weights ship in the PyPI package face-recognition-models,
+                     so it always works offline.
+  facenet-vggface2   facenet-pytorch Inception-ResNet-v1, 512-D, trained on VGGFace2.
+  facenet-casia      the same network trained on CASIA-WebFace.
+
+Backbone modules are imported on first use: torch, dlib and facenet-pytorch are heavy, and dlib's
+worker processes import this package.
+"""
+
+import hashlib
+import importlib
+import os
+import pathlib
+import threading
+from typing import Dict, List, Optional
+
+from mir_jax.backbones.base import Backbone
+from mir_jax.backbones.base import Detection
+
+# name -> (module under mir_jax.backbones, class, fixed keyword arguments)
+_REGISTRY = {
+    'dlib-resnet': ('dlib_resnet', 'DlibResNet', {}),
+    'facenet-vggface2': ('facenet', 'FaceNet', {'variant': 'vggface2'}),
+    'facenet-casia': ('facenet', 'FaceNet', {'variant': 'casia-webface'}),
+}
+
+
+def backbone_names() -> List[str]:
+  """All registered backbone names."""
+  return list(_REGISTRY)
+
+
+def get_backbone(name: str, weights: Optional[os.PathLike] = None, **options) -> Backbone:
+  """Builds a backbone.
+
+  Args:
+    name: one of `backbone_names()`.
+    weights: weights file; None = the backbone's default location (see its module docstring).
+    **options: backbone options, e.g. num_jitters / flip / num_workers for dlib-resnet, device /
+      batch_size / margin / flip for the facenet ones.
+
+  Returns:
+    The backbone, weights loaded.
+
+  Raises:
+    KeyError: unknown name.
+    FileNotFoundError: weights missing (facenet: `facenet.WeightsNotFoundError`, which says where
+      the file is expected and where to download it).
+  """
+  if name not in _REGISTRY:
+    raise KeyError(f'unknown backbone {name!r}; known: {backbone_names()}')
+  module_name, class_name, fixed = _REGISTRY[name]
+  module = importlib.import_module(f'{__name__}.{module_name}')
+  return getattr(module, class_name)(weights=weights, **fixed, **options)
+
+
+def default_backbone_name() -> str:
+  """The best backbone usable offline here.
+
+  Returns:
+    'facenet-vggface2' if its weights are found locally (see `facenet.find_weights`), else
+    'facenet-casia' if those are, else 'dlib-resnet' (whose weights ship with a PyPI package).
+  """
+  from mir_jax.backbones import facenet  # pylint: disable=g-import-not-at-top
+  for variant in ('vggface2', 'casia-webface'):
+    if facenet.has_local_weights(variant):
+      return facenet.VARIANTS[variant][0]
+  return 'dlib-resnet'
+
+
+_SHA_CACHE: Dict[tuple, str] = {}
+_SHA_LOCK = threading.Lock()
+
+
+def file_fingerprint(path: os.PathLike) -> dict:
+  """{'name', 'size', 'sha256'} of a weights file, for cache keys.
+
+  The hash is computed once per (path, size, mtime): a 100 MB file costs ~0.3 s to hash.
+  """
+  path = pathlib.Path(path)
+  stat = path.stat()
+  key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+  with _SHA_LOCK:
+    if key not in _SHA_CACHE:
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+      _SHA_CACHE[key] = digest.hexdigest()
+    return {'name': path.name, 'size': stat.st_size, 'sha256': _SHA_CACHE[key]}
+
+
+__all__ = ['Backbone', 'Detection', 'backbone_names', 'default_backbone_name', 'file_fingerprint',
+           'get_backbone']

@@ -1,0 +1,204 @@
+"""Tests for the backbone registry, dlib-resnet and the facenet backbones (no weights download)."""
+
+import numpy as np
+import pytest
+
+from mir_jax import backbones
+from mir_jax import paths
+from mir_jax.backbones import base
+
+BUSH = [f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
+POWELL = [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
+
+
+def _lfw_dir():
+  root = paths.shared_data_dir()
+  lfw = root / 'lfw' / 'lfw-deepfunneled' if root else None
+  if lfw is None or not lfw.is_dir():
+    pytest.skip('shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or '
+                '$MIR_SHARED_DATA); see mir_jax/paths.py')
+  return lfw
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_names():
+  assert set(backbones.backbone_names()) == {'dlib-resnet', 'facenet-vggface2', 'facenet-casia'}
+  with pytest.raises(KeyError, match='unknown backbone'):
+    backbones.get_backbone('arcface')
+
+
+def test_default_backbone_depends_on_local_facenet_weights(tmp_path, monkeypatch):
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+  assert backbones.default_backbone_name() == 'dlib-resnet'
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'checkpoints' / '20180408-102900-casia-webface.pt').write_bytes(b'x')
+  assert backbones.default_backbone_name() == 'facenet-casia'
+  (tmp_path / 'checkpoints' / '20180402-114759-vggface2.pt').write_bytes(b'x')
+  assert backbones.default_backbone_name() == 'facenet-vggface2'
+
+
+def test_file_fingerprint_changes_with_content(tmp_path):
+  f = tmp_path / 'w.bin'
+  f.write_bytes(b'abc')
+  first = backbones.file_fingerprint(f)
+  assert first['name'] == 'w.bin' and first['size'] == 3
+  f.write_bytes(b'abd')
+  assert backbones.file_fingerprint(f)['sha256'] != first['sha256']
+
+
+# --------------------------------------------------------------------------------------------------
+# facenet (random weights only: the pretrained files are not downloadable here)
+
+
+@pytest.fixture(scope='module')
+def random_facenet(tmp_path_factory):
+  torch = pytest.importorskip('torch')
+  fp = pytest.importorskip('facenet_pytorch', reason='facenet-pytorch not installed')
+  torch.manual_seed(0)
+  model = fp.InceptionResnetV1(pretrained=None, classify=False).eval()
+  state = model.state_dict()
+  # The released files also hold the training classifier; loading must drop it.
+  state['logits.weight'] = torch.zeros(7, 512)
+  state['logits.bias'] = torch.zeros(7)
+  path = tmp_path_factory.mktemp('facenet') / 'random.pt'
+  torch.save(state, path)
+  return model, path
+
+
+def test_facenet_loads_weights_file(random_facenet):
+  import torch  # pylint: disable=g-import-not-at-top
+  model, path = random_facenet
+  bb = backbones.get_backbone('facenet-vggface2', weights=path, device='cpu', batch_size=2)
+  assert bb.name == 'facenet-vggface2' and bb.dim == 512
+  x = np.random.default_rng(0).normal(size=(3, 3, 160, 160)).astype(np.float32)
+  with torch.inference_mode():
+    expected = model(torch.from_numpy(x)).numpy()
+  got = bb.embed(x)  # batch_size=2: also covers the last, partial batch.
+  assert got.shape == (3, 512) and got.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_facenet_preprocess_and_key(random_facenet):
+  _, path = random_facenet
+  bb = backbones.get_backbone('facenet-casia', weights=path, device='cpu')
+  assert bb.name == 'facenet-casia'
+  image = np.zeros((250, 250, 3), np.uint8)
+  image[100:150, 100:150] = 255
+  det = base.Detection(box=np.array([100., 100., 150., 150.]), landmarks=None, detected=True)
+  x = bb.preprocess(image, det)
+  assert x.shape == (3, 160, 160) and x.dtype == np.float32
+  # (255 - 127.5) / 128 and (0 - 127.5) / 128: the fixed standardisation.
+  assert x.max() == pytest.approx(127.5 / 128) and x.min() == pytest.approx(-127.5 / 128)
+  key = bb.config_key()
+  assert key['weights']['sha256'] and key['margin'] == 32 and key['image_size'] == 160
+  other = backbones.get_backbone('facenet-casia', weights=path, device='cpu', margin=44)
+  assert other.config_key() != key
+
+
+def test_facenet_missing_weights_names_path_and_url(tmp_path, monkeypatch):
+  pytest.importorskip('facenet_pytorch', reason='facenet-pytorch not installed')
+  from mir_jax.backbones import facenet  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+  with pytest.raises(facenet.WeightsNotFoundError) as info:
+    backbones.get_backbone('facenet-vggface2')
+  message = str(info.value)
+  assert str(tmp_path / 'checkpoints' / '20180402-114759-vggface2.pt') in message
+  assert ('https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/'
+          '20180402-114759-vggface2.pt') in message
+  assert isinstance(info.value, FileNotFoundError)
+  with pytest.raises(facenet.WeightsNotFoundError, match='casia'):
+    backbones.get_backbone('facenet-casia')
+  with pytest.raises(facenet.WeightsNotFoundError, match='nope.pt'):
+    backbones.get_backbone('facenet-casia', weights=tmp_path / 'nope.pt')
+
+
+# --------------------------------------------------------------------------------------------------
+# dlib-resnet on real LFW faces
+
+
+@pytest.fixture(scope='module')
+def dlib_setup():
+  pytest.importorskip('dlib')
+  pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
+  from mir_jax import align  # pylint: disable=g-import-not-at-top
+  from mir_jax import images  # pylint: disable=g-import-not-at-top
+  lfw = _lfw_dir()
+  imgs = [images.load_rgb(lfw / f) for f in BUSH + POWELL]
+  dets = align.Aligner().detect_batch(imgs)
+  bb = backbones.get_backbone('dlib-resnet')
+  chips = [bb.preprocess(im, d) for im, d in zip(imgs, dets)]
+  return bb, imgs, dets, chips
+
+
+def test_dlib_chips_and_landmarks(dlib_setup):
+  bb, imgs, dets, chips = dlib_setup
+  for chip in chips:
+    assert chip.shape == (150, 150, 3) and chip.dtype == np.uint8
+  # dlib's 5-point predictor run in an MTCNN box lands on the eyes MTCNN found (dlib points 0-1 and
+  # 2-3 are the corners of one eye each): evidence the box suits the predictor.
+  for im, det in zip(imgs, dets):
+    shape = bb.shape(im, det)
+    pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], float)
+    eyes = sorted([pts[0:2].mean(0), pts[2:4].mean(0)], key=lambda p: p[0])
+    np.testing.assert_allclose(eyes, det.landmarks[:2], atol=6)
+
+
+def test_dlib_embeddings_unit_deterministic_and_discriminative(dlib_setup):
+  bb, _, _, chips = dlib_setup
+  emb = bb.embed(chips)
+  assert emb.shape == (len(chips), 128) and emb.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(bb.embed(chips), emb)
+  sim = emb @ emb.T
+  nb = len(BUSH)
+  same = np.concatenate([sim[:nb, :nb][np.triu_indices(nb, 1)],
+                         sim[nb:, nb:][np.triu_indices(len(POWELL), 1)]])
+  different = sim[:nb, nb:].ravel()
+  assert same.min() > different.max(), (same, different)
+
+
+def test_dlib_two_workers_match_one(dlib_setup):
+  bb, _, _, chips = dlib_setup
+  with backbones.get_backbone('dlib-resnet', num_workers=2) as bb2:
+    np.testing.assert_allclose(bb2.embed(chips), bb.embed(chips), atol=1e-6)
+
+
+def test_dlib_jitter_and_flip_deterministic_and_order_free(dlib_setup):
+  bb, _, _, chips = dlib_setup
+  tta = backbones.get_backbone('dlib-resnet', num_jitters=3, flip=True)
+  a = tta.embed(chips[:3])
+  b = tta.embed(chips[2::-1])[::-1]
+  np.testing.assert_array_equal(a, b)
+  plain = bb.embed(chips[:3])
+  cos = np.sum(a * plain, axis=1)
+  assert np.all(cos > 0.95) and np.all(cos < 1 - 1e-4), cos
+
+
+def test_jitter_chip_copies(dlib_setup):
+  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+  chip = dlib_setup[3][0]
+  copies = dlib_resnet.jitter_chip(chip, 4, seed=1)
+  assert len(copies) == 4 and all(c.shape == chip.shape for c in copies)
+  assert all(np.abs(c.astype(int) - chip).mean() > 0.5 for c in copies)
+  for c, d in zip(copies, dlib_resnet.jitter_chip(chip, 4, seed=1)):
+    np.testing.assert_array_equal(c, d)
+  assert not np.array_equal(copies[0], dlib_resnet.jitter_chip(chip, 1, seed=2)[0])
+
+
+def test_dlib_config_key_tracks_options(dlib_setup):
+  key = dlib_setup[0].config_key()
+  assert key['backbone'] == 'dlib-resnet' and key['dim'] == 128
+  assert len(key['weights']['sha256']) == 64 and key['chip_size'] == 150
+  # dlib treats 0 and 1 jitters alike, so must the cache.
+  assert backbones.get_backbone('dlib-resnet', num_jitters=1).config_key() == key
+  for options in ({'num_jitters': 10}, {'flip': True}, {'padding': 0.3}):
+    assert backbones.get_backbone('dlib-resnet', **options).config_key() != key
+
+
+def test_dlib_rejects_wrong_chip_size(dlib_setup):
+  with pytest.raises(ValueError, match='150x150x3'):
+    dlib_setup[0].embed([np.zeros((160, 160, 3), np.uint8)])
