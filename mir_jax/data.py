@@ -24,7 +24,7 @@ def load(source: str) -> EmbeddingSet:
     return _load_npz(source)
   from mir_jax import cache  # pylint: disable=g-import-not-at-top  (TFDS import is slow; only when used)
   x, labels, meta = cache.load_embeddings(source)
-  return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['class_names']),
+  return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['names']),
                       np.asarray(meta['image_ids']))
 
 

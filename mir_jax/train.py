@@ -117,6 +117,8 @@ def train_and_evaluate(config, workdir: str | None = None, dataset: data_lib.Emb
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every file it writes at INFO; -v 0 brings it back
+    logging.set_verbosity(logging.WARNING)
   metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(f'{metrics["num_classes"]} identities, {metrics["num_train"]} train / {metrics["num_test"]} test '
         f'embeddings of dim {metrics["dim"]}; {len(metrics["runs"])} runs trained in '

@@ -25,7 +25,7 @@ def _lfw_dir():
 
 
 def test_registry_names():
-  assert set(backbones.backbone_names()) == {'dlib-resnet', 'facenet-vggface2', 'facenet-casia'}
+  assert set(backbones.backbone_names()) == {'dlib-resnet', 'dlib-resnet-jax', 'facenet-vggface2', 'facenet-casia'}
   with pytest.raises(KeyError, match='unknown backbone'):
     backbones.get_backbone('arcface')
 
