@@ -109,6 +109,18 @@ def crop(image: np.ndarray, box: Sequence[float], size: int = 160, margin: int =
   return np.asarray(patch.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+def use_full_float32(torch, device) -> None:
+  """Turns off TF32 in cuDNN/cuBLAS when running on a CUDA device (process-wide, as torch allows).
+
+  cuDNN runs float32 convolutions in TF32 by default on Ampere and newer GPUs. Measured on an H200 over
+  256 LFW images: MTCNN boxes then moved up to 7.5 px from the CPU's and FaceNet embeddings up to
+  3e-4; with TF32 off, 8e-5 px and 9e-8. A cache must not depend on which machine built it.
+  """
+  if str(device).startswith('cuda'):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 @dataclasses.dataclass(frozen=True)
 class AlignerConfig:
   """MTCNN settings; defaults are facenet-pytorch's (and Sandberg's: 20 px, [.6, .7, .7], .709)."""
@@ -158,6 +170,7 @@ class Aligner:
       torch.set_num_threads(num_threads)
     if device is None:
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    use_full_float32(torch, device)
     self.device = device
     self.batch_size = batch_size
     self.num_fallbacks = 0

