@@ -70,9 +70,12 @@ class Run:
   l2: float = 1e-3
   commonality_weight: float = 1.0  # lambda, the weight of the commonality (BCE) task
   alternate_every: int = 1  # steps per phase of the alternating schedule
+  steps: int = 0  # stop updating after this many steps (0 = all of StaticOptions.steps)
 
   def __post_init__(self):
     _check_choice('schedule', self.schedule, SCHEDULES)
+    if self.steps < 0:
+      raise ValueError(f'steps must be >= 0, got {self.steps}')
     if self.schedule == 'alternating' and self.alternate_every < 1:
       raise ValueError(f'alternate_every must be >= 1, got {self.alternate_every}')
 
@@ -86,6 +89,7 @@ class RunArrays(NamedTuple):
   alternate_every: jax.Array
   learning_rate: jax.Array
   l2: jax.Array
+  steps: jax.Array
 
 
 def run_arrays(runs: Sequence[Run]) -> RunArrays:
@@ -99,6 +103,7 @@ def run_arrays(runs: Sequence[Run]) -> RunArrays:
                                   jnp.int32),
       learning_rate=f32([r.learning_rate for r in runs]),
       l2=f32([r.l2 for r in runs]),
+      steps=jnp.asarray([r.steps for r in runs], jnp.int32),
   )
 
 
@@ -180,6 +185,8 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, e
   """
   if not runs:
     raise ValueError('no runs to train')
+  if max(r.steps for r in runs) > opts.steps:
+    raise ValueError(f'a run asks for {max(r.steps for r in runs)} steps; the call trains {opts.steps}')
   x, labels = np.asarray(x), np.asarray(labels)
   if train_idx is None:
     train_idx = np.broadcast_to(np.arange(len(labels)), (len(runs), len(labels)))
@@ -241,9 +248,11 @@ def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: Sta
     (total, (ce, bce)), grads = jax.value_and_grad(losses, has_aux=True)(params, *minibatch(step))
     alternating = run.alternate_every > 0
     commonality_phase = (step // jnp.maximum(run.alternate_every, 1)) % 2 == 0
+    # A run with its own step budget is frozen once it is spent (so runs of different lengths share a call).
+    within_budget = (run.steps == 0) | (step < run.steps)
     active = {
-        'commonality': jnp.where(alternating, commonality_phase, run.gate > 0),
-        'classifier': jnp.where(alternating, ~commonality_phase, True),
+        'commonality': jnp.where(alternating, commonality_phase, run.gate > 0) & within_budget,
+        'classifier': jnp.where(alternating, ~commonality_phase, True) & within_budget,
     }
     p_groups, g_groups, new_params, new_state = _split(params), _split(grads), {}, {}
     m_groups = _split(l2_mask)

@@ -9,6 +9,7 @@ picks both its initialisation and its train/test split, so schedules with the sa
 Writes `workdir/metrics.json` and the trained heads as an orbax checkpoint in `workdir/checkpoint`.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from mir_jax import checkpoint
 from mir_jax import data as data_lib
 from mir_jax import engine
 from mir_jax import splits
+from mir_jax import tuning
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/default.py', 'Training configuration.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where metrics.json and the checkpoint are written.')
@@ -62,12 +64,29 @@ def make_runs(config, seeds):
           for s in schedules for seed in seeds]
 
 
+def tune(config, x, labels, train_idx, seeds, opts):
+  """Chooses learning rate, L2 and steps per schedule on validation data (mir_jax/tuning.py)."""
+  grid = tuning.Grid(learning_rates=tuple(config.tune.learning_rates), l2s=tuple(config.tune.l2s),
+                     max_steps=config.tune.max_steps, eval_every=config.tune.eval_every,
+                     val_fraction=config.tune.val_fraction, tuning_seeds=config.tune.tuning_seeds)
+  schedules = [r.schedule for r in make_runs(config, seeds[:1])]
+  return tuning.choose(x, labels, train_idx, opts, schedules, grid, seeds,
+                       commonality_weight=config.train.commonality_weight,
+                       alternate_every=config.train.alternate_every)
+
+
 def train_and_evaluate(config, workdir: str | None = None, dataset: data_lib.EmbeddingSet | None = None):
   """Trains every (schedule, seed) run, returns the metrics dict (also written to workdir)."""
   dataset = dataset if dataset is not None else data_lib.load(config.data.source)
   x, labels, class_names, seeds, train_idx, test_idx = prepare(config, dataset)
   opts = static_options(config, len(class_names))
   runs = make_runs(config, seeds)
+  choices = {}
+  if config.tune.enabled:
+    choices = tune(config, x, labels, train_idx, seeds, opts)
+    runs = [dataclasses.replace(r, learning_rate=choices[r.schedule].learning_rate, l2=choices[r.schedule].l2,
+                                steps=choices[r.schedule].steps) for r in runs]
+    opts = dataclasses.replace(opts, steps=max(r.steps for r in runs), log_every=config.tune.eval_every)
   seed_pos = {s: i for i, s in enumerate(seeds)}
   run_train = train_idx[[seed_pos[r.seed] for r in runs]]
   run_test = test_idx[[seed_pos[r.seed] for r in runs]]
@@ -89,11 +108,13 @@ def train_and_evaluate(config, workdir: str | None = None, dataset: data_lib.Emb
       'num_train': int(run_train.shape[1]), 'num_test': int(run_test.shape[1]),
       'train_seconds_incl_compile': train_seconds,
       'config': config.to_dict(),
+      'tuning': {s: dataclasses.asdict(c) for s, c in choices.items()},
       'runs': [],
   }
   for i, run in enumerate(runs):
     metrics['runs'].append({
         'schedule': run.schedule, 'seed': run.seed,
+        'learning_rate': run.learning_rate, 'l2': run.l2, 'steps': run.steps or opts.steps,
         'test_accuracy': float(test_acc[i]), 'train_accuracy': float(train_acc[i]),
         'mean_commonality_y': float(mean_y[i]),
         'final_loss': float(result.history['loss'][i, -1]),
@@ -124,8 +145,11 @@ def main(argv):
         f'embeddings of dim {metrics["dim"]}; {len(metrics["runs"])} runs trained in '
         f'{metrics["train_seconds_incl_compile"]:.1f} s (incl. compile)')
   for schedule, s in metrics['summary'].items():
+    chosen = metrics['tuning'].get(schedule)
+    note = (f'  (chosen on validation: lr {chosen["learning_rate"]:g}, L2 {chosen["l2"]:g}, {chosen["steps"]} steps,'
+            f' val Ac {100 * chosen["val_accuracy"]:.2f} %)' if chosen else '')
     print(f'  {schedule:12s} test Ac = {100 * s["test_accuracy_mean"]:.2f} +- {100 * s["test_accuracy_std"]:.2f} %'
-          f' over {s["num_seeds"]} seed(s)')
+          f' over {s["num_seeds"]} seed(s){note}')
   if _WORKDIR.value:
     print(f'metrics and checkpoint written to {_WORKDIR.value}')
 

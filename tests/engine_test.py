@@ -175,3 +175,17 @@ def test_eval_accuracy_history_matches_a_separately_trained_head(synthetic):
     logits = engine.apply_runs(short, synthetic.x[eval_idx[0]], runs, opts()).logits
     expected = engine.accuracy(logits, synthetic.labels[eval_idx[0]])[0]
     np.testing.assert_allclose(full.history['eval_accuracy'][0, block - 1], expected, atol=1e-6)
+
+
+def test_a_run_with_its_own_step_budget_equals_a_run_trained_that_long(synthetic):
+  runs = [engine.Run(schedule=s, steps=30) for s in engine.SCHEDULES] + [engine.Run(steps=0)]
+  together = engine.train(synthetic.x, synthetic.labels, opts(steps=60, log_every=10), runs)
+  for i, run in enumerate(runs[:3]):
+    alone = engine.train(synthetic.x, synthetic.labels, opts(steps=30, log_every=10),
+                         [engine.Run(schedule=run.schedule)])
+    for a, b in zip(jax.tree.leaves(run_params(together, i)), jax.tree.leaves(run_params(alone, 0))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  full = engine.train(synthetic.x, synthetic.labels, opts(steps=60, log_every=10), [engine.Run()])
+  assert not leaves_equal(run_params(together, 0), run_params(full, 0))
+  with pytest.raises(ValueError, match='asks for 90 steps'):
+    engine.train(synthetic.x, synthetic.labels, opts(steps=60), [engine.Run(steps=90)])

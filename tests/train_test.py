@@ -78,3 +78,19 @@ def test_bad_sources_raise_clearly(tmp_path):
   config.data.protocol = 'leave_one_out'
   with pytest.raises(ValueError, match='unknown data.protocol'):
     train.prepare(config, data.synthetic_identities(3, 5, 8))
+
+
+def test_tuning_chooses_on_validation_and_records_the_choice(npz):
+  config = test_tiny.get_config()
+  config.data.source = npz
+  config.tune.enabled = True
+  config.tune.learning_rates = (1e-5, 3e-2)
+  config.tune.l2s = (0.0,)
+  config.tune.max_steps = 100
+  config.tune.eval_every = 25
+  metrics = train.train_and_evaluate(config)
+  assert set(metrics['tuning']) == {'joint', 'alternating', 'single'}
+  for run in metrics['runs']:
+    chosen = metrics['tuning'][run['schedule']]
+    assert run['learning_rate'] == chosen['learning_rate'] == 3e-2  # 1e-5 cannot fit in 100 steps
+    assert run['steps'] == chosen['steps'] and run['steps'] in (25, 50, 75, 100)

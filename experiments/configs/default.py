@@ -38,4 +38,16 @@ def get_config():
   config.train.steps = 2000  # not stated by the paper; full-batch steps by default
   config.train.batch_size = 0  # 0 = full batch
   config.train.log_every = 10
+
+  # Training heads fairly (BUILD.md): when enabled, learning rate, L2 and steps are chosen per schedule on a
+  # validation split carved from each tuning seed's training split, by one rule for every head; the values
+  # above are then ignored for those three.
+  config.tune = ml_collections.ConfigDict()
+  config.tune.enabled = False
+  config.tune.learning_rates = (1e-3, 1e-2, 3e-2)
+  config.tune.l2s = (0.0, 1e-4, 1e-3)
+  config.tune.max_steps = 2000
+  config.tune.eval_every = 100
+  config.tune.val_fraction = 0.2
+  config.tune.tuning_seeds = 2
   return config
