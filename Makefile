@@ -19,5 +19,13 @@ env: $(VENV)/.installed
 test: env
 	$(PY) -m pytest -q tests
 
+# The main job: embed all of LFW with the offline dlib backbone (resumable; skipped when cached), LFW pair
+# verification, then MIR / single-task heads on LFW identities with >= 10 images, paper-literal and tuned.
+reproduce: env
+	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet
+	$(PY) -m reproduce.lfw_verification --backbone=dlib-resnet
+	$(PY) -m mir_jax.train --config=experiments/configs/lfw.py --workdir=runs/lfw_literal
+	$(PY) -m mir_jax.train --config=experiments/configs/lfw_tuned.py --workdir=runs/lfw_tuned
+
 clean-env:
 	rm -rf $(VENV)
