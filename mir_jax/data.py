@@ -20,7 +20,11 @@ def load(source: str) -> EmbeddingSet:
   if not source:
     raise ValueError('no embedding source given: set --config.data.source to an .npz file or a cache dir')
   if source.startswith('cache:'):
-    source = str(_default_cache_dir(*source[len('cache:'):].split('/', 1)))
+    from mir_jax import embed  # pylint: disable=g-import-not-at-top  (TFDS, torch: only when used)
+    dataset, _, backbone = source[len('cache:'):].partition('/')
+    if not backbone:
+      raise ValueError(f'a cache source reads cache:<dataset>/<backbone>, got {source!r}')
+    source = str(embed.find_cache(dataset, backbone))
   if not os.path.exists(source):
     raise FileNotFoundError(f'embedding source {source!r} does not exist')
   if source.endswith('.npz'):
@@ -29,19 +33,6 @@ def load(source: str) -> EmbeddingSet:
   x, labels, meta = cache.load_embeddings(source)
   return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['names']),
                       np.asarray(meta['image_ids']))
-
-
-def _default_cache_dir(dataset: str, backbone: str = ''):
-  """The cache directory `mir_jax.embed` writes for a dataset and backbone with default settings."""
-  from mir_jax import cache, embed  # pylint: disable=g-import-not-at-top
-  if not backbone:
-    raise ValueError(f'cache source must read cache:<dataset>/<backbone>, got cache:{dataset}')
-  _, spec, _, _ = embed.prepare(dataset, backbone)
-  directory = cache.cache_dir(embed.default_data_dir(), spec)
-  if not cache.is_complete(directory):
-    raise FileNotFoundError(f'no complete embedding cache for {dataset}/{backbone} at {directory}; build it with:\n'
-                            f'  {embed.embed_command(dataset, backbone)}')
-  return directory
 
 
 def _load_npz(path: str) -> EmbeddingSet:

@@ -1,0 +1,394 @@
+"""Tests for the embedding cache: keying, layout, reading with tfds and grain, and crash-safe resumption.
+
+A fake backbone and aligner stand in for the real networks so these run in seconds; the end-to-end test
+with the real dlib backbone on LFW images is tests/embed_test.py.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from mir_jax import cache
+from mir_jax.backbones.base import Detection
+from mir_jax.datasets.records import FaceRecord
+
+_DIM = 8
+
+
+class FakeBackbone:
+  """Embeds the first `_DIM` pixel values of the image; optionally slow, optionally logging each call."""
+  name = 'fake'
+  dim = _DIM
+
+  def __init__(self, delay: float = 0.0, log: str = ''):
+    self.delay = delay
+    self.log = log
+
+  def config_key(self):
+    return {'backbone': self.name, 'dim': self.dim}
+
+  def preprocess(self, image, detection):
+    # The detection flag enters the input so that a lost or mixed-up flag changes the embedding.
+    x = image.reshape(-1)[:_DIM].astype(np.float32) + 1.0
+    return x * (1.0 if detection.detected else -1.0)
+
+  def embed(self, inputs):
+    if self.log:
+      with open(self.log, 'a') as f:
+        f.write(f'{os.getpid()} {len(inputs)}\n')
+    time.sleep(self.delay * len(inputs))
+    x = np.stack(inputs).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class FakeAligner:
+  """'Detects' a face in images whose top-left pixel is even; the others get the fallback."""
+
+  def config_key(self):
+    return {'detector': 'fake'}
+
+  def detect_batch(self, images):
+    out = []
+    for im in images:
+      h, w = im.shape[:2]
+      out.append(Detection(box=np.array([w * .25, h * .25, w * .75, h * .75]),
+                           landmarks=np.array([[3., 3.], [5., 3.], [4., 4.], [3., 6.], [5., 6.]]),
+                           detected=bool(im[0, 0, 0] % 2 == 0)))
+    return out
+
+
+def make_images(root: pathlib.Path, identities=('carol', 'alice', 'bob', 'dave'), per_identity=5, bad=True):
+  """Writes small PNGs (lossless, so pixel values are exact) plus one empty and one garbage file."""
+  rng = np.random.default_rng(0)
+  records = []
+  for name in identities:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(1, per_identity + 1):
+      path = root / name / f'{name}_{i:04d}.png'
+      Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(path)
+      records.append(FaceRecord(str(path), name, f'{name}/{name}_{i:04d}'))
+  if bad:
+    empty = root / 'alice' / 'alice_0099.png'
+    empty.write_bytes(b'')
+    junk = root / 'bob' / 'bob_0099.png'
+    junk.write_bytes(b'this is not a png')
+    records += [FaceRecord(str(empty), 'alice', 'alice/alice_0099'),
+                FaceRecord(str(junk), 'bob', 'bob/bob_0099')]
+  return records
+
+
+def make_spec(**overrides):
+  kw = dict(dataset='toy', reader_options={'subset': None}, backbone_config=FakeBackbone().config_key(),
+            align_config=FakeAligner().config_key(), flip=False)
+  kw.update(overrides)
+  return cache.CacheSpec(**kw)
+
+
+def build(records, data_dir, *, flip=False, delay=0.0, log='', **kw):
+  pipeline = cache.Pipeline(backbone_factory=lambda: FakeBackbone(delay, log),
+                            aligner_factory=FakeAligner, flip=flip)
+  kw.setdefault('num_workers', 0)
+  kw.setdefault('chunk_size', 4)
+  return cache.build(records, make_spec(flip=flip), pipeline, data_dir=data_dir, progress=False, **kw)
+
+
+def expected_embedding(path, detected=None):
+  im = np.asarray(Image.open(path).convert('RGB'))
+  x = im.reshape(-1)[:_DIM].astype(np.float32) + 1.0
+  if detected is None:
+    detected = im[0, 0, 0] % 2 == 0
+  x = x * (1.0 if detected else -1.0)
+  return x / np.linalg.norm(x)
+
+
+def test_key_depends_on_every_input():
+  base = make_spec()
+  assert make_spec().name() == base.name()
+  variants = [make_spec(dataset='other'), make_spec(reader_options={'subset': 'pairs_fold0'}),
+              make_spec(backbone_config={'backbone': 'fake', 'dim': _DIM, 'num_jitters': 10}),
+              make_spec(align_config={'detector': 'fake', 'min_face_size': 40}), make_spec(flip=True)]
+  names = {v.name() for v in variants}
+  assert base.name() not in names and len(names) == len(variants)
+  assert base.name().startswith('toy_fake_')
+  # Key order in a config does not matter; values do.
+  assert make_spec(reader_options={'a': 1, 'b': 2}).key() == make_spec(reader_options={'b': 2, 'a': 1}).key()
+
+
+def test_build_and_load_roundtrip(tmp_path):
+  records = make_images(tmp_path / 'img')
+  result = build(records, tmp_path / 'cache')
+  d = result.directory
+  assert d == tmp_path / 'cache' / make_spec().name() / cache.VERSION
+  # 22 records in chunks of 4: six shards named the way TFDS expects.
+  shards = sorted(p.name for p in d.glob('*.array_record-*'))
+  assert shards == [f'{make_spec().name()}-full.array_record-{i:05d}-of-00006' for i in range(6)]
+  assert result.chunks_computed == 6 and result.chunks_reused == 0
+
+  x, labels, meta = cache.load_embeddings(d)
+  good = sorted((r for r in records if not r.image_id.endswith('99')), key=lambda r: r.image_id)
+  assert meta['image_ids'] == [r.image_id for r in good]  # each image exactly once, in image-id order
+  assert x.dtype == np.float32 and x.shape == (20, _DIM)
+  for row, r in zip(x, good):
+    np.testing.assert_allclose(row, expected_embedding(r.path), rtol=1e-6)
+  # Labels index the sorted identity names (including identities whose only images were bad).
+  assert meta['names'] == ['alice', 'bob', 'carol', 'dave']
+  assert [meta['names'][l] for l in labels] == meta['identities']
+  assert meta['video_ids'] == [None] * 20 and meta['roles'] == [None] * 20
+  assert meta['embeddings_flip'] is None
+  np.testing.assert_array_equal(meta['boxes'], np.tile([1.5, 1.5, 4.5, 4.5], (20, 1)))
+
+  info = meta['info']
+  assert info['num_records'] == 22 and info['num_embedded'] == 20 and info['num_bad_images'] == 2
+  bad = {b['image_id']: b for b in info['skipped']['bad_images']}
+  assert set(bad) == {'alice/alice_0099', 'bob/bob_0099'}
+  assert bad['alice/alice_0099']['path'].endswith('alice_0099.png')
+  assert 'empty' in bad['alice/alice_0099']['reason']
+  assert 'not a recognised image' in bad['bob/bob_0099']['reason']
+  fallbacks = [i for i, det in zip(meta['image_ids'], meta['detected']) if not det]
+  assert info['skipped']['detection_fallbacks'] == fallbacks
+  assert info['num_detection_fallbacks'] == len(fallbacks) > 0
+  assert info['spec']['backbone_config'] == {'backbone': 'fake', 'dim': _DIM}
+  assert info['spec']['align_config'] == {'detector': 'fake'}
+
+  # The TFDS metadata carries the same record of how the cache was made.
+  import tensorflow_datasets as tfds
+  builder = tfds.builder_from_directory(os.fspath(d))
+  assert builder.info.splits['full'].num_examples == 20
+  assert 'key ' + make_spec().key() in builder.info.description
+  assert builder.info.metadata['mir']['num_bad_images'] == 2
+
+  # A second build finds the complete cache and does nothing.
+  again = build(records, tmp_path / 'cache', log=os.fspath(tmp_path / 'log'))
+  assert again.chunks_computed == 0 and not (tmp_path / 'log').exists()
+  # Lookup by key and by name under the data dir.
+  assert cache.resolve(make_spec().key(), tmp_path / 'cache') == d
+  assert cache.resolve(make_spec().name(), tmp_path / 'cache') == d
+
+
+def test_grain_reads_the_cache(tmp_path):
+  import grain
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  ds = (grain.MapDataset.source(cache.data_source(d))
+        .map(lambda ex: (ex['image_id'].decode(), ex['embedding'], ex['label'])))
+  rows = list(ds)
+  assert [r[0] for r in rows] == sorted(r.image_id for r in records)
+  x, labels, _ = cache.load_embeddings(d)
+  np.testing.assert_array_equal(np.stack([r[1] for r in rows]), x)
+  assert [int(r[2]) for r in rows] == labels.tolist()
+  # Batched the usual grain way.
+  batches = list(grain.MapDataset.source(cache.data_source(d)).batch(8))
+  assert batches[0]['embedding'].shape == (8, _DIM)
+
+
+def test_flip_embeddings_are_stored(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache', flip=True).directory
+  assert d.parent.name == make_spec(flip=True).name()
+  x, _, meta = cache.load_embeddings(d)
+  xf = meta['embeddings_flip']
+  assert xf.shape == x.shape
+  # The fake embeds the first pixels, which mirroring changes.
+  assert not np.allclose(xf, x)
+  r = sorted(records, key=lambda r: r.image_id)[0]
+  mirrored = np.asarray(Image.open(r.path).convert('RGB'))[:, ::-1]
+  np.testing.assert_allclose(xf[0], expected_embedding_from_array(mirrored, meta['detected'][0]), rtol=1e-6)
+
+
+def expected_embedding_from_array(im, detected):
+  x = im.reshape(-1)[:_DIM].astype(np.float32) + 1.0
+  x = x * (1.0 if detected else -1.0)
+  return x / np.linalg.norm(x)
+
+
+def test_mirror_detection():
+  det = Detection(box=np.array([10., 20., 50., 80.]),
+                  landmarks=np.array([[20., 40.], [40., 40.], [30., 55.], [22., 70.], [38., 70.]]),
+                  detected=True)
+  m = cache.mirror_detection(det, 100)
+  np.testing.assert_array_equal(m.box, [50., 20., 90., 80.])
+  # Left eye of the mirrored face is the mirror of the right eye, and so on.
+  np.testing.assert_array_equal(m.landmarks, [[60., 40.], [80., 40.], [70., 55.], [62., 70.], [78., 70.]])
+  back = cache.mirror_detection(m, 100)
+  np.testing.assert_array_equal(back.box, det.box)
+  np.testing.assert_array_equal(back.landmarks, det.landmarks)
+  assert cache.mirror_detection(Detection(det.box, None, False), 100).landmarks is None
+
+
+def test_torn_or_missing_chunk_is_recomputed_alone(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  x0, _, meta0 = cache.load_embeddings(d)
+  # Make it look like a run that died while chunk 2 was being written: no TFDS metadata, chunk 2's shard
+  # truncated, chunk 4's shard gone.
+  for f in ('dataset_info.json', cache._INFO):
+    (d / f).unlink()
+  shards = sorted(d.glob('*.array_record-*'))
+  mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+  shards[2].write_bytes(shards[2].read_bytes()[:20])
+  shards[4].unlink()
+  time.sleep(0.01)
+  log = tmp_path / 'log'
+  result = build(records, tmp_path / 'cache', log=os.fspath(log))
+  assert result.chunks_computed == 2 and result.chunks_reused == 3
+  # Only the 8 images of the two broken chunks went through the backbone again.
+  assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == 8
+  for p in sorted(d.glob('*.array_record-*')):
+    if p.name not in (shards[2].name, shards[4].name):
+      assert p.stat().st_mtime_ns == mtimes[p.name]
+  x1, _, meta1 = cache.load_embeddings(d)
+  assert meta1['image_ids'] == meta0['image_ids']
+  np.testing.assert_array_equal(x1, x0)
+
+
+def test_changed_records_are_refused(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  build(records, tmp_path / 'cache')
+  with pytest.raises(cache.CacheError, match='different list of images'):
+    build(records[:-1], tmp_path / 'cache')
+
+
+def test_incomplete_cache_is_not_read(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  (d / 'dataset_info.json').unlink()
+  with pytest.raises(cache.CacheError, match='incomplete'):
+    cache.load_embeddings(d)
+  with pytest.raises(cache.CacheError, match='no complete embedding cache'):
+    cache.load_embeddings(tmp_path / 'nowhere')
+
+
+def test_worker_processes_give_the_same_cache(tmp_path):
+  records = make_images(tmp_path / 'img')
+  inline = build(records, tmp_path / 'a', num_workers=0).directory
+  pooled = cache.build(records, make_spec(),
+                       cache.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner),
+                       data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  xa, la, ma = cache.load_embeddings(inline)
+  xb, lb, mb = cache.load_embeddings(pooled.directory)
+  assert ma['image_ids'] == mb['image_ids']
+  np.testing.assert_array_equal(xa, xb)
+  np.testing.assert_array_equal(ma['detected'], mb['detected'])
+  assert ma['info']['skipped']['bad_images'] == mb['info']['skipped']['bad_images']
+
+
+def _child_build(img_dir, data_dir, log):
+  """Entry point of the subprocess that the SIGKILL test kills mid-run."""
+  records = make_images(pathlib.Path(img_dir), bad=True)
+  build(records, data_dir, delay=0.1, log=log)
+
+
+def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
+  img, data_dir, log = tmp_path / 'img', tmp_path / 'cache', tmp_path / 'log'
+  records = make_images(img, bad=True)  # the child rewrites the same deterministic images
+  d = cache.cache_dir(data_dir, make_spec())
+  code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
+          'cache_test._child_build(sys.argv[2], sys.argv[3], sys.argv[4])')
+  child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
+                            os.fspath(data_dir), os.fspath(log)])
+  # 22 images in 6 chunks at 0.1 s per image: kill once two chunks are on disk, long before the end.
+  deadline = time.time() + 60
+  while time.time() < deadline and len(list(d.glob('*.array_record-*'))) < 2 and child.poll() is None:
+    time.sleep(0.02)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert child.returncode == -signal.SIGKILL, 'the child finished before it could be killed'
+  finished = sorted(d.glob('*.array_record-*'))
+  assert 2 <= len(finished) < 6
+  assert not cache.is_complete(d)
+  mtimes = {p.name: p.stat().st_mtime_ns for p in finished}
+  with pytest.raises(cache.CacheError, match='incomplete'):
+    cache.load_embeddings(d)
+
+  log.unlink()
+  result = build(records, data_dir, log=os.fspath(log))
+  assert result.chunks_reused == len(finished)
+  assert result.chunks_computed == 6 - len(finished)
+  for p in finished:
+    assert p.stat().st_mtime_ns == mtimes[p.name]
+  # Only images of unfinished chunks were embedded again (chunks hold 4 records; bad ones never embed).
+  plan = json.loads((d / '_work' / 'plan.json').read_text())
+  ordered = sorted(records, key=lambda r: r.image_id)
+  done_ids = {r.image_id for c in range(len(finished)) for r in ordered[c * 4:(c + 1) * 4]}
+  assert [p.name for p in finished] == [cache._shard_path(d, plan['name'], c, 6).name
+                                        for c in range(len(finished))]
+  redo = [r for r in ordered if r.image_id not in done_ids and not r.image_id.endswith('99')]
+  assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == len(redo)
+
+  x, labels, meta = cache.load_embeddings(d)
+  ref = build(records, tmp_path / 'ref').directory
+  xr, lr, mr = cache.load_embeddings(ref)
+  assert meta['image_ids'] == mr['image_ids']
+  assert len(set(meta['image_ids'])) == len(meta['image_ids']) == 20
+  np.testing.assert_array_equal(x, xr)
+  np.testing.assert_array_equal(labels, lr)
+  np.testing.assert_array_equal(meta['detected'], mr['detected'])
+  assert meta['info']['skipped'] == mr['info']['skipped']
+
+
+def _child_build_pooled(img_dir, data_dir):
+  """Entry point of the subprocess whose worker processes must not outlive it."""
+  records = make_images(pathlib.Path(img_dir), bad=False)
+  pipeline = cache.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner)
+  cache.build(records, make_spec(), pipeline, data_dir=data_dir, backbone=FakeBackbone(delay=0.2),
+              num_workers=2, chunk_size=4, task_size=2, progress=False)
+
+
+def _children(pid):
+  out = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        stat = pathlib.Path(f'/proc/{entry}/stat').read_text()
+      except OSError:
+        continue
+      # Field 4 (after the parenthesised command, which may hold spaces) is the parent pid.
+      if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
+        out.append(int(entry))
+  return out
+
+
+def _alive(pid):
+  try:
+    return pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs Linux /proc to find worker processes')
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+  img, data_dir = tmp_path / 'img', tmp_path / 'cache'
+  make_images(img, bad=False)
+  d = cache.cache_dir(data_dir, make_spec())
+  code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
+          'cache_test._child_build_pooled(sys.argv[2], sys.argv[3])')
+  child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
+                            os.fspath(data_dir)])
+  workers = []
+  try:
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(d.glob('*.array_record-*')) and child.poll() is None:
+      time.sleep(0.05)
+    workers = [p for p in _children(child.pid)
+               if b'spawn_main' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()]
+    assert len(workers) == 2, 'the pooled build did not start its two workers'
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in workers):
+      time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), 'worker processes outlived their killed parent'
+  finally:
+    if child.poll() is None:
+      child.kill()
+    for p in workers:
+      if _alive(p):
+        os.kill(p, signal.SIGKILL)

