@@ -9,7 +9,6 @@ Accelerator machines need not have dlib, so the check runs in two steps:
 """
 
 import json
-import os
 import time
 
 from absl import app
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 
 from mir_jax.backbones import dlib_resnet_jax
+from benchmarks import machine
 
 _MAKE_CHIPS = flags.DEFINE_string('make_chips', None, 'Write chips + C++ descriptors to this .npz and exit.')
 _NUM_FACES = flags.DEFINE_integer('num_faces', 256, 'Faces for --make_chips (every 13th LFW image).')
@@ -66,10 +66,7 @@ def main(argv):
     report['dtypes'][dtype] = entry
     print(dtype, json.dumps(entry), flush=True)
   report['gflop_per_face'] = dlib_resnet_jax.flops_per_face() / 1e9
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    json.dump(report, f, indent=1)
-  print(f'wrote {_OUT.value}')
+  machine.write_json(_OUT.value, report)
 
 
 if __name__ == '__main__':

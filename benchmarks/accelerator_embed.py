@@ -23,6 +23,7 @@ from mir_jax import align
 from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
+from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/accelerator_embed.json', 'Where to write the JSON.')
 _IMAGE_DIR = flags.DEFINE_string('image_dir', None, 'Folder-per-identity images (default: shared LFW).')
@@ -89,10 +90,7 @@ def main(argv):
         'speedup_facenet': report['devices']['cuda']['facenet_images_per_s'] / report['devices']['cpu']['facenet_images_per_s'],
     }
     print('cuda vs cpu:', json.dumps(report['cuda_vs_cpu']))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    json.dump(report, f, indent=1)
-  print(f'wrote {_OUT.value}')
+  machine.write_json(_OUT.value, report)
 
 
 if __name__ == '__main__':

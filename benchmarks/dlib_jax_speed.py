@@ -30,7 +30,6 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import platform
 import time
 
 from absl import app
@@ -41,6 +40,7 @@ from mir_jax import images
 from mir_jax import paths
 from mir_jax.backbones import dlib_resnet
 from mir_jax.backbones import dlib_resnet_jax
+from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/dlib_jax_speed.json', 'Where to write the JSON.')
 _CHECK_FACES = flags.DEFINE_integer('check_faces', 0, 'LFW faces for the equality check (0 = none).')
@@ -75,15 +75,11 @@ def _machine():
   import dlib  # pylint: disable=g-import-not-at-top
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  info = {'python': platform.python_version(), 'platform': platform.platform(),
-          'cpus_available': len(os.sched_getaffinity(0)), 'cpu_count': os.cpu_count(),
-          'jax': jax.__version__, 'flax': flax.__version__, 'dlib': dlib.__version__,
+  info = {**machine.basic_info(), 'jax': jax.__version__, 'flax': flax.__version__, 'dlib': dlib.__version__,
           'jax_backend': jax.default_backend(), 'XLA_FLAGS': os.environ.get('XLA_FLAGS', '')}
   try:
     text = pathlib.Path('/proc/cpuinfo').read_text()
     for line in text.splitlines():
-      if line.startswith('model name'):
-        info['cpu_model'] = line.split(':', 1)[1].strip()
       if line.startswith('flags'):
         flags_ = set(line.split(':', 1)[1].split())
         info['cpu_flags'] = sorted(f for f in flags_ if f.startswith(('avx', 'fma', 'amx')))
@@ -183,14 +179,12 @@ def _cpu_seconds():
   """CPU seconds of this process (all threads) plus its live children (the dlib workers)."""
   total = time.process_time()
   tick = os.sysconf('SC_CLK_TCK')
-  me = os.getpid()
-  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
+  for pid in machine.child_pids():
     try:
-      fields = stat.read_text().rsplit(')', 1)[1].split()
+      fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
     except OSError:
       continue
-    if int(fields[1]) == me:
-      total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
   return total
 
 
@@ -279,7 +273,6 @@ def _jax_speed(chips, peak):
       time_run('bfloat16', best['stem'], best['batch_size'], dot_stages)
   # XLA's own count for one configuration, as a cross-check of the analytic FLOPs.
   try:
-    import jax  # pylint: disable=g-import-not-at-top
     params = dlib_resnet_jax.fold_affines(dlib_resnet_jax.load_params()[0])
     fn = dlib_resnet_jax.compiled_apply('float32', 0, False)
     cost = fn.lower(params, chips[:8]).compile().cost_analysis()

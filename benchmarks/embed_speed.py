@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import queue
 import resource
 import threading
@@ -43,6 +42,7 @@ from mir_jax import align
 from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
+from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/embed_speed.json', 'Where to write the JSON.')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'LFW images to time on.')
@@ -57,19 +57,6 @@ _LFW_DIR = flags.DEFINE_string('lfw_dir', None,
                                '<shared data>/lfw/lfw-deepfunneled.')
 
 LFW_IMAGES = 13233
-
-
-def _children():
-  """PIDs of this process's live children."""
-  me, pids = os.getpid(), []
-  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
-    try:
-      fields = stat.read_text().rsplit(')', 1)[1].split()
-    except OSError:
-      continue
-    if int(fields[1]) == me:
-      pids.append(int(stat.parent.name))
-  return pids
 
 
 def _hwm_mb(pid='self'):
@@ -91,7 +78,7 @@ def _rss_mb():
   footprint from above.
   """
   own = _hwm_mb()
-  workers = sum(_hwm_mb(p) for p in _children())
+  workers = sum(_hwm_mb(p) for p in machine.child_pids())
   return {'main_peak_mb': round(own, 1), 'workers_peak_sum_mb': round(workers, 1),
           'total_mb': round(own + workers, 1),
           'getrusage_main_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -102,21 +89,9 @@ def _machine():
   import facenet_pytorch  # pylint: disable=g-import-not-at-top,unused-import
   import torch  # pylint: disable=g-import-not-at-top
   from importlib import metadata  # pylint: disable=g-import-not-at-top
-  cpu = 'unknown'
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  except OSError:
-    pass
   return {
-      'cpu_model': cpu,
-      'cpu_count': os.cpu_count(),
-      'usable_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+      **machine.basic_info(),
       'memory_gb': round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
-      'python': platform.python_version(),
-      'platform': platform.platform(),
       'torch': torch.__version__,
       'torch_default_threads': torch.get_num_threads(),
       'cuda_available': torch.cuda.is_available(),
@@ -130,7 +105,7 @@ def _live_children_cpu():
   """CPU seconds used so far by this process's live children (pool workers are not reaped, so
   RUSAGE_CHILDREN does not see them until they exit)."""
   total = 0.0
-  for pid in _children():
+  for pid in machine.child_pids():
     try:
       fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
     except OSError:

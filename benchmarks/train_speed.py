@@ -14,9 +14,7 @@ Plus this machine's matmul peak (a large float32 GEMM in JAX, NumPy and PyTorch;
 and the engine's achieved FLOP/s against it. Each timing is the median of --repeats.
 """
 
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -28,6 +26,7 @@ import numpy as np
 
 from mir_jax import engine
 from mir_jax import splits
+from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/train_speed.json', 'Where to write the JSON.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Full-batch steps per run.')
@@ -216,7 +215,7 @@ def main(argv):
   report = {
       'command': 'python -m benchmarks.train_speed ' + ' '.join(f'--{k}={v}' for k, v in (
           ('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))),
-      'machine': {'platform': platform.platform(), 'processor': _cpu_model(), 'cpus': os.cpu_count(),
+      'machine': {**machine.basic_info(),
                   'jax_backend': jax.default_backend(), 'jax_device': str(jax.devices()[0].device_kind),
                   'torch_device': torch_device, 'jax': jax.__version__, 'torch': torch.__version__,
                   'sklearn': sklearn.__version__},
@@ -243,9 +242,7 @@ def main(argv):
       'speedup_engine_vs_pytorch': torch_median / engine_median,
       'speedup_engine_incl_compile_vs_pytorch': torch_median / engine_first,
   }
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    json.dump(report, f, indent=1)
+  machine.write_json(_OUT.value, report)
   e = report['engine']
   print(f'matmul peak {best_peak:.1f} GFLOP/s ({", ".join(f"{k} {v:.1f}" for k, v in peak.items())})')
   print(f'engine: {len(runs)} runs x {_STEPS.value} steps in {engine_median:.2f} s (median; first call incl. '
@@ -258,18 +255,7 @@ def main(argv):
   for name in ('engine', 'pytorch_eager'):
     accs = report[name]['test_accuracy']
     print(f'{name} test accuracy: ' + ', '.join(f'{s} {100 * a["mean"]:.2f}%' for s, a in accs.items()))
-  print(f'wrote {_OUT.value}')
 
-
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 if __name__ == '__main__':

@@ -3,20 +3,12 @@
 import numpy as np
 import pytest
 
+import fixtures
+
 from mir_jax import align
-from mir_jax import paths
 
 LFW_FILES = ['George_W_Bush/George_W_Bush_0001.jpg', 'Colin_Powell/Colin_Powell_0001.jpg',
              'Aaron_Eckhart/Aaron_Eckhart_0001.jpg', 'Serena_Williams/Serena_Williams_0002.jpg']
-
-
-def _lfw_dir():
-  root = paths.shared_data_dir()
-  lfw = root / 'lfw' / 'lfw-deepfunneled' if root else None
-  if lfw is None or not lfw.is_dir():
-    pytest.skip('shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or '
-                '$MIR_SHARED_DATA); see mir_jax/paths.py')
-  return lfw
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +20,7 @@ def aligner():
 @pytest.fixture(scope='module')
 def lfw_images():
   from mir_jax import images  # pylint: disable=g-import-not-at-top
-  lfw = _lfw_dir()
+  lfw = fixtures.require_lfw_images()
   return [images.load_rgb(lfw / f) for f in LFW_FILES]
 
 

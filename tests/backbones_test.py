@@ -3,21 +3,13 @@
 import numpy as np
 import pytest
 
+import fixtures
+
 from mir_jax import backbones
-from mir_jax import paths
 from mir_jax.backbones import base
 
 BUSH = [f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
 POWELL = [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
-
-
-def _lfw_dir():
-  root = paths.shared_data_dir()
-  lfw = root / 'lfw' / 'lfw-deepfunneled' if root else None
-  if lfw is None or not lfw.is_dir():
-    pytest.skip('shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or '
-                '$MIR_SHARED_DATA); see mir_jax/paths.py')
-  return lfw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +118,7 @@ def dlib_setup():
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
   from mir_jax import align  # pylint: disable=g-import-not-at-top
   from mir_jax import images  # pylint: disable=g-import-not-at-top
-  lfw = _lfw_dir()
+  lfw = fixtures.require_lfw_images()
   imgs = [images.load_rgb(lfw / f) for f in BUSH + POWELL]
   dets = align.Aligner().detect_batch(imgs)
   bb = backbones.get_backbone('dlib-resnet')

@@ -36,6 +36,15 @@ def lfw_images_dir() -> Optional[pathlib.Path]:
   return shared / 'lfw' / 'lfw-deepfunneled'
 
 
+def require_lfw_images() -> pathlib.Path:
+  """The shared LFW tree, or a pytest skip saying where it was looked for."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  lfw = lfw_images_dir()
+  if lfw is None:
+    pytest.skip(MISSING_DATA_REASON)
+  return lfw
+
+
 @functools.lru_cache(maxsize=None)
 def _lfw_people(lfw_dir: pathlib.Path) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
   """(name, sorted jpg names) of every LFW person, sorted by name."""

@@ -1,0 +1,45 @@
+"""What every benchmark records about where it ran, and the /proc plumbing they share."""
+
+import json
+import os
+import pathlib
+import platform
+from typing import List
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def basic_info() -> dict:
+  """Platform, Python, CPU and core counts; benchmarks add their libraries' versions."""
+  return {'platform': platform.platform(), 'python': platform.python_version(), 'cpu_model': cpu_model(),
+          'cpu_count': os.cpu_count(),
+          'usable_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None}
+
+
+def child_pids() -> List[int]:
+  """PIDs of this process's live children (e.g. dlib worker processes), read from /proc."""
+  me, pids = os.getpid(), []
+  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
+    try:
+      fields = stat.read_text().rsplit(')', 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == me:
+      pids.append(int(stat.parent.name))
+  return pids
+
+
+def write_json(path: str, report: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(f'wrote {path}')
