@@ -187,10 +187,28 @@ def test_dlib_config_key_tracks_options(dlib_setup):
   assert len(key['weights']['sha256']) == 64 and key['chip_size'] == 150
   # dlib treats 0 and 1 jitters alike, so must the cache.
   assert backbones.get_backbone('dlib-resnet', num_jitters=1).config_key() == key
-  for options in ({'num_jitters': 10}, {'flip': True}, {'padding': 0.3}):
+  for options in ({'num_jitters': 10}, {'flip': True}, {'padding': 0.3}, {'landmark_box': 'dlib'}):
     assert backbones.get_backbone('dlib-resnet', **options).config_key() != key
 
 
 def test_dlib_rejects_wrong_chip_size(dlib_setup):
   with pytest.raises(ValueError, match='150x150x3'):
     dlib_setup[0].embed([np.zeros((160, 160, 3), np.uint8)])
+
+
+def test_dlib_landmark_box_option(dlib_setup):
+  bb, imgs, dets, chips = dlib_setup
+  hog = backbones.get_backbone('dlib-resnet', landmark_box='dlib')
+  hog_chips = [hog.preprocess(im, d) for im, d in zip(imgs, dets)]
+  # Another starting box moves the landmarks, so the chips differ; the faces stay the same people.
+  assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(chips, hog_chips)) > 1.0
+  emb = hog.embed(hog_chips)
+  sim = emb @ emb.T
+  nb = len(BUSH)
+  assert sim[:nb, :nb][np.triu_indices(nb, 1)].min() > sim[:nb, nb:].max()
+  # No HOG face (a blank image): the aligner's box is used, nothing fails.
+  blank = np.zeros((250, 250, 3), np.uint8)
+  box = base.Detection(box=np.array([70.0, 60.0, 180.0, 190.0]), landmarks=None, detected=False)
+  assert hog.preprocess(blank, box).shape == (150, 150, 3)
+  with pytest.raises(ValueError, match='landmark_box'):
+    backbones.get_backbone('dlib-resnet', landmark_box='retinaface')

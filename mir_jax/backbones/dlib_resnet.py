@@ -43,6 +43,7 @@ CHIP_SIZE = 150  # Fixed by the network: dlib's chip overloads reject other size
 DEFAULT_PADDING = 0.25
 RECOGNITION_FILE = 'dlib_face_recognition_resnet_model_v1.dat'
 SHAPE_PREDICTOR_FILE = 'shape_predictor_5_face_landmarks.dat'
+LANDMARK_BOXES = ('mtcnn', 'dlib')
 # Names the jitter recipe in cache keys; bump when `jitter_chip` changes what it produces.
 JITTER_RECIPE = 'dlib-jitter_image/numpy-blake2b-seeded/v1'
 _MAX_VIEWS_PER_CALL = 256
@@ -161,7 +162,7 @@ class DlibResNet(base.Backbone):
   def __init__(self, weights: Optional[os.PathLike] = None, *,
                shape_predictor: Optional[os.PathLike] = None, num_jitters: int = 0,
                flip: bool = False, padding: float = DEFAULT_PADDING,
-               num_workers: int = 1, jitter_seed: int = 0):
+               num_workers: int = 1, jitter_seed: int = 0, landmark_box: str = 'mtcnn'):
     """Loads the shape predictor and the network.
 
     Args:
@@ -176,7 +177,13 @@ class DlibResNet(base.Backbone):
         network was trained with).
       num_workers: processes computing descriptors in parallel; 1 = in this process.
       jitter_seed: seed mixed into the per-chip jitter generator.
+      landmark_box: the box the 5-point landmark model starts from: 'mtcnn' (the aligner's box) or
+        'dlib' (dlib's own HOG face detector, upsampled once, the face overlapping the aligner's box
+        most; the aligner's box when HOG finds none). dlib's landmark model was trained on its own
+        detector's boxes, which are shaped differently from MTCNN's (BUILD.md, LFW verification).
     """
+    if landmark_box not in LANDMARK_BOXES:
+      raise ValueError(f'landmark_box must be one of {LANDMARK_BOXES}, got {landmark_box!r}')
     import dlib  # pylint: disable=g-import-not-at-top
     if num_jitters < 0:
       raise ValueError(f'num_jitters must be >= 0, got {num_jitters}')
@@ -195,6 +202,8 @@ class DlibResNet(base.Backbone):
     self.padding = float(padding)
     self.num_workers = int(num_workers)
     self.jitter_seed = int(jitter_seed)
+    self.landmark_box = landmark_box
+    self._hog = dlib.get_frontal_face_detector() if landmark_box == 'dlib' else None
     self._predictor = dlib.shape_predictor(str(self.shape_predictor_path))
     self._net = dlib.face_recognition_model_v1(str(self.weights_path))
     self._executor = None
@@ -213,12 +222,19 @@ class DlibResNet(base.Backbone):
     }
     if self.num_jitters > 1:
       key['jitter'] = {'recipe': JITTER_RECIPE, 'seed': self.jitter_seed}
+    if self.landmark_box != 'mtcnn':  # absent for the default, so existing caches keep their keys
+      key['landmark_box'] = self.landmark_box
     return key
 
   def shape(self, image: np.ndarray, detection: base.Detection):
     """dlib's 5-point `full_object_detection` fitted inside the detection box."""
     x1, y1, x2, y2 = [int(round(float(v))) for v in detection.box]
-    return self._predictor(image, self._dlib.rectangle(x1, y1, x2, y2))
+    box = self._dlib.rectangle(x1, y1, x2, y2)
+    if self._hog is not None:
+      found = [r for r in self._hog(image, 1) if r.intersect(box).area() > 0]
+      if found:
+        box = max(found, key=lambda r: r.intersect(box).area())
+    return self._predictor(image, box)
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip."""

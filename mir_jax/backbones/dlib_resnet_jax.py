@@ -512,7 +512,7 @@ class DlibResNetJax(base.Backbone):
                batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = 'float32', fold: bool = True,
                stem_chunk: int = DEFAULT_STEM_CHUNK, space_to_depth: bool = True,
                dot_stages: Optional[Sequence[int]] = None,
-               cache_dir: Optional[os.PathLike] = None):
+               cache_dir: Optional[os.PathLike] = None, landmark_box: str = 'mtcnn'):
     """Loads the weights and the aligner.
 
     Args:
@@ -528,6 +528,7 @@ class DlibResNetJax(base.Backbone):
       dot_stages: stages whose convs run as `conv_as_dots`; None = stages 1-4 for bfloat16 (its
         fastest measured setting), none for float32.
       cache_dir: parsed-params cache (see `load_params`).
+      landmark_box: as for `dlib-resnet` ('mtcnn' or 'dlib').
     """
     if dtype not in DTYPES:
       raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
@@ -548,7 +549,7 @@ class DlibResNetJax(base.Backbone):
     self._apply = compiled_apply(dtype, self.stem_chunk, self.space_to_depth, self.dot_stages)
     # The C++ backbone supplies the alignment, so both backbones cut identical chips.
     self._aligner = dlib_resnet.DlibResNet(self.weights_path, shape_predictor=shape_predictor,
-                                           padding=padding)
+                                           padding=padding, landmark_box=landmark_box)
 
   def config_key(self) -> dict:
     aligner = self._aligner.config_key()
@@ -561,6 +562,8 @@ class DlibResNetJax(base.Backbone):
         'padding': aligner['padding'],
         'dtype': self.dtype,
     }
+    if 'landmark_box' in aligner:
+      key['landmark_box'] = aligner['landmark_box']
     if self.dtype != 'float32':
       # Where bfloat16 rounds depends on how the convs run; float32 agrees to ~1e-6 either way.
       key['dot_stages'] = list(self.dot_stages)
