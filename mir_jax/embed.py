@@ -239,22 +239,11 @@ def prepare(dataset: str,
   aligner_factory = make_aligner_factory(1 if num_workers > 0 else None)
   model = backbone_factory()
   from mir_jax import align  # pylint: disable=g-import-not-at-top
-  align_config = _align_config(align)
+  # The default aligner's settings, read without loading MTCNN's weights.
   spec = cache.CacheSpec(dataset=dataset, reader_options=reader_options, backbone_config=model.config_key(),
-                         align_config=align_config, flip=flip)
+                         align_config=align.config_key(), flip=flip)
   pipeline = cache.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory, flip=flip)
   return records, spec, pipeline, model
-
-
-def _align_config(align) -> Dict[str, Any]:
-  """The aligner's config_key for default settings, without loading MTCNN's weights."""
-  aligner = align.Aligner.__new__(align.Aligner)
-  aligner.config = align.AlignerConfig()
-  try:
-    return aligner.config_key()
-  except AttributeError:
-    # config_key grew a dependency on a loaded detector: pay for building one.
-    return align.Aligner().config_key()
 
 
 def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] = None, manual_dir=None,

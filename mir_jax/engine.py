@@ -299,7 +299,3 @@ def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions)
     raise ValueError('embeddings contain NaN or inf')
   return _apply_all(result.params, result.input_mean, jnp.asarray(x), run_arrays(runs).gate, opts)
 
-
-def accuracy(logits, labels) -> np.ndarray:
-  """Ac = TP / AP per run: the fraction of faces whose identity is predicted correctly."""
-  return np.asarray((jnp.argmax(logits, axis=-1) == jnp.asarray(labels)).mean(axis=-1))

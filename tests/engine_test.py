@@ -6,6 +6,7 @@ import pytest
 
 from mir_jax import data
 from mir_jax import engine
+from mir_jax.evaluators import identification
 
 NUM_CLASSES = 12
 
@@ -38,7 +39,7 @@ def test_each_schedule_learns(synthetic, schedule):
   result = engine.train(synthetic.x, synthetic.labels, o, runs)
   loss = np.asarray(result.history['ce'][0])
   assert loss[-1] < 0.5 * loss[0], loss
-  acc = engine.accuracy(engine.apply_runs(result, synthetic.x, runs, o).logits, synthetic.labels)[0]
+  acc = identification.classification_accuracy(engine.apply_runs(result, synthetic.x, runs, o).logits, synthetic.labels)[0]
   assert acc > 5.0 / NUM_CLASSES, acc  # chance is 1/12
 
 
@@ -173,7 +174,7 @@ def test_eval_accuracy_history_matches_a_separately_trained_head(synthetic):
   for block in (1, 4):  # the accuracy logged after `block` blocks = that of a head trained that long
     short = engine.train(synthetic.x, synthetic.labels, opts(steps=25 * block, log_every=25), runs, train_idx)
     logits = engine.apply_runs(short, synthetic.x[eval_idx[0]], runs, opts()).logits
-    expected = engine.accuracy(logits, synthetic.labels[eval_idx[0]])[0]
+    expected = identification.classification_accuracy(logits, synthetic.labels[eval_idx[0]])[0]
     np.testing.assert_allclose(full.history['eval_accuracy'][0, block - 1], expected, atol=1e-6)
 
 
