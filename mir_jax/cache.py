@@ -163,6 +163,9 @@ class Prepared:
   detected: bool = False
   box: Optional[np.ndarray] = None
   error: Optional[str] = None
+  # Set (and inputs dropped) when the worker embedded the record itself (`Backbone.embed_in_workers`).
+  embedding: Optional[np.ndarray] = None
+  embedding_flip: Optional[np.ndarray] = None
 
 
 def mirror_detection(detection: Detection, width: int) -> Detection:
@@ -184,9 +187,10 @@ def mirror_detection(detection: Detection, width: int) -> Detection:
 class Preparer:
   """Decodes, detects and preprocesses records; one per process."""
 
-  def __init__(self, pipeline: Pipeline, backbone=None, aligner=None):
+  def __init__(self, pipeline: Pipeline, backbone=None, aligner=None, embed: bool = False):
     self.pipeline = pipeline
     self.backbone = backbone if backbone is not None else pipeline.backbone_factory()
+    self.embed = embed and getattr(self.backbone, 'embed_in_workers', False)
     self.aligner = aligner if aligner is not None else pipeline.aligner_factory()
     if pipeline.load_fn is None:
       from mir_jax import images  # pylint: disable=g-import-not-at-top
@@ -215,6 +219,13 @@ class Preparer:
         else:
           mirrored = np.ascontiguousarray(image[:, ::-1])
           out[i].flipped = self.backbone.preprocess(mirrored, mirror_detection(det, image.shape[1]))
+    if self.embed and where:
+      done = [out[i] for i in where]
+      for p, e in zip(done, _embed_all(self.backbone, [p.inputs for p in done], len(done))):
+        p.embedding, p.inputs = e, None
+      if self.pipeline.flip:
+        for p, e in zip(done, _embed_all(self.backbone, [p.flipped for p in done], len(done))):
+          p.embedding_flip, p.flipped = e, None
     return out
 
 
@@ -246,7 +257,7 @@ def _init_worker(pipeline: Pipeline, parent_pid: Optional[int] = None) -> None:
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
     os.environ[var] = '1'
   global _WORKER
-  _WORKER = Preparer(pipeline)
+  _WORKER = Preparer(pipeline, embed=True)
   try:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(1)
@@ -398,8 +409,9 @@ def build(records: Sequence[FaceRecord],
       when None).
     chunk_size: images per shard (the unit of resumption). An existing run's chunking wins over this value.
     batch_size: images per `backbone.embed` call.
-    num_workers: processes decoding/detecting/preprocessing while this process embeds; 0 does everything
-      in this process.
+    num_workers: processes decoding/detecting/preprocessing while this process embeds (a backbone with
+      `embed_in_workers`, e.g. dlib's single-core C++ network, is run by the workers too); 0 does
+      everything in this process.
     task_size: images handed to a worker at once (MTCNN batches same-size images within a task).
     progress: show a tqdm bar with images/s.
     description: human-readable text for the TFDS dataset description.
@@ -513,8 +525,12 @@ def _run_chunks(directory, name, chunks, todo, names, spec, pipeline, backbone, 
       prepared = [next(stream) for _ in chunk]
       waited = time.time() - chunk_started
       ok = [p for p in prepared if p.error is None]
-      embeddings = _embed_all(backbone, [p.inputs for p in ok], batch_size)
-      flipped = _embed_all(backbone, [p.flipped for p in ok], batch_size) if spec.flip else None
+      if ok and all(p.embedding is not None for p in ok):  # the workers ran the backbone
+        embeddings = np.stack([p.embedding for p in ok])
+        flipped = np.stack([p.embedding_flip for p in ok]) if spec.flip else None
+      else:
+        embeddings = _embed_all(backbone, [p.inputs for p in ok], batch_size)
+        flipped = _embed_all(backbone, [p.flipped for p in ok], batch_size) if spec.flip else None
       embedded = time.time() - chunk_started - waited
       if features is None:
         dim = int(embeddings.shape[1]) if len(ok) else int(backbone.dim)

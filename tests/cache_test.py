@@ -4,6 +4,7 @@ A fake backbone and aligner stand in for the real networks so these run in secon
 with the real dlib backbone on LFW images is tests/embed_test.py.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -278,6 +279,29 @@ def test_worker_processes_give_the_same_cache(tmp_path):
   np.testing.assert_array_equal(xa, xb)
   np.testing.assert_array_equal(ma['detected'], mb['detected'])
   assert ma['info']['skipped']['bad_images'] == mb['info']['skipped']['bad_images']
+
+
+class WorkerEmbeddingBackbone(FakeBackbone):
+  """A backbone that asks the cache's worker processes to run it (as dlib's one-core network does)."""
+  embed_in_workers = True
+
+
+def test_backbone_that_embeds_in_workers_gives_the_same_cache(tmp_path):
+  records = make_images(tmp_path / 'img')
+  log = tmp_path / 'calls'
+  inline = build(records, tmp_path / 'a', flip=True, num_workers=0).directory
+  pooled = cache.build(records, make_spec(flip=True),
+                       cache.Pipeline(backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
+                                      aligner_factory=FakeAligner, flip=True),
+                       data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  xa, _, ma = cache.load_embeddings(inline)
+  xb, _, mb = cache.load_embeddings(pooled.directory)
+  assert ma['image_ids'] == mb['image_ids']
+  np.testing.assert_array_equal(xa, xb)
+  assert ma['embeddings_flip'] is not None
+  np.testing.assert_array_equal(ma['embeddings_flip'], mb['embeddings_flip'])
+  callers = {int(line.split()[0]) for line in log.read_text().splitlines()}
+  assert callers and os.getpid() not in callers  # every embed call ran in a worker
 
 
 def _child_build(img_dir, data_dir, log):

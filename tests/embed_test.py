@@ -63,6 +63,24 @@ def test_limit_keeps_whole_identities():
     embed.limit_records(recs, 0)
 
 
+def test_min_images_subset_keeps_identities_with_enough_images(tmp_path):
+  for name, k in (('ann', 3), ('bob', 1), ('cy', 2)):
+    (tmp_path / name).mkdir()
+    for i in range(k):
+      (tmp_path / name / f'{name}_{i:04d}.jpg').write_bytes(b'')  # listing only; nothing is decoded
+  records, options, _ = embed.select_records('folder', tmp_path, subset='min_images2')
+  assert sorted({r.identity for r in records}) == ['ann', 'cy'] and len(records) == 5
+  assert options['subset'] == 'min_images2'  # part of the cache key
+  with pytest.raises(embed.UsageError, match='the selection is empty'):
+    embed.select_records('folder', tmp_path, subset='min_images4')
+
+
+@needs_lfw
+def test_min_images10_is_the_lfw_identity_protocol():
+  records, _, _ = embed.select_records('lfw', LFW_DIR, subset='min_images10')
+  assert len(records) == 4324 and len({r.identity for r in records}) == 158
+
+
 def test_parse_options():
   assert embed.parse_options(['num_jitters=10', 'flip=true', 'padding=0.3', 'name=x', 'w=none']) == {
       'num_jitters': 10, 'flip': True, 'padding': 0.3, 'name': 'x', 'w': None}
@@ -113,6 +131,11 @@ def test_lfw_subset_end_to_end(tmp_path):
   assert info['num_bad_images'] == 0 and info['spec']['backbone_config']['backbone'] == 'dlib-resnet'
   assert info['spec']['align_config']['detector'].startswith('mtcnn')
   assert info['spec']['reader_options']['subset'] == SUBSET
+  # dlib-resnet runs in the worker processes (embed_in_workers); the same chips embedded here agree.
+  assert model.embed_in_workers
+  some = sorted(records, key=lambda r: r.image_id)[:4]
+  here = cache.Preparer(pipeline, backbone=model)(some)
+  np.testing.assert_allclose(model.embed([p.inputs for p in here]), x[:4], atol=1e-6)
   # ... and through grain.
   ds = grain.MapDataset.source(cache.data_source(result.directory)).map(lambda e: e['embedding'])
   np.testing.assert_array_equal(np.stack(list(ds)), x)

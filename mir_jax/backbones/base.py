@@ -29,6 +29,11 @@ class Backbone(abc.ABC):
   """
   name: str
   dim: int
+  # True for a backbone that runs on one CPU core per call (dlib's C++ network): the cache builder's
+  # worker processes then embed as well as detect, so every core runs the network. False for backbones
+  # that use every core themselves (XLA, torch) or an accelerator: they embed large batches in the main
+  # process while the workers detect.
+  embed_in_workers: bool = False
 
   @abc.abstractmethod
   def preprocess(self, image: np.ndarray, detection: Detection) -> np.ndarray:

@@ -158,6 +158,7 @@ class DlibResNet(base.Backbone):
 
   name = 'dlib-resnet'
   dim = 128
+  embed_in_workers = True  # one core per call; the cache's workers each run a copy
 
   def __init__(self, weights: Optional[os.PathLike] = None, *,
                shape_predictor: Optional[os.PathLike] = None, num_jitters: int = 0,
