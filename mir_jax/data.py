@@ -11,10 +11,13 @@ class EmbeddingSet(NamedTuple):
   labels: np.ndarray  # (n,) int32, 0..num_classes-1
   class_names: list  # name of each label
   image_ids: Optional[np.ndarray] = None  # (n,) str, when the source has them
+  video_ids: Optional[np.ndarray] = None  # (n,) str '<person>/<video>' for video datasets (YTF), else None
+  roles: Optional[np.ndarray] = None  # (n,) str 'probe' | 'distractor' for MegaFace, else None
 
 
 def load(source: str) -> EmbeddingSet:
-  """Reads an `.npz` with arrays `x` (n, d) and `labels` (n,) [and optionally `class_names`, `image_ids`],
+  """Reads an `.npz` with arrays `x` (n, d) and `labels` (n,) [and optionally `class_names`, `image_ids`,
+  `video_ids`, `roles`],
   an embedding-cache dataset directory written by `python -m mir_jax.embed`, or `cache:<dataset>/<backbone>`:
   the cache that `python -m mir_jax.embed --dataset=<dataset> --backbone=<backbone>` (default settings) builds."""
   if not source:
@@ -31,8 +34,10 @@ def load(source: str) -> EmbeddingSet:
     return _load_npz(source)
   from mir_jax import cache  # pylint: disable=g-import-not-at-top  (TFDS import is slow; only when used)
   x, labels, meta = cache.load_embeddings(source)
+  optional = lambda values: (np.asarray(['' if v is None else v for v in values])
+                             if any(v is not None for v in values) else None)
   return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['names']),
-                      np.asarray(meta['image_ids']))
+                      np.asarray(meta['image_ids']), optional(meta['video_ids']), optional(meta['roles']))
 
 
 def _load_npz(path: str) -> EmbeddingSet:
@@ -43,12 +48,12 @@ def _load_npz(path: str) -> EmbeddingSet:
     x, labels = f['x'], f['labels']
     num_classes = int(labels.max()) + 1 if labels.size else 0
     names = [str(n) for n in f['class_names']] if 'class_names' in f.files else [str(i) for i in range(num_classes)]
-    image_ids = f['image_ids'] if 'image_ids' in f.files else None
+    image_ids, video_ids, roles = (f[k] if k in f.files else None for k in ('image_ids', 'video_ids', 'roles'))
   if x.ndim != 2 or labels.shape != (x.shape[0],):
     raise ValueError(f'{path}: x must be (n, d) and labels (n,), got {x.shape} and {labels.shape}')
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'{path}: labels must be integers, got {labels.dtype}')
-  return EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names, image_ids)
+  return EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names, image_ids, video_ids, roles)
 
 
 def synthetic_identities(num_classes: int, per_class: int, dim: int, seed: int = 0, spread: float = 1.0,
@@ -68,6 +73,7 @@ def synthetic_identities(num_classes: int, per_class: int, dim: int, seed: int =
 
 def save_npz(path: str, data: EmbeddingSet):
   arrays = {'x': data.x, 'labels': data.labels, 'class_names': np.asarray(data.class_names)}
-  if data.image_ids is not None:
-    arrays['image_ids'] = np.asarray(data.image_ids)
+  for key in ('image_ids', 'video_ids', 'roles'):
+    if getattr(data, key) is not None:
+      arrays[key] = np.asarray(getattr(data, key))
   np.savez(path, **arrays)

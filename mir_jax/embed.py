@@ -17,6 +17,7 @@ Subsets (`--subset`, LFW only; folds count from 0 as in `mir_jax.datasets.lfw`):
 images when even the first identity is larger), so a limited run still holds complete identities.
 """
 
+import collections
 import functools
 import hashlib
 import os
@@ -183,9 +184,13 @@ def select_records(dataset: str,
   listing = datasets.get_reader(dataset)(manual_dir, **reader_kwargs)
   records = list(listing)
   options: Dict[str, Any] = {'reader_kwargs': reader_kwargs, 'subset': subset, 'limit': limit}
-  if subset:
+  if subset and (m := re.fullmatch(r'min_images(\d+)', subset)):
+    # Identities with >= k images: e.g. min_images10 is exactly what the LFW identity protocol reads.
+    counts = collections.Counter(r.identity for r in records)
+    records = [r for r in records if counts[r.identity] >= int(m.group(1))]
+  elif subset:
     if dataset != 'lfw' or not subset.startswith('pairs'):
-      raise UsageError(f'--subset={subset} applies to LFW only')
+      raise UsageError(f'--subset={subset} applies to LFW only (or use min_images<k>)')
     from mir_jax.datasets import lfw  # pylint: disable=g-import-not-at-top
     pairs_file = pathlib.Path(pairs_file) if pairs_file else default_pairs_file(manual_dir)
     if pairs_file is None or not pairs_file.is_file():
@@ -247,7 +252,8 @@ def prepare(dataset: str,
 
 
 def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] = None, manual_dir=None,
-               subset=None, limit=None, pairs_file=None, backbone_options=None, flip=False) -> pathlib.Path:
+               subset=None, limit=None, pairs_file=None, backbone_options=None, flip=False,
+               reader_kwargs=None) -> pathlib.Path:
   """The complete cache `python -m mir_jax.embed` builds for these settings.
 
   Raises:
@@ -255,14 +261,16 @@ def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] =
   """
   data_dir = pathlib.Path(data_dir) if data_dir else default_data_dir()
   _, spec, _, _ = prepare(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
-                          pairs_file=pairs_file, backbone_options=backbone_options, flip=flip)
+                          pairs_file=pairs_file, backbone_options=backbone_options, flip=flip,
+                          reader_kwargs=reader_kwargs)
   directory = cache.cache_dir(data_dir, spec)
   if cache.is_complete(directory):
     return directory
   command = embed_command(
       dataset, backbone, subset=subset, limit=limit, flip=flip, manual_dir=manual_dir, pairs_file=pairs_file,
       data_dir=None if data_dir == default_data_dir() else data_dir,
-      backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()])
+      backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
+      reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()])
   state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
   raise cache.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
 
@@ -292,7 +300,8 @@ def define_flags() -> None:
   flags.DEFINE_multi_string('reader_option', [], 'key=value passed to the dataset reader, e.g. set_size=100.')
   flags.DEFINE_string('data_dir', None, f'Cache root (default ${DATA_DIR_ENV} or <repo>/data_cache).')
   flags.DEFINE_string('manual_dir', None, 'Dataset images (default: the shared data copy).')
-  flags.DEFINE_string('subset', None, 'LFW subset: pairs, pairs_fold<k> or pairs_head<m>.')
+  flags.DEFINE_string('subset', None, 'min_images<k> (identities with >= k images), or the LFW pair subsets '
+                      'pairs, pairs_fold<k>, pairs_head<m>.')
   flags.DEFINE_integer('limit', None, 'Keep whole identities, in name order, up to this many images.')
   flags.DEFINE_string('pairs_file', None, 'LFW pairs.txt for --subset (default: beside the images).')
   flags.DEFINE_bool('flip', False, 'Also store the embedding of the mirrored face.')
