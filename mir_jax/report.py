@@ -284,6 +284,53 @@ def render_markdown(table: Table) -> str:
   return '\n'.join(lines) + '\n'
 
 
+_SHORT = {REPRODUCED: 'reproduced', NOT_REPRODUCED: 'NOT reproduced', NOT_HERE: 'not here', NO_CLAIM: ''}
+
+
+def render_summary(table: Table) -> str:
+  """The table as the paper lays it out: one line per row, one cell per column ("ours +- std (paper
+  number, verdict)"), every reason for a missing number as a numbered footnote, then the direction claims.
+  `render_markdown` has every derived number; this is the part a reader compares with the paper."""
+  records = {(r['row'], r['column']): r for r in summarize(table)}
+  footnotes: Dict[str, int] = {}
+  lines = [f'### {table.title}', '', '| Row | ' + ' | '.join(table.columns) + ' |',
+           '|---|' + '---|' * len(table.columns)]
+  for row in table.rows:
+    cells = []
+    for column in table.columns:
+      rec = records.get((row.name, column))
+      if rec is None:
+        cells.append('')
+        continue
+      if rec['mean'] is None:
+        mark = footnotes.setdefault(rec['reason'], len(footnotes) + 1)
+        text = f'— [{mark}]'
+      else:
+        text = _ours(rec)
+      extra = [f'paper {rec["paper"]:.2f}'] if rec['paper'] is not None else []
+      if rec['mean'] is not None and _SHORT[rec['verdict']]:
+        extra.append(_SHORT[rec['verdict']])
+      cells.append(text + (f' ({", ".join(extra)})' if extra else ''))
+    lines.append('| ' + ' | '.join(_md_escape(c) for c in [row.name] + cells) + ' |')
+  measured = [d for d in table.directions
+              if table.cell(d.better, d.column).values and table.cell(d.worse, d.column).values]
+  if measured:
+    lines += ['', 'Direction claims with measurements on both sides (paired over seeds):', '',
+              f'| Claim | Dataset | Paper | Ours: mean diff [{table.rule.level:.0%} CI] | p (one-sided) | Verdict |',
+              '|---|---|---|---|---|---|']
+    for d in measured:
+      s = direction_summary(table, d)
+      cells = [s['claim'], s['column'], _paper_direction(s),
+               f'{_f(s["mean_diff"], sign=True)} {_ci(s["ci_low"], s["ci_high"], sign=True)}', _p(s),
+               f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED else '')]
+      lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
+  if footnotes:
+    lines += [''] + [f'[{n}] {_md_escape(reason)}' for reason, n in footnotes.items()]
+  if table.notes:
+    lines += [''] + [f'- {_md_escape(n)}' for n in table.notes]
+  return '\n'.join(lines) + '\n'
+
+
 def to_json(table: Table) -> dict:
   """Inputs (enough to rebuild the table with `from_json`) plus every derived number, for readers."""
   return {
@@ -361,7 +408,7 @@ def write_all(table: Table, out_dir: str, stem: str) -> Dict[str, str]:
   os.makedirs(out_dir, exist_ok=True)
   paths = {ext: os.path.join(out_dir, f'{stem}.{ext}') for ext in ('md', 'csv', 'json', 'tex')}
   with open(paths['md'], 'w', encoding='utf-8') as f:
-    f.write(render_markdown(table))
+    f.write(render_summary(table) + '\n#### Every cell\n\n' + render_markdown(table).split('\n', 2)[2])
   _write_csv(table, paths['csv'])
   with open(paths['json'], 'w', encoding='utf-8') as f:
     json.dump(to_json(table), f, indent=1, ensure_ascii=False)

@@ -1,0 +1,143 @@
+"""Training the heads a table compares, on one protocol, under one named training reading.
+
+A *reading* fixes what the paper leaves open about training (BUILD.md, "Training heads fairly"):
+
+  paper-literal  the paper's learning rate and L2 (0.001 each, TensorFlow's `l2 * l2_loss(W)`), Adam, and our
+                 reading of what it does not state (steps, batch), the same for every schedule.
+  tuned          learning rate, L2 and steps chosen per schedule on a validation split carved from the
+                 training split of the first seeds (`mir_jax.tuning`), by one rule for every head. The
+                 choice is stored in a JSON file (`save_choices`) so that tables are regenerated without
+                 re-tuning; the file records the grid, the data it was chosen on and the validation curves.
+
+`train_classification` trains every (schedule, seed) of a `protocols.Classification` under a reading and
+returns per-seed test accuracies and per-example correctness (for McNemar's test); `character_features`
+maps embeddings through a trained head (the MIR feature of Table I's "(a)" rows).
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+
+from mir_jax import engine
+from mir_jax import protocols
+from mir_jax import tuning
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """Learning rate, L2 and steps of one schedule."""
+  learning_rate: float
+  l2: float
+  steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  name: str
+  settings: Dict[str, Setting]  # schedule -> setting
+  source: str = ''  # where the settings come from (the paper; a tuning file)
+
+  def setting(self, schedule: str) -> Setting:
+    if schedule not in self.settings:
+      raise KeyError(f'reading {self.name!r} has no setting for schedule {schedule!r} (it has '
+                     f'{sorted(self.settings)}); re-run the tuning with that schedule')
+    return self.settings[schedule]
+
+
+def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3) -> Reading:
+  """The paper's numbers for every schedule; `steps` is ours (the paper names none)."""
+  s = Setting(learning_rate, l2, steps)
+  return Reading('paper-literal', {k: s for k in engine.SCHEDULES},
+                 f'paper: lr {learning_rate:g}, L2 {l2:g}; steps {steps} (not stated in the paper)')
+
+
+def tuned_reading(choices: Dict[str, tuning.Choice], source: str) -> Reading:
+  return Reading('tuned', {s: Setting(c.learning_rate, c.l2, c.steps) for s, c in choices.items()}, source)
+
+
+def save_choices(path: str, choices: Dict[str, tuning.Choice], context: dict):
+  """Writes tuning choices with the context they were made in (data key, grid, options)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'context': context, 'choices': {s: dataclasses.asdict(c) for s, c in choices.items()}}, f,
+              indent=1, sort_keys=True)
+    f.write('\n')
+
+
+def load_choices(path: str, context: dict) -> Optional[Dict[str, tuning.Choice]]:
+  """The choices stored at `path`, or None when the file is missing or was made in another context."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    stored = json.load(f)
+  if stored.get('context') != json.loads(json.dumps(context)):
+    return None
+  return {s: tuning.Choice(**c) for s, c in stored['choices'].items()}
+
+
+class HeadRuns(NamedTuple):
+  task: protocols.Classification
+  reading: Reading
+  opts: engine.StaticOptions
+  runs: List[engine.Run]  # schedule-major: runs[i * S + j] is schedule i, seed j
+  result: engine.TrainResult
+  accuracy: Dict[str, np.ndarray]  # schedule -> (S,) test accuracy in percent
+  correct: Dict[str, np.ndarray]  # schedule -> (S, n_test) bool
+  mean_commonality: Dict[str, np.ndarray]  # schedule -> (S,) mean y on the test split
+  seconds: float
+
+
+def train_classification(task: protocols.Classification, schedules: Sequence[str], reading: Reading,
+                         opts: engine.StaticOptions, commonality_weight: float = 1.0,
+                         alternate_every: int = 1) -> HeadRuns:
+  """Trains every (schedule, seed) of `task` under `reading` in one compiled call.
+
+  `opts.steps` is replaced by the longest setting; shorter runs stop updating at their own budget.
+  """
+  schedules = list(schedules)
+  runs = [engine.Run(schedule=s, seed=seed, learning_rate=reading.setting(s).learning_rate,
+                     l2=reading.setting(s).l2, steps=reading.setting(s).steps,
+                     commonality_weight=commonality_weight, alternate_every=alternate_every)
+          for s in schedules for seed in task.seeds]
+  steps = max(r.steps for r in runs)
+  opts = dataclasses.replace(opts, steps=steps, log_every=_largest_divisor_at_most(steps, 100))
+  train_idx = np.concatenate([task.train_idx] * len(schedules))
+  test_idx = np.concatenate([task.test_idx] * len(schedules))
+  start = time.perf_counter()
+  result = jax.block_until_ready(engine.train(task.x, task.labels, opts, runs, train_idx))
+  seconds = time.perf_counter() - start
+  out = engine.apply_runs(result, task.x, runs, opts)
+  pred = np.asarray(np.argmax(out.logits, axis=-1))
+  correct = np.take_along_axis(pred == task.labels[None], test_idx, axis=1)
+  y = np.take_along_axis(np.asarray(out.commonality).mean(-1), test_idx, axis=1).mean(axis=1)
+  n = len(task.seeds)
+  by = lambda a: {s: a[i * n:(i + 1) * n] for i, s in enumerate(schedules)}
+  return HeadRuns(task, reading, opts, runs, result, by(100.0 * correct.mean(axis=1)), by(correct), by(y),
+                  seconds)
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
+def character_features(head_runs: HeadRuns, schedule: str, x) -> np.ndarray:
+  """(S, n, d) MIR character features c = base - y of x under each seed's head of `schedule`."""
+  sel = [i for i, r in enumerate(head_runs.runs) if r.schedule == schedule]
+  if not sel:
+    raise KeyError(f'no {schedule!r} runs were trained')
+  sub = engine.TrainResult(jax.tree.map(lambda a: a[np.asarray(sel)], head_runs.result.params),
+                           head_runs.result.input_mean[np.asarray(sel)], {})
+  out = engine.apply_runs(sub, x, [head_runs.runs[i] for i in sel], head_runs.opts)
+  return np.asarray(out.character)
+
+
+def tune(task: protocols.Classification, schedules: Sequence[str], opts: engine.StaticOptions, grid: tuning.Grid,
+         commonality_weight: float = 1.0, alternate_every: int = 1) -> Dict[str, tuning.Choice]:
+  """`tuning.choose` on the task's first seeds' training splits (the test splits never enter)."""
+  return tuning.choose(task.x, task.labels, task.train_idx, opts, list(schedules), grid, task.seeds,
+                       commonality_weight=commonality_weight, alternate_every=alternate_every)

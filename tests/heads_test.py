@@ -1,0 +1,74 @@
+"""Training heads under a named reading; stored tuning choices and their context."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mir_jax import data
+from mir_jax import engine
+from mir_jax import heads
+from mir_jax import protocols
+from mir_jax import tuning
+
+
+@pytest.fixture(scope='module')
+def task():
+  ds = data.synthetic_identities(num_classes=6, per_class=10, dim=16, seed=3, spread=1.5)
+  return protocols.lfw_identity(ds, seeds=[0, 1], min_images=10)
+
+
+def test_readings():
+  lit = heads.literal_reading(steps=300)
+  assert lit.name == 'paper-literal'
+  assert {s: (v.learning_rate, v.l2, v.steps) for s, v in lit.settings.items()} == {
+      s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES}
+  choice = tuning.Choice('joint', 0.03, 1e-4, 200, 0.9, {})
+  tuned = heads.tuned_reading({'joint': choice}, 'x.json')
+  assert tuned.setting('joint') == heads.Setting(0.03, 1e-4, 200)
+  with pytest.raises(KeyError, match="no setting for schedule 'single'"):
+    tuned.setting('single')
+
+
+def test_train_classification_reports_per_schedule_and_seed(task):
+  opts = engine.StaticOptions(num_classes=len(task.class_names))
+  reading = heads.Reading('r', {'joint': heads.Setting(3e-2, 0.0, 60), 'single': heads.Setting(3e-2, 0.0, 40)})
+  runs = heads.train_classification(task, ['joint', 'single'], reading, opts)
+  assert [(r.schedule, r.seed, r.steps) for r in runs.runs] == [
+      ('joint', 0, 60), ('joint', 1, 60), ('single', 0, 40), ('single', 1, 40)]
+  assert runs.opts.steps == 60
+  for s in ('joint', 'single'):
+    assert runs.accuracy[s].shape == (2,) and runs.correct[s].shape == (2, task.test_idx.shape[1])
+    np.testing.assert_allclose(runs.accuracy[s], 100 * runs.correct[s].mean(axis=1))
+    assert (runs.accuracy[s] > 100 / len(task.class_names)).all()  # better than chance
+  # Per-example correctness is that of the trained heads on each seed's own test split.
+  out = engine.apply_runs(runs.result, task.x, runs.runs, runs.opts)
+  pred = np.argmax(np.asarray(out.logits[0]), axis=-1)
+  np.testing.assert_array_equal(runs.correct['joint'][0], (pred == task.labels)[task.test_idx[0]])
+
+
+def test_character_features(task):
+  opts = engine.StaticOptions(num_classes=len(task.class_names))
+  reading = heads.literal_reading(steps=20)
+  runs = heads.train_classification(task, ['joint', 'single'], reading, opts)
+  single = heads.character_features(runs, 'single', task.x)
+  np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # gate 0: c = x
+  joint = heads.character_features(runs, 'joint', task.x)
+  out = engine.apply_runs(runs.result, task.x, runs.runs, runs.opts)
+  np.testing.assert_allclose(joint, np.asarray(out.character[:2]), atol=1e-6)
+  # c = x - y with a scalar y per face: every coordinate moves by the same amount.
+  shift = task.x[None] - joint
+  np.testing.assert_allclose(shift, np.broadcast_to(shift[..., :1], shift.shape), atol=1e-5)
+  with pytest.raises(KeyError):
+    heads.character_features(runs, 'alternating', task.x)
+
+
+def test_stored_choices_roundtrip_and_context(tmp_path):
+  choices = {'joint': tuning.Choice('joint', 0.1, 0.0, 300, 0.97, {'(0.1, 0)': [0.5, 0.97]})}
+  path = str(tmp_path / 'sub' / 'c.json')
+  context = {'data': 'lfw', 'grid': {'lr': (0.1, 0.3)}}
+  heads.save_choices(path, choices, context)
+  assert heads.load_choices(path, context) == choices
+  assert heads.load_choices(path, {**context, 'data': 'ytf'}) is None  # made in another context
+  assert heads.load_choices(str(tmp_path / 'absent.json'), context) is None
+  assert dataclasses.asdict(heads.load_choices(path, context)['joint'])['steps'] == 300
