@@ -1,0 +1,185 @@
+r"""Table I: original features (b) against MIR character features (a), per backbone, beside the paper's rows.
+
+  python -m reproduce.table1 [--config=experiments/configs/reproduce.py] [--output_dir=outputs/reproduce]
+
+Rows: for each backbone of `config.backbones` and each training reading (tuned, paper-literal), "(b)" and
+"(a)"; then the paper's own rows (DeepID2+, FaceNet, DeepFace, BaiDu), printed as claims because no public
+weights for them exist here. Columns:
+
+  LFW              Ac = TP/AP of a softmax head, protocol `lfw_identity` (>= 10 images, half split):
+                   (b) the single-task head on the original embedding, (a) the jointly trained MIR head.
+  YTF              Ac on YTF frames with held-out videos (`ytf_frames`), same heads.
+  YTF pairs        10-fold verification accuracy on YTF's 5,000 video pairs: (b) original embeddings,
+                   (a) character features of the (a) heads of the YTF column.
+  MegaFace         challenge-1 rank-1 (set size `config.megaface.set_size`): (b) original, (a) character
+                   features of a MIR head trained on `config.megaface.head_dataset` (no probe identity).
+  LFW-distractors  the MegaFace protocol on LFW (offline stand-in, named as such; `lfw_distractors`).
+
+Each cell: mean +- std and 95% CI over seeds, the paper's number, the difference and a verdict; a cell
+whose data is not here says how to supply it. The paper prints no row for dlib; the facenet-pytorch rows
+are compared with the paper's FaceNet row, as labelled substitutes. Every measured backbone also gets the
+paper's direction claim "(a) > (b)" tested per column with a paired t-interval over seeds.
+
+Writes table1.{md,csv,json,tex} to --output_dir and prints the markdown.
+"""
+
+from typing import Dict, List
+
+from absl import app
+
+from experiments import paper_claims
+from mir_jax import protocols
+from mir_jax import report
+from mir_jax import verification
+from reproduce import common
+
+COLUMNS = ('LFW', 'YTF', 'YTF pairs', 'MegaFace', 'LFW-distractors')
+_AC = 'Ac = TP/AP, identity classification'
+_SUBSTITUTES = {'facenet-vggface2': 'FaceNet', 'facenet-casia': 'FaceNet'}
+_HOW = {
+    'YTF': ('download YouTube Faces (aligned_images_DB and splits.txt, https://www.cs.tau.ac.il/~wolf/ytfaces/), '
+            'run `python -m mir_jax.embed --dataset=ytf --backbone={backbone} --manual_dir=<YTF root>` and pass '
+            '--config.ytf.manual_dir=<YTF root>'),
+    'MegaFace': ('arrange a copy of MegaFace challenge 1 as BUILD.md "Datasets" shows, run `python -m mir_jax.embed '
+                 '--dataset=megaface --backbone={backbone} --manual_dir=<root> --reader_option=set_size={set_size}` '
+                 'and pass --config.megaface.manual_dir=<root>'),
+}
+
+
+def _cells_unavailable(columns, reason: str, paper: Dict[str, float]) -> Dict[str, report.Cell]:
+  return {c: report.Cell(paper=paper.get(c), paper_metric=paper_claims.PAPER_METRIC if c in paper else '',
+                         reason=reason) for c in columns}
+
+
+def _paper_row(backbone: str, which: str) -> Dict[str, float]:
+  """The paper's numbers a substitute backbone's row is compared with ({} for dlib)."""
+  name = _SUBSTITUTES.get(backbone)
+  if name is None:
+    return {}
+  return {c: paper_claims.claim('I', f'{name} ({which})', c).value for c in paper_claims.COLUMNS}
+
+
+def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[report.Row]:
+  """The (b) and (a) rows of one backbone under one training reading."""
+  tag = f' [{reading}]'
+  names = {w: f'{backbone} ({w}){tag}' for w in ('b', 'a')}
+  paper = {w: _paper_row(backbone, w) for w in ('b', 'a')}
+  cells = {'b': {}, 'a': {}}
+  note = ''
+  if backbone in _SUBSTITUTES:
+    note = (f'{backbone} (facenet-pytorch Inception-ResNet-v1, 512-D) stands in for the paper\'s FaceNet [6]; '
+            'its paper numbers are that row\'s.')
+  try:
+    lfw = ctx.lfw_identity(backbone)
+  except common.Unavailable as e:
+    reason = str(e)
+    return [report.Row(names[w], _cells_unavailable(COLUMNS, reason, paper[w]), note=note) for w in ('b', 'a')]
+  key = ctx.data_key('lfw', backbone)
+
+  # LFW: Ac of the single-task head (b) and the joint MIR head (a) on the same splits and seeds.
+  runs = ctx.train(lfw, key, ['single', 'joint'], reading)
+  for w, schedule in (('b', 'single'), ('a', 'joint')):
+    cells[w]['LFW'] = report.Cell(runs.accuracy[schedule], lfw.seeds, f'{_AC} ({lfw.name})', paper[w].get('LFW'),
+                                  paper_claims.PAPER_METRIC if paper[w] else '',
+                                  note=f'{lfw.name}: {lfw.description}.')
+
+  # YTF frames and pairs, MegaFace: from caches of a user's copy, else how to supply them.
+  for w in ('b', 'a'):
+    for column in ('YTF', 'YTF pairs', 'MegaFace'):
+      cells[w][column] = None
+  _ytf(ctx, backbone, reading, cells, paper)
+  _megaface(ctx, backbone, reading, cells, paper)
+
+  # LFW-distractors: the MegaFace protocol on LFW images.
+  task = ctx.lfw_distractors(backbone)
+  original, mir, seeds = ctx.open_set_rank1(task, key, reading)
+  metric = 'rank-1 identification, MegaFace challenge-1 protocol on LFW (stand-in)'
+  cells['b']['LFW-distractors'] = report.Cell(
+      [100 * original['rank1']] * len(seeds), seeds, metric,
+      note=f'{task.description}. The original features do not depend on the seed: one value, repeated per seed '
+           'so that (a) - (b) pairs by seed.')
+  cells['a']['LFW-distractors'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric)
+  return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
+
+
+def _ytf(ctx, backbone, reading, cells, paper):
+  c = ctx.config.ytf
+  try:
+    ds = ctx.embeddings('ytf', backbone, manual_dir=c.manual_dir)
+  except common.Unavailable as e:
+    how = _HOW['YTF'].format(backbone=backbone)
+    for w in ('b', 'a'):
+      for column in ('YTF', 'YTF pairs'):
+        cells[w][column] = report.data_not_supplied(
+            'YouTube Faces', how, paper=paper[w].get('YTF') if column == 'YTF' else None,
+            paper_metric=paper_claims.PAPER_METRIC if paper[w] and column == 'YTF' else '',
+            note=f'looked for the cache: {str(e).splitlines()[0]}')
+    return
+  key = ctx.data_key('ytf', backbone)
+  task = protocols.ytf_frames(ds, ctx.seeds, c.min_videos, c.frames_per_video or None)
+  runs = ctx.train(task, key, ['single', 'joint'], reading)
+  for w, schedule in (('b', 'single'), ('a', 'joint')):
+    cells[w]['YTF'] = report.Cell(runs.accuracy[schedule], task.seeds, f'{_AC} ({task.name})', paper[w].get('YTF'),
+                                  paper_claims.PAPER_METRIC if paper[w] else '', note=f'{task.name}: {task.description}.')
+  from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
+  pairs = ytf_reader.read_splits(common.ytf_splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir)
+  metric = 'YTF 5,000-pair verification accuracy (10-fold)'
+  a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs)
+  original = 100 * verification.evaluate(a, b, same, folds).accuracy.mean()
+  cells['b']['YTF pairs'] = report.Cell([original] * len(ctx.seeds), ctx.seeds, metric)
+  character = runs.character('joint', ds.x)
+  mir = []
+  for feats in character:
+    a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs, feats)
+    mir.append(100 * verification.evaluate(a, b, same, folds).accuracy.mean())
+  cells['a']['YTF pairs'] = report.Cell(mir, ctx.seeds, metric,
+                                        note='(a): frames mapped by the YTF-column heads, which trained on '
+                                             'frames of people that also appear in the pairs.')
+
+
+def _megaface(ctx, backbone, reading, cells, paper):
+  c = ctx.config.megaface
+  try:
+    ds = ctx.embeddings('megaface', backbone, manual_dir=c.manual_dir, set_size=c.set_size)
+    head = ctx.embeddings(c.head_dataset, backbone)
+  except common.Unavailable as e:
+    how = _HOW['MegaFace'].format(backbone=backbone, set_size=c.set_size)
+    for w in ('b', 'a'):
+      cells[w]['MegaFace'] = report.data_not_supplied(
+          'MegaFace', how, paper=paper[w].get('MegaFace'),
+          paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
+          note=f'looked for the cache: {str(e).splitlines()[0]}')
+    return
+  task = protocols.megaface(ds, head)
+  original, mir, seeds = ctx.open_set_rank1(task, ctx.data_key(c.head_dataset, backbone), reading)
+  metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
+  cells['b']['MegaFace'] = report.Cell([100 * original['rank1']] * len(seeds), seeds, metric,
+                                       paper['b'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['b'] else '')
+  cells['a']['MegaFace'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric,
+                                       paper['a'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['a'] else '',
+                                       note=task.description)
+
+
+def build(ctx: common.Context) -> report.Table:
+  rows, directions = [], []
+  for backbone in ctx.backbones():
+    for reading in ctx.readings():
+      b, a = measured_rows(ctx, backbone, reading)
+      rows += [b, a]
+      directions += [report.Direction(a.name, b.name, c) for c in COLUMNS]
+  claims = paper_claims.claims_only_table('I')
+  rows += claims.rows
+  directions += claims.directions
+  notes = [f'Paper metric: {paper_claims.PAPER_METRIC}. Our LFW/YTF columns measure the same quantity on our '
+           'stated protocols; MegaFace and LFW-distractors are rank-1 identification; YTF pairs is verification.',
+           'Readings: "tuned" = learning rate, L2 and steps chosen per schedule on validation data carved from the '
+           'training split; "paper-literal" = the paper\'s learning rate and L2 (0.001 each) with our step count '
+           f'({ctx.config.literal.steps}). See BUILD.md, "Training heads fairly".',
+           f'Seeds: {ctx.seeds[0]}..{ctx.seeds[-1]}; each seed draws its own split and initialisation.']
+  return report.Table('Table I: original features (b) vs MIR character features (a)', list(COLUMNS), rows,
+                      directions, notes=notes)
+
+
+if __name__ == '__main__':
+  common.define_flags('table1.{md,csv,json,tex}')
+  app.run(common.table_command('table1', build))
