@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: env test reproduce benchmarks clean-env
+.PHONY: env test reproduce baseline benchmarks clean-env
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,16 @@ test: env
 	$(PY) -m pytest -q tests
 
 # The main job: embed all of LFW with the offline dlib backbone (resumable; skipped when cached), LFW pair
-# verification, then MIR / single-task heads on LFW identities with >= 10 images, paper-literal and tuned.
+# verification, then every table and figure (Table I, Table II, ablations, Figs. 2-3) into outputs/reproduce.
 reproduce: env
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet
 	$(PY) -m reproduce.lfw_verification --backbone=dlib-resnet
-	$(PY) -m mir_jax.train --config=experiments/configs/lfw.py --workdir=runs/lfw_literal
-	$(PY) -m mir_jax.train --config=experiments/configs/lfw_tuned.py --workdir=runs/lfw_tuned
+	$(PY) -m reproduce.all
+
+# Recompute the CI regression baseline (experiments/baselines/) after an intended change of results.
+baseline: env
+	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=min_images10
+	$(PY) -m reproduce.regression --write
 
 clean-env:
 	rm -rf $(VENV)

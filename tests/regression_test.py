@@ -1,0 +1,72 @@
+"""CI regression of the reproduced accuracies: recompute Table II's numbers on the fixed offline configuration
+(experiments/configs/regression.py) and compare them with the committed baseline.
+
+Needs the shared LFW images; the dlib-resnet cache of the >= 10-image identities is built on first use
+(about 5 minutes on two cores) into the default cache directory and reused afterwards.
+"""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+import fixtures
+from experiments.configs import regression as regression_config
+from mir_jax import embed
+from mir_jax import paths
+from reproduce import regression
+
+LFW_DIR = fixtures.lfw_images_dir()
+needs_lfw = pytest.mark.skipif(LFW_DIR is None, reason=fixtures.MISSING_DATA_REASON)
+EMBED = [sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', '--backbone=dlib-resnet', '--subset=min_images10']
+
+
+@pytest.fixture(scope='module')
+def numbers():
+  try:
+    embed.find_cache('lfw', 'dlib-resnet', subset='min_images10')
+  except Exception:  # pylint: disable=broad-except  (missing: build it, as the docstring says)
+    proc = subprocess.run(EMBED, cwd=paths.repo_root(), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return regression.compute(regression_config.get_config())
+
+
+@pytest.fixture(scope='module')
+def baseline():
+  with open(regression.baseline_path()) as f:
+    return json.load(f)
+
+
+@needs_lfw
+def test_reproduced_accuracies_match_the_committed_baseline(numbers, baseline):
+  assert regression.compare(baseline, numbers) == []
+  # The baseline covers every schedule under every reading, for every seed of the configuration.
+  config = regression_config.get_config()
+  assert len(numbers) == 3 * len(config.readings.split(','))
+  assert all(len(v['values']) == config.num_seeds for v in numbers.values())
+
+
+@needs_lfw
+def test_a_moved_number_is_reported(numbers, baseline):
+  moved = copy.deepcopy(baseline)
+  key = sorted(moved['numbers'])[0]
+  moved['numbers'][key]['values'][1] += 2 * moved['tolerance_pp']
+  problems = regression.compare(moved, numbers)
+  assert len(problems) == 1 and problems[0].startswith(f'{key}, seed {moved["numbers"][key]["seeds"][1]}')
+  # A number within the tolerance is not.
+  within = copy.deepcopy(baseline)
+  within['numbers'][key]['values'][0] += 0.5 * within['tolerance_pp']
+  assert regression.compare(within, numbers) == []
+  # Numbers that appear or vanish are reported too.
+  extra = copy.deepcopy(baseline)
+  extra['numbers']['another row / LFW'] = extra['numbers'][key]
+  assert any('not computed now' in p for p in regression.compare(extra, numbers))
+
+
+def test_compare_needs_matching_seeds():
+  base = {'tolerance_pp': 0.5, 'numbers': {'r / LFW': {'seeds': [0, 1], 'values': [90.0, 91.0]}}}
+  now = {'r / LFW': {'seeds': [0, 2], 'values': [90.0, 91.0]}}
+  assert 'seeds' in regression.compare(base, now)[0]
+  assert regression.compare(base, {'r / LFW': {'seeds': [0, 1], 'values': [90.4, 90.6]}}) == []
