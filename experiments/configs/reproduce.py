@@ -21,7 +21,8 @@ def get_config():
   config.num_seeds = 10
 
   # subset: '' reads the whole-LFW cache; 'min_images10' a cache of just the identities this protocol uses
-  # (`python -m mir_jax.embed --dataset=lfw --subset=min_images10`, a third of the images, same numbers).
+  # (`python -m mir_jax.embed --dataset=lfw --subset=min_images10`, a third of the images; 3 of its 4,324
+  # embeddings differ from the whole-LFW cache's, see BUILD.md "Embedding cache").
   config.lfw = ml_collections.ConfigDict({'min_images': 10, 'train_fraction': 0.5, 'subset': ''})
   # Its heads have 1,522 classes, 10x the cost of the LFW ones; the original features' rank-1 does not
   # depend on the seed, and the heads' varies by ~0.2 points, so 5 seeds.
