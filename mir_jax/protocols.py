@@ -191,7 +191,10 @@ def megaface(ds: data_lib.EmbeddingSet, head: data_lib.EmbeddingSet, head_min_im
   probe_names = {ds.class_names[k] for k in np.unique(ds.labels[probe])}
   keep, head_labels, kept = splits.keep_identities_with_at_least(head.labels, head_min_images)
   head_names = [head.class_names[k] for k in kept]
-  shared = sorted(probe_names & set(head_names))
+  # FaceScrub folders and LFW names spell a person differently ('Aaron Eckhart' / 'Aaron_Eckhart').
+  norm = lambda name: re.sub(r'[\s_]+', ' ', name).strip().lower()
+  probe_norm = {norm(n) for n in probe_names}
+  shared = sorted(n for n in head_names if norm(n) in probe_norm)
   if shared:
     raise ValueError(f'{len(shared)} head-training identities are also probes (e.g. {shared[:3]}); remove '
                      'them from the head set so the head never sees a probe identity')

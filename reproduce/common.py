@@ -72,16 +72,17 @@ class Context:
   def readings(self):
     return [r.strip() for r in self.config.readings.split(',') if r.strip()]
 
-  def embeddings(self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '',
+  def embeddings(self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '', limit: int = 0,
                  **reader_kwargs) -> data_lib.EmbeddingSet:
-    """The cached embeddings of `dataset` under `backbone`; raises Unavailable with the embed command."""
-    key = (dataset, backbone, manual_dir, subset, json.dumps(reader_kwargs, sort_keys=True))
+    """The cached embeddings of `dataset` under `backbone` (built with those `mir_jax.embed` flags);
+    raises Unavailable with the embed command that builds them."""
+    key = (dataset, backbone, manual_dir, subset, limit, json.dumps(reader_kwargs, sort_keys=True))
     if key not in self._sets:
       from mir_jax import embed  # pylint: disable=g-import-not-at-top  (torch, dlib: only when used)
       from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
       try:
         directory = embed.find_cache(dataset, backbone, data_dir=self.config.data_dir or None,
-                                     manual_dir=manual_dir or None, subset=subset or None,
+                                     manual_dir=manual_dir or None, subset=subset or None, limit=limit or None,
                                      reader_kwargs=reader_kwargs or None)
       except (cache.CacheError, listing.DatasetError, embed.UsageError) as e:
         raise Unavailable(str(e)) from None

@@ -141,7 +141,8 @@ def _megaface(ctx, backbone, reading, cells, paper):
   c = ctx.config.megaface
   try:
     ds = ctx.embeddings('megaface', backbone, manual_dir=c.manual_dir, set_size=c.set_size)
-    head = ctx.embeddings(c.head_dataset, backbone)
+    head = ctx.embeddings(c.head_dataset, backbone, manual_dir=c.head_manual_dir, subset=c.head_subset,
+                          limit=c.head_limit)
   except common.Unavailable as e:
     how = _HOW['MegaFace'].format(backbone=backbone, set_size=c.set_size)
     for w in ('b', 'a'):

@@ -295,6 +295,8 @@ def test_megaface_uses_roles_and_a_separate_head():
 
 
 def test_megaface_refuses_head_sharing_a_probe_identity():
+  with pytest.raises(ValueError, match=r"are also probes \(e.g. \['FS Ben'\]\)"):  # spelt differently
+    protocols.megaface(_megaface_set(), _head_set(['h_a', 'FS Ben'], [3, 2]))
   head = _head_set(['h_a', 'fs_ben', 'h_c'], [3, 2, 4])
   with pytest.raises(ValueError, match=r"1 head-training identities are also probes \(e.g. \['fs_ben'\]\)"):
     protocols.megaface(_megaface_set(), head)

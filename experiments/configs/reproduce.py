@@ -32,7 +32,11 @@ def get_config():
   # YTF and MegaFace are read from caches built from a user's copy (BUILD.md, "Datasets").
   # manual_dir '' = not supplied (the shared data has neither): those cells then say how to supply them.
   config.ytf = ml_collections.ConfigDict({'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50})
-  config.megaface = ml_collections.ConfigDict({'manual_dir': '', 'set_size': 1000000, 'head_dataset': 'lfw'})
+  # The MegaFace (a) head trains on the cache of `head_dataset` built with these manual_dir/subset/limit
+  # flags; identities that are also FaceScrub probes are refused, so remove them from that set first.
+  config.megaface = ml_collections.ConfigDict({
+      'manual_dir': '', 'set_size': 1000000,
+      'head_dataset': 'lfw', 'head_manual_dir': '', 'head_subset': '', 'head_limit': 0})
 
   config.model = base.model  # the head read literally: scalar commonality, c = x - y, no centering
   config.train = ml_collections.ConfigDict({
