@@ -366,9 +366,10 @@ def features_for(dim: int, names: Sequence[str], flip: bool):
   return tfds.features.FeaturesDict(spec)
 
 
-def _fingerprint(records: Sequence[FaceRecord]) -> str:
+def records_fingerprint(records: Sequence[FaceRecord]) -> str:
+  """A digest of the image ids, identities, videos and roles a cache was built from, in any order."""
   h = hashlib.sha256()
-  for r in records:
+  for r in sorted(records, key=lambda r: r.image_id):
     h.update(f'{r.image_id}\t{r.identity}\t{r.video_id or ""}\t{r.role or ""}\n'.encode())
   return h.hexdigest()[:16]
 
@@ -437,14 +438,14 @@ def build(records: Sequence[FaceRecord],
   work = directory / _WORK
   if is_complete(directory):
     info = json.loads((directory / _INFO).read_text())
-    if info.get('records_fingerprint') != _fingerprint(records):
+    if info.get('records_fingerprint') != records_fingerprint(records):
       raise CacheError(_changed_message(directory))
     logging.info('Cache %s is complete; nothing to do.', directory)
     return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], 0.0)
   work.mkdir(parents=True, exist_ok=True)
 
   plan_path = work / 'plan.json'
-  fingerprint = _fingerprint(records)
+  fingerprint = records_fingerprint(records)
   if plan_path.is_file():
     plan = json.loads(plan_path.read_text())
     if plan['records_fingerprint'] != fingerprint or plan['num_records'] != len(records):

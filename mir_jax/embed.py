@@ -260,11 +260,17 @@ def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] =
     cache.CacheError: it is missing or incomplete; the message holds the embed command that builds it.
   """
   data_dir = pathlib.Path(data_dir) if data_dir else default_data_dir()
-  _, spec, _, _ = prepare(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
-                          pairs_file=pairs_file, backbone_options=backbone_options, flip=flip,
-                          reader_kwargs=reader_kwargs)
+  records, spec, _, _ = prepare(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
+                                pairs_file=pairs_file, backbone_options=backbone_options, flip=flip,
+                                reader_kwargs=reader_kwargs)
   directory = cache.cache_dir(data_dir, spec)
   if cache.is_complete(directory):
+    # The key holds the settings, not where the images live: a cache of another copy with other images
+    # (a fixture, an older download) has the same key and must not stand in for this one.
+    if cache.read_info(directory).get('records_fingerprint') != cache.records_fingerprint(records):
+      raise cache.CacheError(f'the embedding cache {directory} was built from a different list of images than '
+                             f'{manual_dir or default_manual_dir(dataset)} holds now; delete it or pass another '
+                             '--data_dir to rebuild')
     return directory
   command = embed_command(
       dataset, backbone, subset=subset, limit=limit, flip=flip, manual_dir=manual_dir, pairs_file=pairs_file,

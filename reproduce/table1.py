@@ -113,7 +113,7 @@ def _ytf(ctx, backbone, reading, cells, paper):
         cells[w][column] = report.data_not_supplied(
             'YouTube Faces', how, paper=paper[w].get('YTF') if column == 'YTF' else None,
             paper_metric=paper_claims.PAPER_METRIC if paper[w] and column == 'YTF' else '',
-            note=f'looked for the cache: {str(e).splitlines()[0]}')
+            note=f'looked for the cache: {" ".join(str(e).split())}')
     return
   key = ctx.data_key('ytf', backbone)
   task = protocols.ytf_frames(ds, ctx.seeds, c.min_videos, c.frames_per_video or None)
@@ -122,19 +122,30 @@ def _ytf(ctx, backbone, reading, cells, paper):
     cells[w]['YTF'] = report.Cell(runs.accuracy[schedule], task.seeds, f'{_AC} ({task.name})', paper[w].get('YTF'),
                                   paper_claims.PAPER_METRIC if paper[w] else '', note=f'{task.name}: {task.description}.')
   from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
-  pairs = ytf_reader.read_splits(common.ytf_splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir)
-  metric = 'YTF 5,000-pair verification accuracy (10-fold)'
-  a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs)
+  from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
+  try:
+    # Official counts (10 splits x 250 + 250) unless config.ytf.official_counts is off (a fixture, a subset).
+    counts = {} if c.official_counts else {'num_folds': None, 'same_per_fold': None}
+    pairs = ytf_reader.read_splits(common.ytf_splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir,
+                                   **counts)
+    a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)
+  except (common.Unavailable, listing.DatasetError, ValueError) as e:
+    for w in ('b', 'a'):
+      cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
+    return
+  metric = f'YTF pair verification accuracy ({len(set(folds.tolist()))}-fold)'
+  accounting = (f'{len(same)} pairs evaluated in {len(set(folds.tolist()))} folds; {len(pairs.skipped)} skipped by '
+                f'the reader (video missing on disk), {len(missing)} without embeddings for both videos.')
   original = 100 * verification.evaluate(a, b, same, folds).accuracy.mean()
-  cells['b']['YTF pairs'] = report.Cell([original] * len(ctx.seeds), ctx.seeds, metric)
+  cells['b']['YTF pairs'] = report.Cell([original] * len(ctx.seeds), ctx.seeds, metric, note=accounting)
   character = runs.character('joint', ds.x)
   mir = []
   for feats in character:
     a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs, feats)
     mir.append(100 * verification.evaluate(a, b, same, folds).accuracy.mean())
   cells['a']['YTF pairs'] = report.Cell(mir, ctx.seeds, metric,
-                                        note='(a): frames mapped by the YTF-column heads, which trained on '
-                                             'frames of people that also appear in the pairs.')
+                                        note=f'{accounting} (a): frames mapped by the YTF-column heads, which '
+                                             'trained on frames of people that also appear in the pairs.')
 
 
 def _megaface(ctx, backbone, reading, cells, paper):
@@ -149,9 +160,16 @@ def _megaface(ctx, backbone, reading, cells, paper):
       cells[w]['MegaFace'] = report.data_not_supplied(
           'MegaFace', how, paper=paper[w].get('MegaFace'),
           paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
-          note=f'looked for the cache: {str(e).splitlines()[0]}')
+          note=f'looked for the cache: {" ".join(str(e).split())}')
     return
-  task = protocols.megaface(ds, head)
+  try:
+    task = protocols.megaface(ds, head)
+  except ValueError as e:  # e.g. the head set shares identities with the probes
+    for w in ('b', 'a'):
+      cells[w]['MegaFace'] = report.Cell(paper=paper[w].get('MegaFace'),
+                                         paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
+                                         reason=f'MegaFace protocol not applicable to the supplied data: {e}')
+    return
   original, mir, seeds = ctx.open_set_rank1(task, ctx.data_key(c.head_dataset, backbone), reading)
   metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
   cells['b']['MegaFace'] = report.Cell([100 * original['rank1']] * len(seeds), seeds, metric,

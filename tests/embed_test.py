@@ -176,3 +176,21 @@ def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
   assert proc.returncode != 0
   assert 'does not exist' in proc.stderr
   assert 'python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=pairs_head1' in proc.stderr
+
+
+def test_find_cache_refuses_a_cache_of_other_images(tmp_path, monkeypatch):
+  ours = [FaceRecord('/a/1.jpg', 'a', 'a/1'), FaceRecord('/b/1.jpg', 'b', 'b/1')]
+  theirs = ours[:1] + [FaceRecord('/c/1.jpg', 'c', 'c/1')]
+  spec = cache.CacheSpec(dataset='folder', reader_options={}, backbone_config={'backbone': 'x'}, align_config={})
+  directory = cache.cache_dir(tmp_path, spec)
+  directory.mkdir(parents=True)
+  (directory / 'dataset_info.json').write_text('{}')
+  info = {'records_fingerprint': cache.records_fingerprint(theirs)}
+  (directory / 'mir_cache.json').write_text(json.dumps(info))
+  monkeypatch.setattr(cache, 'read_info', lambda d, data_dir=None: json.loads((d / 'mir_cache.json').read_text()))
+  monkeypatch.setattr(embed, 'prepare', lambda *a, **k: (ours, spec, None, None))
+  with pytest.raises(cache.CacheError, match='different list of images'):
+    embed.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path)
+  info['records_fingerprint'] = cache.records_fingerprint(ours)
+  (directory / 'mir_cache.json').write_text(json.dumps(info))
+  assert embed.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path) == directory

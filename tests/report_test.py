@@ -141,7 +141,31 @@ def test_json_round_trip_and_files(tmp_path):
     tex = f.read()
   assert r'\toprule' in tex and r'\bottomrule' in tex and r'90\% CI' in tex and r'\$MIR\_DATA' in tex
   with open(paths['md'], encoding='utf-8') as f:
-    assert f.read() == report.render_markdown(t)
+    md = f.read()
+  # The paper-shaped summary first, then every cell in full.
+  assert md.startswith(report.render_summary(t))
+  assert md.endswith(report.render_markdown(t).split('\n', 2)[2]) and '#### Every cell' in md
+
+
+def test_summary_is_shaped_like_the_paper():
+  t = _table()
+  lines = report.render_summary(t).splitlines()
+  assert lines[2] == '| Row | LFW | MegaFace |'
+  mir = next(l for l in lines if l.startswith('| MIR (a) |'))
+  # Mean +- std, the paper's number and the verdict: 96 lies inside the t-interval of (90, 92, 94); 99.65
+  # lies far outside that of (85, 88, 86).
+  assert '92.00 ± 2.00 (paper 96.00, reproduced)' in mir
+  assert '86.33 ± 1.53 (paper 99.65, NOT reproduced)' in next(l for l in lines if l.startswith('| original'))
+  # A missing number is a dash with a footnote carrying the reason; the same reason is one footnote.
+  assert '— [1] (paper 55.75)' in mir
+  footnotes = [l for l in lines if l.startswith('[')]
+  assert footnotes[0].startswith('[1] MegaFace data not supplied') and len(footnotes) == 3
+  deepface = next(l for l in lines if l.startswith('| DeepFace (b) |'))
+  assert deepface.endswith('|  |')  # no MegaFace cell in that row: left blank, not a dash
+  # Only directions measured on both sides are listed.
+  claims = [l for l in lines if l.startswith('| MIR (a) > original (b)')]
+  assert len(claims) == 1 and '| LFW |' in claims[0] and '+5.67' in claims[0]
+  assert 'toy notes' in lines[-1]
 
 
 def test_paper_claims_match_the_paper_text():

@@ -31,7 +31,8 @@ def get_config():
        'num_seeds': 5})
   # YTF and MegaFace are read from caches built from a user's copy (BUILD.md, "Datasets").
   # manual_dir '' = not supplied (the shared data has neither): those cells then say how to supply them.
-  config.ytf = ml_collections.ConfigDict({'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50})
+  config.ytf = ml_collections.ConfigDict(
+      {'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50, 'official_counts': True})
   # The MegaFace (a) head trains on the cache of `head_dataset` built with these manual_dir/subset/limit
   # flags; identities that are also FaceScrub probes are refused, so remove them from that set first.
   config.megaface = ml_collections.ConfigDict({
