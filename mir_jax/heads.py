@@ -41,6 +41,9 @@ class Reading:
   name: str
   settings: Dict[str, Setting]  # schedule -> setting
   source: str = ''  # where the settings come from (the paper; a tuning file)
+  # schedule -> which bounds of the tuning grid the choice sits on ('' when inside); a choice on the
+  # largest step count or learning rate may be under-fitted rather than best.
+  edges: Dict[str, str] = dataclasses.field(default_factory=dict)
 
   def setting(self, schedule: str) -> Setting:
     if schedule not in self.settings:
@@ -56,8 +59,17 @@ def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3) -
                  f'paper: lr {learning_rate:g}, L2 {l2:g}; steps {steps} (not stated in the paper)')
 
 
-def tuned_reading(choices: Dict[str, tuning.Choice], source: str) -> Reading:
-  return Reading('tuned', {s: Setting(c.learning_rate, c.l2, c.steps) for s, c in choices.items()}, source)
+def tuned_reading(choices: Dict[str, tuning.Choice], source: str, grid: Optional[tuning.Grid] = None) -> Reading:
+  edges = {}
+  if grid is not None:
+    for s, c in choices.items():
+      hit = [what for what, on in (('the most steps', c.steps == grid.max_steps),
+                                   ('the largest learning rate', c.learning_rate == max(grid.learning_rates)),
+                                   ('the smallest learning rate', c.learning_rate == min(grid.learning_rates)))
+             if on]
+      edges[s] = f'chosen at the grid\'s edge ({" and ".join(hit)}): may be under-fitted' if hit else ''
+  return Reading('tuned', {s: Setting(c.learning_rate, c.l2, c.steps) for s, c in choices.items()}, source,
+                 edges)
 
 
 def save_choices(path: str, choices: Dict[str, tuning.Choice], context: dict):

@@ -62,9 +62,7 @@ def build(ctx: common.Context) -> report.Table:
         schedule = 'single' if name.startswith('single-task') else 'joint'
         runs = ctx.train(task, key, [schedule], reading, variant)
         values = runs.accuracy[schedule]
-        setting = runs.setting(schedule)
-        note = (f'{variant.label()}; lr {setting.learning_rate:g}, L2 {setting.l2:g}, {setting.steps} steps; '
-                f'mean y {runs.mean_commonality[schedule].mean():.3f}')
+        note = f'{variant.label()}; {runs.describe(schedule)}; mean y {runs.mean_commonality[schedule].mean():.3f}'
         if name.startswith('base'):
           base_values = values
         elif base_values is not None and schedule == 'joint':

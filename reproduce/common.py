@@ -112,9 +112,12 @@ class Context:
         subtract_from=variant.subtract_from, center=variant.center, optimizer=variant.optimizer,
         l2_form=t.l2_form, l2_params=t.l2_params, steps=1, batch_size=t.batch_size)
 
-  def grid(self) -> tuning.Grid:
+  def grid(self, variant: Variant) -> tuning.Grid:
     g = self.config.tune
-    return tuning.Grid(learning_rates=tuple(g.learning_rates), l2s=tuple(g.l2s), max_steps=g.max_steps,
+    # Plain SGD and momentum take steps of lr * gradient, not Adam's lr-sized ones: their useful learning
+    # rates on unit-norm embeddings are 10-100x larger, so they get a grid of their own.
+    lrs = g.sgd_learning_rates if variant.optimizer in ('sgd', 'momentum') else g.learning_rates
+    return tuning.Grid(learning_rates=tuple(lrs), l2s=tuple(g.l2s), max_steps=g.max_steps,
                        eval_every=g.eval_every, val_fraction=g.val_fraction, tuning_seeds=g.tuning_seeds)
 
   def reading(self, name: str, task: protocols.Classification, data_key: str, schedules: Sequence[str],
@@ -125,7 +128,7 @@ class Context:
       return heads.literal_reading(lit.steps, lit.learning_rate, lit.l2)
     if name != 'tuned':
       raise ValueError(f'unknown reading {name!r}; choose tuned or paper-literal')
-    grid = self.grid()
+    grid = self.grid(variant)
     context = {'data': self.data_specs.get(data_key, data_key), 'task': task.description, 'variant': dataclasses.asdict(variant),
                'train': self.config.train.to_dict(), 'grid': dataclasses.asdict(grid),
                'tuning_seeds': self.seeds[:grid.tuning_seeds], 'schedules': sorted(schedules)}
@@ -144,7 +147,7 @@ class Context:
                            self.config.train.alternate_every)
       self.timings[f'tune {os.path.basename(path)}'] = time.perf_counter() - start
       heads.save_choices(path, choices, context)
-    return heads.tuned_reading(choices, os.path.relpath(path, paths.repo_root()))
+    return heads.tuned_reading(choices, os.path.relpath(path, paths.repo_root()), grid)
 
   def train(self, task: protocols.Classification, data_key: str, schedules: Sequence[str], reading_name: str,
             variant: Optional[Variant] = None) -> 'Trained':
@@ -210,6 +213,13 @@ class Trained:
 
   def source(self, schedule: str) -> str:
     return self.by_schedule[schedule].reading.source
+
+  def describe(self, schedule: str) -> str:
+    """'lr .., L2 .., N steps (source)' plus a warning when a tuned choice sits on the grid's edge."""
+    s, reading = self.setting(schedule), self.by_schedule[schedule].reading
+    edge = reading.edges.get(schedule, '')
+    return (f'lr {s.learning_rate:g}, L2 {s.l2:g}, {s.steps} steps ({reading.source})'
+            + (f'; {edge}' if edge else ''))
 
   def character(self, schedule: str, x) -> np.ndarray:
     return heads.character_features(self.by_schedule[schedule], schedule, x)

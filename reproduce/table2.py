@@ -67,14 +67,12 @@ def rows_for(ctx: common.Context, backbone: str, reading: str):
   for _, schedule, _ in ROWS:
     p = paper.get(schedule, {})
     metric = paper_claims.PAPER_METRIC if p else ''
-    setting = runs.setting(schedule)
     cells = {'LFW': report.Cell(runs.accuracy[schedule], task.seeds, f'Ac = TP/AP ({task.name})', p.get('LFW'),
                                 metric, note=f'{task.name}: {task.description}.')}
     for c in ('YTF', 'MegaFace'):
       cells[c] = report.Cell(paper=p.get(c), paper_metric=metric, reason=_MISSING[c])
     rows.append(report.Row(names[schedule], cells,
-                           note=f'lr {setting.learning_rate:g}, L2 {setting.l2:g}, {setting.steps} steps '
-                                f'({runs.source(schedule)}); mean commonality y on test '
+                           note=f'{runs.describe(schedule)}; mean commonality y on test '
                                 f'{np.mean(runs.mean_commonality[schedule]):.3f}'))
   directions = [report.Direction(names[m], names['single'], 'LFW') for m in ('joint', 'alternating')]
   notes = [mcnemar_note(names[m], names['single'], runs.correct[m], runs.correct['single'], task.seeds)

@@ -61,6 +61,8 @@ def get_config():
       'l2s': (0.0, 1e-4, 1e-3),
       # The joint MIR head read literally still gains at 1,500 steps (its character x - y*1 is dominated by
       # the commonality shift until y saturates), so the grid runs to 3,000 for every head alike.
+      # SGD and momentum (the ablations) step by lr * gradient: their grid is 10-100x larger.
+      'sgd_learning_rates': (0.1, 0.3, 1.0, 3.0, 10.0),
       'max_steps': 3000,
       'eval_every': 100,
       'val_fraction': 0.2,
