@@ -416,3 +416,17 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     for p in workers:
       if _alive(p):
         os.kill(p, signal.SIGKILL)
+
+
+def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
+  records = make_images(tmp_path / 'img', bad=False)  # 20 images
+  log = tmp_path / 'calls'
+  monkeypatch.setattr(cache, 'WORKER_MAX_TASKS', 2)
+  pooled = cache.build(records, make_spec(),
+                       cache.Pipeline(backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
+                                      aligner_factory=FakeAligner),
+                       data_dir=tmp_path / 'b', num_workers=2, task_size=4, chunk_size=5, progress=False)
+  callers = {int(line.split()[0]) for line in log.read_text().splitlines()}
+  assert len(callers) >= 3  # 5 tasks, at most 2 per process
+  inline = build(records, tmp_path / 'a', num_workers=0).directory
+  np.testing.assert_array_equal(cache.load_embeddings(inline)[0], cache.load_embeddings(pooled.directory)[0])
