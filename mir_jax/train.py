@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from mir_jax import checkpoint
 from mir_jax import data as data_lib
 from mir_jax import engine
-from mir_jax import splits
+from mir_jax import protocols
 from mir_jax import tuning
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/default.py', 'Training configuration.')
@@ -32,20 +32,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where metrics.json and the chec
 
 
 def prepare(config, dataset: data_lib.EmbeddingSet):
-  """Filters identities, makes one split per seed. Returns (x, labels, class_names, seeds, train, test)."""
-  keep, labels, kept = splits.keep_identities_with_at_least(dataset.labels, config.data.min_images_per_identity)
-  if kept.size < 2:
-    raise ValueError(f'fewer than 2 identities have >= {config.data.min_images_per_identity} embeddings')
-  x = dataset.x[keep]
+  """Filters identities, makes one split per seed (`mir_jax.protocols`). Returns (x, labels, class_names,
+  seeds, train, test)."""
   seeds = [config.train.seed + i for i in range(config.train.num_seeds)]
   if config.data.protocol == 'stratified':
-    make = lambda s: splits.stratified_split(labels, config.data.train_fraction, s)
+    task = protocols.lfw_identity(dataset, seeds, config.data.min_images_per_identity, config.data.train_fraction)
   elif config.data.protocol == 'fixed_count':
-    make = lambda s: splits.fixed_count_split(labels, config.data.num_train_per_identity, s)
+    task = protocols.facenet_classifier(dataset, seeds, config.data.min_images_per_identity,
+                                        config.data.num_train_per_identity)
   else:
     raise ValueError(f'unknown data.protocol {config.data.protocol!r}; choose stratified or fixed_count')
-  train_idx, test_idx = zip(*[make(s) for s in seeds])
-  return x, labels, [dataset.class_names[k] for k in kept], seeds, np.stack(train_idx), np.stack(test_idx)
+  return task.x, task.labels, task.class_names, seeds, task.train_idx, task.test_idx
 
 
 def static_options(config, num_classes: int) -> engine.StaticOptions:
