@@ -67,12 +67,12 @@ def _filtered(ds: data_lib.EmbeddingSet, min_images: int):
   if kept.size < 2:
     raise ValueError(f'fewer than 2 identities have >= {min_images} embeddings (of {len(ds.labels)} '
                      f'embeddings, {len(ds.class_names)} identities)')
-  return ds.x[keep], labels.astype(np.int32), [ds.class_names[k] for k in kept], keep
+  return ds.x[keep], labels.astype(np.int32), [ds.class_names[k] for k in kept]
 
 
 def lfw_identity(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: int = 10,
                  train_fraction: float = 0.5) -> Classification:
-  x, labels, names, _ = _filtered(ds, min_images)
+  x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.stratified_split(labels, train_fraction, s) for s in seeds])
   desc = (f'identities with >= {min_images} images ({len(names)} identities, {len(labels)} images); per seed '
           f'each identity\'s images split {train_fraction:g} train / rest test, at least one of each')
@@ -81,7 +81,7 @@ def lfw_identity(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: in
 
 def facenet_classifier(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: int = 20,
                        num_train: int = 10) -> Classification:
-  x, labels, names, _ = _filtered(ds, min_images)
+  x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.fixed_count_split(labels, num_train, s) for s in seeds])
   desc = (f'davidsandberg/facenet classifier split: identities with >= {min_images} images ({len(names)} '
           f'identities, {len(labels)} images), {num_train} train images each, the rest test')

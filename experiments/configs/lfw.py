@@ -2,7 +2,7 @@
 
 The embeddings come from the cache `python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet` builds.
 The paper's learning rate and L2 (0.001 each, TF-style L2 sum) leave the softmax heads under-fitted in 2,000
-full-batch steps; `lfw_tuned.py` is the same protocol with values chosen on validation data.
+updates; `lfw_tuned.py` is the same protocol with values chosen on validation data.
 """
 
 from experiments.configs import default
