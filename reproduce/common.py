@@ -211,9 +211,6 @@ class Trained:
   def setting(self, schedule: str) -> heads.Setting:
     return self.by_schedule[schedule].reading.setting(schedule)
 
-  def source(self, schedule: str) -> str:
-    return self.by_schedule[schedule].reading.source
-
   def describe(self, schedule: str) -> str:
     """'lr .., L2 .., N steps (source)' plus a warning when a tuned choice sits on the grid's edge."""
     s, reading = self.setting(schedule), self.by_schedule[schedule].reading

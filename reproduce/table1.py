@@ -84,9 +84,6 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
                                   note=f'{lfw.name}: {lfw.description}.')
 
   # YTF frames and pairs, MegaFace: from caches of a user's copy, else how to supply them.
-  for w in ('b', 'a'):
-    for column in ('YTF', 'YTF pairs', 'MegaFace'):
-      cells[w][column] = None
   _ytf(ctx, backbone, reading, cells, paper)
   _megaface(ctx, backbone, reading, cells, paper)
 
