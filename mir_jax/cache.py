@@ -31,6 +31,7 @@ Reading needs neither TensorFlow nor JAX: `load_embeddings` goes through `tfds.b
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -230,7 +231,8 @@ class Preparer:
 
 
 _WORKER: Optional[Preparer] = None
-WORKER_MAX_TASKS = 64  # tasks (of `task_size` images) before a worker process is replaced
+# Tasks (of `task_size` images) per worker before the pool is replaced by a fresh one; see _prepared_stream.
+WORKER_MAX_TASKS = 64
 
 
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -278,21 +280,27 @@ def _prepared_stream(records: Sequence[FaceRecord], pipeline: Pipeline, preparer
     for t in tasks:
       yield from preparer(t)
     return
+  # A worker's resident memory creeps up over thousands of MTCNN batches (one reached 2.7 GB over all of
+  # LFW; likely allocator fragmentation, as the candidate-box tensors change size every batch), so the
+  # workers are replaced after about WORKER_MAX_TASKS tasks each. Replacement is by whole pools, one after
+  # another: ProcessPoolExecutor(max_tasks_per_child=...) deadlocks on Python 3.11-3.13 once a worker
+  # retires with tasks still queued (CPython gh-115634), and a drained pool's workers are gone before the
+  # next pool starts, so old and new workers never hold memory at the same time.
+  per_pool = max(1, num_workers * WORKER_MAX_TASKS)
+  for start in range(0, len(tasks), per_pool):
+    yield from _pool_stream(tasks[start:start + per_pool], pipeline, num_workers)
+
+
+def _pool_stream(tasks: Sequence[Sequence[FaceRecord]], pipeline: Pipeline,
+                 num_workers: int) -> Iterator[Prepared]:
+  """Runs `tasks` on one fresh pool of worker processes, yielding their records in input order."""
   # spawn, not fork: the parent may hold threads (torch, grain, JAX) that fork would copy mid-lock.
   ctx = multiprocessing.get_context('spawn')
-  # A worker's resident memory creeps up over thousands of MTCNN batches (one reached 2.7 GB over all of
-  # LFW; likely allocator fragmentation, as the candidate-box tensors change size every batch), so each
-  # worker is replaced after WORKER_MAX_TASKS tasks; a fresh one costs a few seconds of start-up.
   with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                              initargs=(pipeline, os.getpid()),
-                                              max_tasks_per_child=WORKER_MAX_TASKS) as pool:
+                                              initargs=(pipeline, os.getpid())) as pool:
     window = 2 * num_workers + 2  # enough to keep every worker busy, bounded so memory stays flat
-    pending = []
     it = iter(tasks)
-    for t in it:
-      pending.append(pool.submit(_work, t))
-      if len(pending) >= window:
-        break
+    pending = [pool.submit(_work, t) for t in itertools.islice(it, window)]
     while pending:
       result = pending.pop(0).result()
       nxt = next(it, None)

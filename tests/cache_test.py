@@ -4,6 +4,7 @@ A fake backbone and aligner stand in for the real networks so these run in secon
 with the real dlib backbone on LFW images is tests/embed_test.py.
 """
 
+import collections
 import functools
 import json
 import os
@@ -418,6 +419,9 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         os.kill(p, signal.SIGKILL)
 
 
+# More tasks than the workers' budget, each task one image: the shape that deadlocks
+# ProcessPoolExecutor(max_tasks_per_child=...) on Python 3.11 (CPython gh-115634), hence the timeout.
+@pytest.mark.timeout(300)
 def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   records = make_images(tmp_path / 'img', bad=False)  # 20 images
   log = tmp_path / 'calls'
@@ -425,8 +429,11 @@ def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   pooled = cache.build(records, make_spec(),
                        cache.Pipeline(backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
                                       aligner_factory=FakeAligner),
-                       data_dir=tmp_path / 'b', num_workers=2, task_size=4, chunk_size=5, progress=False)
-  callers = {int(line.split()[0]) for line in log.read_text().splitlines()}
-  assert len(callers) >= 3  # 5 tasks, at most 2 per process
+                       data_dir=tmp_path / 'b', num_workers=2, task_size=1, chunk_size=5, progress=False)
+  calls = collections.Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+  assert sum(calls.values()) == 20  # one embed call per task
+  assert os.getpid() not in calls
+  # 20 tasks, 2 workers x 2 tasks per pool: five pools, none of whose processes ran more than its pool's 4.
+  assert len(calls) >= 5 and max(calls.values()) <= 4, calls
   inline = build(records, tmp_path / 'a', num_workers=0).directory
   np.testing.assert_array_equal(cache.load_embeddings(inline)[0], cache.load_embeddings(pooled.directory)[0])
