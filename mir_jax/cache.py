@@ -233,7 +233,7 @@ class Preparer:
 
 _WORKER: Optional[Preparer] = None
 # Tasks (of `task_size` images) per worker before the pool is replaced by a fresh one; see _prepared_stream.
-# With _work's trimming a worker grows ~20 MB per 1,000 images, so this is a backstop, not a routine.
+# With _work's trimming a worker stays near TRIM_ABOVE_MIB, so this is a backstop, not a routine.
 WORKER_MAX_TASKS = 256
 
 
@@ -315,11 +315,11 @@ def _prepared_stream(records: Sequence[FaceRecord], pipeline: Pipeline, preparer
       yield from preparer(t)
     return
   # A worker's resident memory creeps up over thousands of MTCNN batches (one reached 2.7 GB over all of
-  # LFW before _work trimmed the heap, and still creeps slowly after), so the workers are replaced after
-  # about WORKER_MAX_TASKS tasks each. Replacement is by whole pools, one after
-  # another: ProcessPoolExecutor(max_tasks_per_child=...) deadlocks on Python 3.11-3.13 once a worker
-  # retires with tasks still queued (CPython gh-115634), and a drained pool's workers are gone before the
-  # next pool starts, so old and new workers never hold memory at the same time.
+  # LFW before _work trimmed the heap), so the workers are replaced after about WORKER_MAX_TASKS tasks
+  # each. Replacement is by whole pools, one after another: ProcessPoolExecutor(max_tasks_per_child=...)
+  # deadlocks on Python 3.11 (fixed only in later releases) once a worker retires with tasks still queued
+  # (CPython gh-115634), and a drained pool's workers are gone before the next pool starts, so old and new
+  # workers never hold memory at the same time.
   per_pool = max(1, num_workers * WORKER_MAX_TASKS)
   for start in range(0, len(tasks), per_pool):
     yield from _pool_stream(tasks[start:start + per_pool], pipeline, num_workers)
