@@ -151,7 +151,7 @@ class Aligner:
   """
 
   def __init__(self, config: Optional[AlignerConfig] = None, *, device: Optional[str] = None,
-               num_threads: Optional[int] = None, batch_size: int = 32):
+               num_threads: Optional[int] = None, batch_size: int = 32, fast_max_pool: bool = True):
     """Builds the detector.
 
     Args:
@@ -160,6 +160,8 @@ class Aligner:
       num_threads: if set, `torch.set_num_threads(num_threads)` (process-wide: torch has no
         per-module setting). None leaves torch's default (one thread per core).
       batch_size: images per MTCNN call in `detect_batch` (same-size images only).
+      fast_max_pool: on CPU, swap MTCNN's max pools for `mir_jax.max_pool`'s bit-identical, faster ones
+        (False keeps torch's, e.g. to check that the boxes agree).
     """
     # torch is imported here, not at module import, so that modules that only need `crop` or the
     # selection rule (and subprocess workers) stay light.
@@ -179,6 +181,9 @@ class Aligner:
                         thresholds=list(self.config.thresholds), factor=self.config.factor,
                         device=device, keep_all=True)
     self._mtcnn.eval()
+    if fast_max_pool and str(device) == 'cpu':
+      from mir_jax import max_pool  # pylint: disable=g-import-not-at-top
+      max_pool.replace_max_pools(self._mtcnn)
 
   def config_key(self) -> dict:
     """Settings that change the boxes (an embedding cache must key on these too)."""
