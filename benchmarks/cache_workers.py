@@ -10,13 +10,19 @@ temporary directory with each of --worker_counts, alternating --repeats times, e
 exactly as `python -m mir_jax.embed --dataset=lfw --backbone=<backbone> --limit=<limit>` does. Reports
 images/s from the cache's own timing (embedding only, not start-up), wall time with start-up, CPU seconds
 of the whole process tree, the 2-worker / 1-worker ratio (median over repeats), and the peak memory of
-each run's process tree (main + workers), sampled every 0.2 s, two ways: summed RSS, which counts pages
-the processes share (the torch and dlib libraries they all map) once per process, and summed PSS, which
-splits each shared page among its sharers and so adds up to the memory the run really holds. The box may
-be shared: the load average before and after is recorded.
+each run's process tree (main + workers) three ways:
+  peak_tree_rss_mib     summed RSS, sampled every 0.2 s; counts pages the processes share (the torch
+                        and dlib libraries they all map) once per process;
+  peak_tree_pss_mib     summed PSS, sampled every --pss_every s; splits each shared page among its
+                        sharers, so it adds up to the memory the run really holds;
+  sum_of_process_peak_rss_mib   the sum of each process's own peak RSS (the kernel's VmHWM): an upper
+                        bound on the tree's peak RSS that no sampling interval can miss.
+The measuring costs CPU on the same cores (reading PSS walks the page tables), so each run records the
+sampler's CPU seconds too. The box may be shared: the load average before and after is recorded.
 """
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -37,26 +43,53 @@ _LIMIT = flags.DEFINE_integer('limit', 512, 'LFW images to embed per run; 0 = al
 _WORKER_COUNTS = flags.DEFINE_list('worker_counts', ['1', '2'], 'Values of --num_workers to run.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
 _BACKBONE = flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
+_PSS_EVERY = flags.DEFINE_float('pss_every', 5.0, 'Seconds between PSS samples (RSS: every 0.2 s).')
 
 
-def _tree_memory_mib(pid: int) -> tuple:
-  """Summed (RSS, PSS) of `pid` and all its descendants, in MiB."""
-  rss = pss = 0
-  todo = [pid]
+def _tree_pids(pid: int) -> list:
+  """`pid` and all its descendants (cheap: reads /proc/<p>/task/<p>/children)."""
+  out, todo = [], [pid]
   while todo:
     p = todo.pop()
+    out.append(p)
     try:
-      with open(f'/proc/{p}/smaps_rollup') as f:
-        for line in f:
-          if line.startswith('Rss:'):
-            rss += int(line.split()[1])
-          elif line.startswith('Pss:'):
-            pss += int(line.split()[1])
       with open(f'/proc/{p}/task/{p}/children') as f:
         todo += [int(c) for c in f.read().split()]
-    except (OSError, ValueError):  # the process exited between the two reads
+    except (OSError, ValueError):  # the process exited meanwhile
       continue
-  return rss / 1024, pss / 1024
+  return out
+
+
+def _rss_and_hwm_mib(pid: int) -> tuple:
+  """(current RSS, peak RSS so far) of one process from /proc/<pid>/status, in MiB; (0, 0) once it is gone."""
+  rss = hwm = 0
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          rss = int(line.split()[1])
+        elif line.startswith('VmHWM:'):
+          hwm = int(line.split()[1])
+  except (OSError, ValueError, IndexError):
+    pass
+  return rss / 1024, hwm / 1024
+
+
+def _pss_mib(pid: int) -> float:
+  """Proportional set size of one process, in MiB (0 once it is gone).
+
+  smaps_rollup walks every page table of the process in the kernel: ~10 ms for a 1 GB torch worker,
+  so it is read every --pss_every seconds only; at 5 reads a second for the whole tree it took 15% of a
+  core away from the workers it measured.
+  """
+  try:
+    with open(f'/proc/{pid}/smaps_rollup') as f:
+      for line in f:
+        if line.startswith('Pss:'):
+          return int(line.split()[1]) / 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0.0
 
 
 def run_once(num_workers: int) -> dict:
@@ -65,15 +98,25 @@ def run_once(num_workers: int) -> dict:
            f'--num_workers={num_workers}', f'--data_dir={data_dir}']
     if _LIMIT.value:
       cmd.append(f'--limit={_LIMIT.value}')
-    cpu_before = _children_cpu_seconds()
+    cpu_before, own_before = _children_cpu_seconds(), _own_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=paths.repo_root(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {'rss': 0.0, 'pss': 0.0}
+    hwm = {}  # pid -> its own peak RSS (the kernel's high-water mark), kept after it exits
 
     def sample():
+      last_pss = -math.inf
       while proc.poll() is None:
-        rss, pss = _tree_memory_mib(proc.pid)
-        peak['rss'], peak['pss'] = max(peak['rss'], rss), max(peak['pss'], pss)
+        pids = _tree_pids(proc.pid)
+        rss = 0.0
+        for p in pids:
+          now, high = _rss_and_hwm_mib(p)
+          rss += now
+          hwm[p] = max(hwm.get(p, 0.0), high)
+        peak['rss'] = max(peak['rss'], rss)
+        if time.monotonic() - last_pss >= _PSS_EVERY.value:
+          last_pss = time.monotonic()
+          peak['pss'] = max(peak['pss'], sum(_pss_mib(p) for p in pids))
         time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -82,6 +125,7 @@ def run_once(num_workers: int) -> dict:
     wall = time.perf_counter() - start
     sampler.join()
     cpu = _children_cpu_seconds() - cpu_before  # the embed process and every worker it waited for
+    sampler_cpu = _own_cpu_seconds() - own_before  # what measuring took from the machine
     if proc.returncode:
       raise RuntimeError(f'{" ".join(cmd)} failed:\n{err[-2000:]}')
     (info_path,) = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs if f == 'mir_cache.json']
@@ -90,7 +134,13 @@ def run_once(num_workers: int) -> dict:
   seconds, n = info['seconds_embedding'], info['num_embedded']
   return {'num_workers': num_workers, 'images': n, 'seconds': seconds, 'images_per_s': n / seconds,
           'wall_seconds_incl_startup': wall, 'cpu_seconds': cpu, 'cores_busy': cpu / wall,
-          'peak_tree_rss_mib': peak['rss'], 'peak_tree_pss_mib': peak['pss']}
+          'peak_tree_rss_mib': peak['rss'], 'peak_tree_pss_mib': peak['pss'],
+          'sum_of_process_peak_rss_mib': sum(hwm.values()), 'sampler_cpu_seconds': sampler_cpu}
+
+
+def _own_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _children_cpu_seconds() -> float:
@@ -113,6 +163,7 @@ def main(argv):
       'load_after': os.getloadavg(), 'runs': runs, 'median_images_per_s': rate,
       'peak_tree_rss_mib': max(r['peak_tree_rss_mib'] for r in runs),
       'peak_tree_pss_mib': max(r['peak_tree_pss_mib'] for r in runs),
+      'sum_of_process_peak_rss_mib': max(r['sum_of_process_peak_rss_mib'] for r in runs),
   }
   summary = ', '.join(f'{w} worker(s) {rate[w]:.2f} img/s' for w in counts)
   if 1 in rate and 2 in rate:
