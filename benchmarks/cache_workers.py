@@ -15,8 +15,8 @@ each run's process tree (main + workers) three ways:
                         and dlib libraries they all map) once per process;
   peak_tree_pss_mib     summed PSS, sampled every --pss_every s; splits each shared page among its
                         sharers, so it adds up to the memory the run really holds;
-  sum_of_process_peak_rss_mib   the sum of each process's own peak RSS (the kernel's VmHWM): an upper
-                        bound on the tree's peak RSS that no sampling interval can miss.
+  peak_process_rss_mib  the largest single process's own peak RSS (the kernel's VmHWM, which no
+                        sampling interval can miss): what one worker reached at its worst.
 The measuring costs CPU on the same cores (reading PSS walks the page tables), so each run records the
 sampler's CPU seconds too. The box may be shared: the load average before and after is recorded.
 """
@@ -43,6 +43,8 @@ _LIMIT = flags.DEFINE_integer('limit', 512, 'LFW images to embed per run; 0 = al
 _WORKER_COUNTS = flags.DEFINE_list('worker_counts', ['1', '2'], 'Values of --num_workers to run.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
 _BACKBONE = flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
+_KEEP = flags.DEFINE_string('keep_cache', None, 'Build the cache here and keep it, e.g. to compare its embeddings '
+                             'with another build (one run only); default: a temporary directory, deleted.')
 _PSS_EVERY = flags.DEFINE_float('pss_every', 5.0, 'Seconds between PSS samples (RSS: every 0.2 s).')
 
 
@@ -93,7 +95,10 @@ def _pss_mib(pid: int) -> float:
 
 
 def run_once(num_workers: int) -> dict:
-  with tempfile.TemporaryDirectory() as data_dir:
+  with tempfile.TemporaryDirectory() as scratch:
+    data_dir = _KEEP.value or scratch
+    if _KEEP.value and os.path.exists(data_dir):
+      raise FileExistsError(f'--keep_cache={data_dir} exists; a fresh directory is needed for a full build')
     cmd = [sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', f'--backbone={_BACKBONE.value}',
            f'--num_workers={num_workers}', f'--data_dir={data_dir}']
     if _LIMIT.value:
@@ -135,7 +140,7 @@ def run_once(num_workers: int) -> dict:
   return {'num_workers': num_workers, 'images': n, 'seconds': seconds, 'images_per_s': n / seconds,
           'wall_seconds_incl_startup': wall, 'cpu_seconds': cpu, 'cores_busy': cpu / wall,
           'peak_tree_rss_mib': peak['rss'], 'peak_tree_pss_mib': peak['pss'],
-          'sum_of_process_peak_rss_mib': sum(hwm.values()), 'sampler_cpu_seconds': sampler_cpu}
+          'peak_process_rss_mib': max(hwm.values(), default=0.0), 'sampler_cpu_seconds': sampler_cpu}
 
 
 def _own_cpu_seconds() -> float:
@@ -151,6 +156,8 @@ def _children_cpu_seconds() -> float:
 def main(argv):
   del argv
   counts = [int(c) for c in _WORKER_COUNTS.value]
+  if _KEEP.value and len(counts) * _REPEATS.value > 1:
+    raise app.UsageError('--keep_cache keeps one cache: use one --worker_counts value and --repeats=1')
   load_before = os.getloadavg()
   runs = []
   for _ in range(_REPEATS.value):
@@ -163,7 +170,7 @@ def main(argv):
       'load_after': os.getloadavg(), 'runs': runs, 'median_images_per_s': rate,
       'peak_tree_rss_mib': max(r['peak_tree_rss_mib'] for r in runs),
       'peak_tree_pss_mib': max(r['peak_tree_pss_mib'] for r in runs),
-      'sum_of_process_peak_rss_mib': max(r['sum_of_process_peak_rss_mib'] for r in runs),
+      'peak_process_rss_mib': max(r['peak_process_rss_mib'] for r in runs),
   }
   summary = ', '.join(f'{w} worker(s) {rate[w]:.2f} img/s' for w in counts)
   if 1 in rate and 2 in rate:
