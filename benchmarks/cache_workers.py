@@ -62,21 +62,6 @@ def _tree_pids(pid: int) -> list:
   return out
 
 
-def _rss_and_hwm_mib(pid: int) -> tuple:
-  """(current RSS, peak RSS so far) of one process from /proc/<pid>/status, in MiB; (0, 0) once it is gone."""
-  rss = hwm = 0
-  try:
-    with open(f'/proc/{pid}/status') as f:
-      for line in f:
-        if line.startswith('VmRSS:'):
-          rss = int(line.split()[1])
-        elif line.startswith('VmHWM:'):
-          hwm = int(line.split()[1])
-  except (OSError, ValueError, IndexError):
-    pass
-  return rss / 1024, hwm / 1024
-
-
 def _pss_mib(pid: int) -> float:
   """Proportional set size of one process, in MiB (0 once it is gone).
 
@@ -115,9 +100,9 @@ def run_once(num_workers: int) -> dict:
         pids = _tree_pids(proc.pid)
         rss = 0.0
         for p in pids:
-          now, high = _rss_and_hwm_mib(p)
-          rss += now
-          hwm[p] = max(hwm.get(p, 0.0), high)
+          status = machine.status_mib(p)
+          rss += status['VmRSS']
+          hwm[p] = max(hwm.get(p, 0.0), status['VmHWM'])
         peak['rss'] = max(peak['rss'], rss)
         if time.monotonic() - last_pss >= _PSS_EVERY.value:
           last_pss = time.monotonic()

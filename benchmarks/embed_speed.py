@@ -59,26 +59,14 @@ _LFW_DIR = flags.DEFINE_string('lfw_dir', None,
 LFW_IMAGES = 13233
 
 
-def _hwm_mb(pid='self'):
-  # VmHWM (peak RSS of the current memory image). Not getrusage: Linux carries ru_maxrss across
-  # exec, so a spawned worker would report its parent's size at fork time.
-  try:
-    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
-      if line.startswith('VmHWM:'):
-        return int(line.split()[1]) / 1024
-  except OSError:
-    pass
-  return 0.0
-
-
 def _rss_mb():
   """Peak RSS so far of this process, plus the summed peaks of its live workers.
 
   Sampled while a pool is alive. Workers run beside the main process, so main + workers bounds the
   footprint from above.
   """
-  own = _hwm_mb()
-  workers = sum(_hwm_mb(p) for p in machine.child_pids())
+  own = machine.status_mib()['VmHWM']
+  workers = sum(machine.status_mib(p)['VmHWM'] for p in machine.child_pids())
   return {'main_peak_mb': round(own, 1), 'workers_peak_sum_mb': round(workers, 1),
           'total_mb': round(own + workers, 1),
           'getrusage_main_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

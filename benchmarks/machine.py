@@ -38,6 +38,24 @@ def child_pids() -> List[int]:
   return pids
 
 
+def status_mib(pid='self', fields=('VmRSS', 'VmHWM')) -> dict:
+  """Memory fields of /proc/<pid>/status in MiB, e.g. VmRSS (resident now) and VmHWM (peak resident).
+
+  Cheap (the kernel keeps these as counters). A process that is gone, or a field it lacks, reads 0.0.
+  Not getrusage for peaks: Linux carries ru_maxrss across exec, so a spawned worker would report its
+  parent's size at fork time.
+  """
+  out = dict.fromkeys(fields, 0.0)
+  try:
+    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
+      key = line.split(':', 1)[0]
+      if key in out:
+        out[key] = int(line.split()[1]) / 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return out
+
+
 def write_json(path: str, report: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
