@@ -4,7 +4,7 @@ r"""Whether two embedding caches hold the same thing, bit for bit: e.g. before a
       /tmp/new/lfw_dlib_resnet_d09f4106856d/1.0.0
 
 Compares image ids (order included), labels, detection flags, and the embeddings and face boxes as raw
-float32 bits; prints the rows that differ and the largest difference. Exits 1 when anything differs.
+float32 bits; prints how many rows differ and the largest difference. Exits 1 when anything differs.
 """
 
 import sys

@@ -233,7 +233,7 @@ class Preparer:
 
 _WORKER: Optional[Preparer] = None
 # Tasks (of `task_size` images) per worker before the pool is replaced by a fresh one; see _prepared_stream.
-# With _work's trimming a worker stays near TRIM_ABOVE_MIB, so this is a backstop, not a routine.
+# With _work's trimming a worker rests near 850 MB between tasks, so this is a backstop, not a routine.
 WORKER_MAX_TASKS = 256
 
 
@@ -300,7 +300,9 @@ def _work(records: Sequence[FaceRecord]) -> List[Prepared]:
   # MTCNN's tensors change size every batch and glibc keeps the freed pages, so a worker's RSS grows
   # without bound (2.7 GB over all of LFW). Trimming holds it near its working set (853 vs ~1,270 MB after
   # 400 LFW images in one worker), but the pages it returns are faulted in again by the next batch, so it
-  # runs only once the worker has grown past TRIM_ABOVE_MIB rather than after every task.
+  # runs only once the worker has grown past TRIM_ABOVE_MIB rather than after every task. (On LFW, MTCNN's
+  # 16-image working set lifts a worker from ~850 MB to 1.0-1.3 GB, so in practice it trims after most tasks;
+  # BUILD.md.)
   if _resident_mib() > TRIM_ABOVE_MIB:
     _TRIM()
   return out

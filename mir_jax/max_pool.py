@@ -39,9 +39,10 @@ def _pool_axis(x: torch.Tensor, dim: int, kernel: int, stride: int, ceil_mode: b
     shape[dim] = span - n
     x = torch.cat([x, x.new_full(shape, -math.inf)], dim)
   step = (slice(None),) * dim + (slice(None, None, stride),)
-  result = x.narrow(dim, 0, (out - 1) * stride + 1)[step]
+  length = (out - 1) * stride + 1  # from a window's first cell to the last window's first cell
+  result = x.narrow(dim, 0, length)[step]
   for offset in range(1, kernel):
-    result = torch.maximum(result, x.narrow(dim, offset, (out - 1) * stride + 1)[step])
+    result = torch.maximum(result, x.narrow(dim, offset, length)[step])
   return result
 
 
