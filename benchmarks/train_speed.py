@@ -51,15 +51,6 @@ def lfw_like_embeddings(seed=0):
   return x.astype(np.float32), labels.astype(np.int64)
 
 
-def model_flops_per_step(n, d=DIM, k=1, c=NUM_CLASSES):
-  """Multiply-adds x2 of the MIR head's matmuls, forward + backward, for one full-batch step.
-
-  Forward: x W1 (n d d), h W2 (n d k), c W3 (n d c). Backward: each weight gradient costs its forward;
-  the input gradients of W2 and W3 flow on to h, the input gradient of W1 (into x) is not needed.
-  """
-  return 2 * n * (2 * d * d + 3 * d * k + 3 * d * c)
-
-
 def timed(fn, repeats):
   times = []
   for _ in range(repeats):
@@ -191,7 +182,7 @@ def main(argv):
   logits = np.asarray(engine.apply_runs(result, x, runs, opts).logits)
   correct = logits.argmax(-1) == labels[None]
   engine_acc = np.take_along_axis(correct, run_test, axis=1).mean(1)
-  flops = model_flops_per_step(n_train) * _STEPS.value * len(runs)
+  flops = engine.flops_per_step(opts, DIM, n_train) * _STEPS.value * len(runs)
 
   print('pytorch eager loop ...', flush=True)
   torch_accs = []
@@ -217,6 +208,7 @@ def main(argv):
           ('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))),
       'machine': {**machine.basic_info(),
                   'jax_backend': jax.default_backend(), 'jax_device': str(jax.devices()[0].device_kind),
+                  'jax_devices': len(jax.local_devices()),
                   'torch_device': torch_device, 'jax': jax.__version__, 'torch': torch.__version__,
                   'sklearn': sklearn.__version__},
       'grid': {'runs': len(runs), 'schedules': list(engine.SCHEDULES), 'seeds': len(seeds),

@@ -17,7 +17,7 @@ weights).
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,10 @@ from mir_jax import model as model_lib
 
 SCHEDULES = ('joint', 'alternating', 'single')
 OPTIMIZERS = ('adam', 'sgd', 'momentum', 'rmsprop')
+# 'constant': the paper names no schedule, and a constant rate is TensorFlow's default. 'warmup_cosine': a
+# linear warm-up over the first `warmup_fraction` of a run's own budget, then cosine decay to 0 at its end,
+# so a minibatch head settles instead of ending on a noisy step.
+LR_SCHEDULES = ('constant', 'warmup_cosine')
 L2_FORMS = ('loss_half_sum', 'decoupled')
 L2_PARAMS = ('kernels', 'all')
 GROUPS = {'commonality': model_lib.COMMONALITY_PARAMS, 'classifier': model_lib.CLASSIFIER_PARAMS}
@@ -46,9 +50,14 @@ class StaticOptions:
   batch_size: int = 0  # 0: full batch (the whole training set every step)
   center: bool = False  # subtract each run's training-set mean embedding (the paper's "centralize")
   log_every: int = 1  # loss history resolution, in steps
+  lr_schedule: str = 'constant'
+  warmup_fraction: float = 0.05  # of each run's budget; used by 'warmup_cosine'
 
   def __post_init__(self):
     _check_choice('optimizer', self.optimizer, OPTIMIZERS)
+    _check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
+    if not 0.0 <= self.warmup_fraction < 1.0:
+      raise ValueError(f'warmup_fraction must lie in [0, 1), got {self.warmup_fraction}')
     _check_choice('l2_form', self.l2_form, L2_FORMS)
     _check_choice('l2_params', self.l2_params, L2_PARAMS)
     _check_choice('subtract_from', self.subtract_from, model_lib.SUBTRACT_FROM)
@@ -70,7 +79,7 @@ class Run:
   l2: float = 1e-3
   commonality_weight: float = 1.0  # lambda, the weight of the commonality (BCE) task
   alternate_every: int = 1  # steps per phase of the alternating schedule
-  steps: int = 0  # stop updating after this many steps (0 = all of StaticOptions.steps)
+  steps: int = 0  # this run's budget: it stops updating after it, and its schedule ends there (0 = opts.steps)
 
   def __post_init__(self):
     _check_choice('schedule', self.schedule, SCHEDULES)
@@ -111,7 +120,8 @@ class TrainResult(NamedTuple):
   params: dict  # every leaf has a leading run axis R
   input_mean: jax.Array  # (R, d): subtracted from embeddings before the head (zeros unless opts.center)
   # 'loss', 'ce', 'bce': (R, steps // log_every) mean training losses over each block of log_every steps,
-  # for convergence checks; 'eval_accuracy': accuracy on each run's eval_idx after each block (if given).
+  # for convergence checks; 'eval_accuracy', 'eval_loss': accuracy and cross-entropy on each run's eval_idx
+  # after each block (if given).
   history: dict
 
 
@@ -147,6 +157,18 @@ def _l2_half_sum(params, mask):
   """TensorFlow's `tf.nn.l2_loss` summed over the penalised weights: sum(w^2) / 2."""
   leaves = jax.tree.leaves(jax.tree.map(lambda p, m: 0.5 * jnp.sum(p * p) if m else 0.0, params, mask))
   return sum(leaves)
+
+
+def flops_per_step(opts: StaticOptions, dim: int, n_train: int) -> int:
+  """Multiply-adds x2 of one run's matmuls in one update, forward and backward.
+
+  Forward: x W1 (b d d), h W2 (b d k), c W3 (b d c). Backward: each weight gradient costs its forward; the
+  input gradients of W2 and W3 flow on to h, the input gradient of W1 (into x) is not needed. Every
+  schedule computes all three (single-task runs multiply the branch by a gate of 0).
+  """
+  b = n_train if opts.batch_size in (0, None) or opts.batch_size >= n_train else opts.batch_size
+  k = dim if opts.commonality_dim == 0 else opts.commonality_dim
+  return 2 * b * (2 * dim * dim + 3 * dim * k + 3 * dim * opts.num_classes)
 
 
 def check_training_data(x, labels, num_classes: int):
@@ -201,8 +223,30 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, e
     if eval_idx.ndim != 2 or eval_idx.shape[0] != len(runs):
       raise ValueError(f'eval_idx must have shape (runs={len(runs)}, n_eval), got {eval_idx.shape}')
     eval_idx = jnp.asarray(eval_idx, jnp.int32)
-  return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
-                         jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts)
+  return _train_sharded(x, labels, train_idx, eval_idx, list(runs), opts)
+
+
+def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions) -> TrainResult:
+  """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
+  a multiple of the device count with copies of the last run, whose results are dropped."""
+  devices = jax.local_devices()
+  count = len(runs)
+  if len(devices) < 2 or count < 2:
+    return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
+                           jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts)
+  pad = -count % len(devices)
+  runs = runs + [runs[-1]] * pad
+  train_idx = np.concatenate([train_idx, np.repeat(train_idx[-1:], pad, axis=0)])
+  mesh = jax.sharding.Mesh(np.array(devices), ('runs',))
+  by_run = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('runs'))
+  everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if eval_idx is not None:
+    eval_idx = jax.device_put(jnp.concatenate([eval_idx, jnp.repeat(eval_idx[-1:], pad, axis=0)]), by_run)
+  result = _train_compiled(jax.device_put(jnp.asarray(x, jnp.float32), everywhere),
+                           jax.device_put(jnp.asarray(labels, jnp.int32), everywhere),
+                           jax.device_put(jnp.asarray(train_idx, jnp.int32), by_run), eval_idx,
+                           jax.device_put(run_arrays(runs), by_run), opts)
+  return jax.tree.map(lambda a: a[:count], result)
 
 
 @functools.partial(jax.jit, static_argnames='opts')
@@ -212,75 +256,110 @@ def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: Stati
       x, labels, train_idx, eval_idx, runs, opts)
 
 
+class TrainState(NamedTuple):
+  params: dict
+  opt_state: dict  # group -> that group's optimizer state
+
+
+def learning_rate_at(step, budget, run: RunArrays, opts: StaticOptions):
+  """The run's learning rate at `step` of its `budget` steps."""
+  if opts.lr_schedule == 'constant':
+    return run.learning_rate
+  budget = budget.astype(jnp.float32)
+  warmup = jnp.maximum(jnp.round(opts.warmup_fraction * budget), 1.0)
+  t = step.astype(jnp.float32)
+  rise = (t + 1.0) / warmup
+  progress = jnp.clip((t - warmup) / jnp.maximum(budget - warmup, 1.0), 0.0, 1.0)
+  fall = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return run.learning_rate * jnp.where(t < warmup, rise, fall)
+
+
+def loss_fn(params, xb, yb, run: RunArrays, opts: StaticOptions, l2_mask):
+  """CE + lambda * BCE(commonality, 1) + l2 * sum(w^2)/2; returns (total, (ce, bce))."""
+  out = opts.model().apply({'params': params}, xb, run.gate, run.ce_to_commonality)
+  ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, yb).mean()
+  # The commonality task: every face belongs to the one class "face" (target 1).
+  bce = optax.sigmoid_binary_cross_entropy(out.commonality_logit, jnp.ones_like(out.commonality_logit)).mean()
+  reg = _l2_half_sum(params, l2_mask) if opts.l2_form == 'loss_half_sum' else 0.0
+  return ce + run.bce_weight * bce + run.l2 * reg, (ce, bce)
+
+
+def train_step(state: TrainState, xb, yb, step, budget, run: RunArrays, opts: StaticOptions):
+  """One update of one run on the minibatch (xb, yb); returns (state, [total, ce, bce])."""
+  l2_mask = _l2_mask(state.params, opts.l2_params)
+  (total, (ce, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, xb, yb, run, opts, l2_mask)
+  alternating = run.alternate_every > 0
+  commonality_phase = (step // jnp.maximum(run.alternate_every, 1)) % 2 == 0
+  # A run is frozen once its budget is spent (so runs of different lengths can share a call).
+  within_budget = step < budget
+  active = {
+      'commonality': jnp.where(alternating, commonality_phase, run.gate > 0) & within_budget,
+      'classifier': jnp.where(alternating, ~commonality_phase, True) & within_budget,
+  }
+  lr = learning_rate_at(step, budget, run, opts)
+  tx = _direction(opts.optimizer)
+  p_groups, g_groups, m_groups = _split(state.params), _split(grads), _split(l2_mask)
+  new_params, new_state = {}, {}
+  for g in GROUPS:
+    direction, opt_state = tx.update(g_groups[g], state.opt_state[g], p_groups[g])
+    if opts.l2_form == 'decoupled':  # AdamW-style: decay applied beside, not through, the optimizer
+      direction = jax.tree.map(lambda d, p, m: d + run.l2 * p if m else d, direction, p_groups[g], m_groups[g])
+    updated = jax.tree.map(lambda p, d: p - lr * d, p_groups[g], direction)
+    keep = lambda new, old, a=active[g]: jnp.where(a, new, old)
+    new_params[g] = jax.tree.map(keep, updated, p_groups[g])
+    new_state[g] = jax.tree.map(keep, opt_state, state.opt_state[g])
+  return TrainState(_merge(new_params), new_state), jnp.stack([total, ce, bce])
+
+
 def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions) -> TrainResult:
   x, labels = x_all[train_idx], labels_all[train_idx]
   input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
   x = x - input_mean
   model = opts.model()
-  tx = _direction(opts.optimizer)
   init_key, data_key = jax.random.split(jax.random.wrap_key_data(run.key))
   params = model_lib.init_params(init_key, model, x.shape[1])
-  l2_mask = _l2_mask(params, opts.l2_params)
-  opt_state = {g: tx.init(p) for g, p in _split(params).items()}
+  tx = _direction(opts.optimizer)
+  state = TrainState(params, {g: tx.init(p) for g, p in _split(params).items()})
+  budget = jnp.where(run.steps > 0, run.steps, opts.steps)
   n = x.shape[0]
   batch = n if opts.batch_size in (0, None) or opts.batch_size >= n else opts.batch_size
   batches_per_epoch = n // batch
 
-  def losses(params, xb, yb):
-    out = model.apply({'params': params}, xb, run.gate, run.ce_to_commonality)
-    ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, yb).mean()
-    # The commonality task: every face belongs to the one class "face" (target 1).
-    bce = optax.sigmoid_binary_cross_entropy(out.commonality_logit, jnp.ones_like(out.commonality_logit)).mean()
-    reg = _l2_half_sum(params, l2_mask) if opts.l2_form == 'loss_half_sum' else 0.0
-    total = ce + run.bce_weight * bce + run.l2 * reg
-    return total, (ce, bce)
-
-  def minibatch(step):
-    if batch == n:
-      return x, labels
-    epoch, i = jnp.divmod(step, batches_per_epoch)
-    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
-    idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
-    return x[idx], labels[idx]
+  def shuffled(epoch):
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
 
   def step_fn(carry, step):
-    params, opt_state = carry
-    (total, (ce, bce)), grads = jax.value_and_grad(losses, has_aux=True)(params, *minibatch(step))
-    alternating = run.alternate_every > 0
-    commonality_phase = (step // jnp.maximum(run.alternate_every, 1)) % 2 == 0
-    # A run with its own step budget is frozen once it is spent (so runs of different lengths share a call).
-    within_budget = (run.steps == 0) | (step < run.steps)
-    active = {
-        'commonality': jnp.where(alternating, commonality_phase, run.gate > 0) & within_budget,
-        'classifier': jnp.where(alternating, ~commonality_phase, True) & within_budget,
-    }
-    p_groups, g_groups, new_params, new_state = _split(params), _split(grads), {}, {}
-    m_groups = _split(l2_mask)
-    for g in GROUPS:
-      direction, state = tx.update(g_groups[g], opt_state[g], p_groups[g])
-      if opts.l2_form == 'decoupled':  # AdamW-style: decay applied beside, not through, the optimizer
-        direction = jax.tree.map(lambda d, p, m: d + run.l2 * p if m else d, direction, p_groups[g], m_groups[g])
-      updated = jax.tree.map(lambda p, d: p - run.learning_rate * d, p_groups[g], direction)
-      keep = lambda new, old, a=active[g]: jnp.where(a, new, old)
-      new_params[g] = jax.tree.map(keep, updated, p_groups[g])
-      new_state[g] = jax.tree.map(keep, state, opt_state[g])
-    return (_merge(new_params), new_state), jnp.stack([total, ce, bce])
+    state, perm = carry
+    if batch == n:
+      xb, yb = x, labels
+    else:
+      epoch, i = jnp.divmod(step, batches_per_epoch)
+      # The step counter is not batched over runs, so under vmap this stays a branch: one permutation
+      # per epoch instead of one per step.
+      perm = jax.lax.cond(i == 0, lambda: shuffled(epoch), lambda: perm)
+      idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
+      xb, yb = x[idx], labels[idx]
+    state, losses = train_step(state, xb, yb, step, budget, run, opts)
+    return (state, perm), losses
 
-  def eval_accuracy(params):
+  def evaluate(params):
     if eval_idx is None:
-      return jnp.float32(jnp.nan)
+      return jnp.full(2, jnp.nan, jnp.float32)
     logits = model.apply({'params': params}, x_all[eval_idx] - input_mean, run.gate).logits
-    return (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
+    accuracy = (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
+    return jnp.stack([accuracy, optax.softmax_cross_entropy_with_integer_labels(logits, labels_all[eval_idx]).mean()])
 
   def log_block(carry, block):
     carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
-    return carry, jnp.concatenate([per_step.mean(axis=0), eval_accuracy(carry[0])[None]])
+    return carry, jnp.concatenate([per_step.mean(axis=0), evaluate(carry[0].params)])
 
-  (params, _), hist = jax.lax.scan(log_block, (params, opt_state), jnp.arange(opts.steps // opts.log_every))
+  carry = (state, jnp.zeros(n, jnp.int32))
+  (state, _), hist = jax.lax.scan(log_block, carry, jnp.arange(opts.steps // opts.log_every))
   history = {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]}
   if eval_idx is not None:
     history['eval_accuracy'] = hist[:, 3]
-  return TrainResult(params, input_mean, history)
+    history['eval_loss'] = hist[:, 4]
+  return TrainResult(state.params, input_mean, history)
 
 
 @functools.partial(jax.jit, static_argnames='opts')

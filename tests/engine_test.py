@@ -1,5 +1,7 @@
 """The compiled training engine: learning, schedules, determinism, vmap equivalence, bad input."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -190,3 +192,45 @@ def test_a_run_with_its_own_step_budget_equals_a_run_trained_that_long(synthetic
   assert not leaves_equal(run_params(together, 0), run_params(full, 0))
   with pytest.raises(ValueError, match='asks for 90 steps'):
     engine.train(synthetic.x, synthetic.labels, opts(steps=60), [engine.Run(steps=90)])
+
+
+def test_warmup_cosine_rate_rises_then_decays_to_zero_at_each_runs_own_budget():
+  o = opts(lr_schedule='warmup_cosine', warmup_fraction=0.1, steps=200)
+  runs = engine.run_arrays([engine.Run(learning_rate=0.5, steps=100)])
+  run = jax.tree.map(lambda a: a[0], runs)
+  lr = np.array([float(engine.learning_rate_at(jax.numpy.int32(t), jax.numpy.int32(100), run, o))
+                 for t in range(100)])
+  np.testing.assert_allclose(lr[:10], 0.5 * np.arange(1, 11) / 10, rtol=1e-6)  # warm-up: 10 steps to the peak
+  np.testing.assert_allclose(lr[10], 0.5, rtol=1e-6)
+  assert np.all(np.diff(lr[10:]) < 0) and lr[-1] < 1e-3  # cosine down to (almost) 0 at step 100
+  const = float(engine.learning_rate_at(jax.numpy.int32(57), jax.numpy.int32(100), run, opts()))
+  assert const == pytest.approx(0.5)
+
+
+def test_train_step_alone_is_the_engines_update(synthetic):
+  # One full-batch update through the top-level train_step equals a one-step engine run.
+  o = opts(steps=1, log_every=1)
+  run = engine.Run(schedule='joint', seed=5, learning_rate=1e-2)
+  trained = engine.train(synthetic.x, synthetic.labels, o, [run])
+  ra = jax.tree.map(lambda a: a[0], engine.run_arrays([run]))
+  init_key, _ = jax.random.split(jax.random.wrap_key_data(ra.key))
+  from mir_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  params = model_lib.init_params(init_key, o.model(), synthetic.x.shape[1])
+  tx = engine._direction(o.optimizer)  # pylint: disable=protected-access
+  state = engine.TrainState(params, {g: tx.init(p) for g, p in engine._split(params).items()})  # pylint: disable=protected-access
+  state, losses = engine.train_step(state, jax.numpy.asarray(synthetic.x), jax.numpy.asarray(synthetic.labels),
+                                    jax.numpy.int32(0), jax.numpy.int32(1), ra, o)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(run_params(trained, 0))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(losses[0], trained.history['loss'][0, 0], rtol=1e-5)
+
+
+def test_runs_are_sharded_over_every_local_device(synthetic):
+  # tests/conftest.py makes each CPU core a device, as the entry points do; an odd number of runs is padded.
+  if len(os.sched_getaffinity(0)) < 2:
+    pytest.skip('one CPU core: nothing to shard over')
+  assert len(jax.local_devices()) >= 2
+  runs = [engine.Run(seed=i) for i in range(3)]
+  result = engine.train(synthetic.x, synthetic.labels, opts(steps=10), runs)
+  assert result.history['loss'].shape == (3, 1)
+  assert jax.tree.leaves(result.params)[0].shape[0] == 3
