@@ -2,12 +2,14 @@
 
 A *reading* fixes what the paper leaves open about training (BUILD.md, "Training heads fairly"):
 
-  paper-literal  the paper's learning rate and L2 (0.001 each, TensorFlow's `l2 * l2_loss(W)`), Adam, and our
-                 reading of what it does not state (steps, batch), the same for every schedule.
+  paper-literal  the paper's learning rate and L2 (0.001 each, TensorFlow's `l2 * l2_loss(W)`), Adam at a
+                 constant rate, and our reading of what it does not state (steps, batch), the same for every
+                 schedule. Whether it meets the convergence rule is checked (`tuning.check`) and shown.
   tuned          learning rate, L2 and steps chosen per schedule on a validation split carved from the
-                 training split of the first seeds (`mir_jax.tuning`), by one rule for every head. The
-                 choice is stored in a JSON file (`save_choices`) so that tables are regenerated without
-                 re-tuning; the file records the grid, the data it was chosen on and the validation curves.
+                 training split of the first seeds (`mir_jax.tuning`), by one rule for every head, under the
+                 configured learning-rate schedule. The choice is stored in a JSON file (`save_choices`) so
+                 that tables are regenerated without re-tuning; the file records the grid, the data it was
+                 chosen on, the validation curves and whether the choice met the rule.
 
 `train_classification` trains every (schedule, seed) of a `protocols.Classification` under a reading and
 returns per-seed test accuracies and per-example correctness (for McNemar's test); `character_features`
@@ -41,9 +43,10 @@ class Reading:
   name: str
   settings: Dict[str, Setting]  # schedule -> setting
   source: str = ''  # where the settings come from (the paper; a tuning file)
-  # schedule -> which bounds of the tuning grid the choice sits on ('' when inside); a choice on the
-  # largest step count or learning rate may be under-fitted rather than best.
-  edges: Dict[str, str] = dataclasses.field(default_factory=dict)
+  lr_schedule: str = 'constant'
+  # schedule -> whether the setting met the convergence rule (`mir_jax.tuning`), and how it was judged.
+  converged: Dict[str, bool] = dataclasses.field(default_factory=dict)
+  evidence: Dict[str, str] = dataclasses.field(default_factory=dict)
 
   def setting(self, schedule: str) -> Setting:
     if schedule not in self.settings:
@@ -52,28 +55,36 @@ class Reading:
     return self.settings[schedule]
 
 
-def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3) -> Reading:
-  """The paper's numbers for every schedule; `steps` is ours (the paper names none)."""
+def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3,
+                    checks: Optional[Dict[str, tuning.Check]] = None) -> Reading:
+  """The paper's numbers for every schedule; `steps` is ours (the paper names none). `checks`: the
+  convergence rule applied to this setting, per schedule (unchecked schedules are marked so)."""
   s = Setting(learning_rate, l2, steps)
+  checks = checks or {}
+  evidence = {k: (f'validation Ac {100 * c.val_accuracy:.2f} at {c.steps} steps, '
+                  f'{100 * c.val_accuracy_doubled:.2f} at {2 * c.steps}') for k, c in checks.items()}
   return Reading('paper-literal', {k: s for k in engine.SCHEDULES},
-                 f'paper: lr {learning_rate:g}, L2 {l2:g}; steps {steps} (not stated in the paper)')
+                 f'paper: lr {learning_rate:g}, L2 {l2:g}; constant rate, {steps} steps (not stated in the paper)',
+                 'constant', {k: c.converged for k, c in checks.items()}, evidence)
 
 
-def tuned_reading(choices: Dict[str, tuning.Choice], source: str, grid: Optional[tuning.Grid] = None) -> Reading:
-  edges = {}
-  if grid is not None:
-    for s, c in choices.items():
-      hit = [what for what, on in (('the most steps', c.steps == grid.max_steps),
-                                   ('the largest learning rate', c.learning_rate == max(grid.learning_rates)),
-                                   ('the smallest learning rate', c.learning_rate == min(grid.learning_rates)))
-             if on]
-      edges[s] = f'chosen at the grid\'s edge ({" and ".join(hit)}): may be under-fitted' if hit else ''
+def tuned_reading(choices: Dict[str, tuning.Choice], source: str, lr_schedule: str) -> Reading:
+  evidence = {}
+  for s, c in choices.items():
+    parts = []
+    if c.gain_when_doubled is not None:
+      parts.append(f'{2 * c.steps} steps: validation Ac {100 * c.gain_when_doubled:+.2f} pp')
+    if c.extended:
+      parts.append('grid extended: ' + '; '.join(c.extended))
+    if c.edge:
+      parts.append(f'still on the grid\'s edge ({c.edge}) after {len(c.extended)} extension(s)')
+    evidence[s] = '; '.join(parts)
   return Reading('tuned', {s: Setting(c.learning_rate, c.l2, c.steps) for s, c in choices.items()}, source,
-                 edges)
+                 lr_schedule, {s: c.converged for s, c in choices.items()}, evidence)
 
 
-def save_choices(path: str, choices: Dict[str, tuning.Choice], context: dict):
-  """Writes tuning choices with the context they were made in (data key, grid, options)."""
+def save_choices(path: str, choices: Dict[str, object], context: dict):
+  """Writes tuning choices (or convergence checks) with the context they were made in."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     json.dump({'context': context, 'choices': {s: dataclasses.asdict(c) for s, c in choices.items()}}, f,
@@ -81,15 +92,20 @@ def save_choices(path: str, choices: Dict[str, tuning.Choice], context: dict):
     f.write('\n')
 
 
-def load_choices(path: str, context: dict) -> Optional[Dict[str, tuning.Choice]]:
-  """The choices stored at `path`, or None when the file is missing or was made in another context."""
+def load_choices(path: str, context: dict, kind=tuning.Choice) -> Optional[Dict[str, object]]:
+  """The records of `kind` stored at `path`, or None when the file is missing, was made in another context
+  or holds another kind of record (e.g. written before the convergence rule)."""
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     stored = json.load(f)
   if stored.get('context') != json.loads(json.dumps(context)):
     return None
-  return {s: tuning.Choice(**c) for s, c in stored['choices'].items()}
+  try:
+    return {s: kind(**{k: tuple(v) if k == 'extended' else v for k, v in c.items()})
+            for s, c in stored['choices'].items()}
+  except TypeError:
+    return None
 
 
 class HeadRuns(NamedTuple):
@@ -101,7 +117,10 @@ class HeadRuns(NamedTuple):
   accuracy: Dict[str, np.ndarray]  # schedule -> (S,) test accuracy in percent
   correct: Dict[str, np.ndarray]  # schedule -> (S, n_test) bool
   mean_commonality: Dict[str, np.ndarray]  # schedule -> (S,) mean y on the test split
+  train_loss: Dict[str, np.ndarray]  # schedule -> (S,) final cross-entropy on the whole training split
+  train_accuracy: Dict[str, np.ndarray]  # schedule -> (S,) percent
   seconds: float
+  flops: float  # the matmuls of every update, forward and backward (`engine.flops_per_step`)
 
 
 def train_classification(task: protocols.Classification, schedules: Sequence[str], reading: Reading,
@@ -117,7 +136,8 @@ def train_classification(task: protocols.Classification, schedules: Sequence[str
                      commonality_weight=commonality_weight, alternate_every=alternate_every)
           for s in schedules for seed in task.seeds]
   steps = max(r.steps for r in runs)
-  opts = dataclasses.replace(opts, steps=steps, log_every=_largest_divisor_at_most(steps, 100))
+  opts = dataclasses.replace(opts, steps=steps, log_every=_largest_divisor_at_most(steps, 100),
+                             lr_schedule=reading.lr_schedule)
   train_idx = np.concatenate([task.train_idx] * len(schedules))
   test_idx = np.concatenate([task.test_idx] * len(schedules))
   start = time.perf_counter()
@@ -127,10 +147,17 @@ def train_classification(task: protocols.Classification, schedules: Sequence[str
   pred = np.asarray(np.argmax(out.logits, axis=-1))
   correct = np.take_along_axis(pred == task.labels[None], test_idx, axis=1)
   y = np.take_along_axis(np.asarray(out.commonality).mean(-1), test_idx, axis=1).mean(axis=1)
+  logits = np.asarray(out.logits, np.float64)
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_p, task.labels[None, :, None], axis=2)[..., 0]
+  train_loss = np.take_along_axis(nll, train_idx, axis=1).mean(axis=1)
+  train_acc = 100.0 * np.take_along_axis(pred == task.labels[None], train_idx, axis=1).mean(axis=1)
+  flops = engine.flops_per_step(opts, task.x.shape[1], train_idx.shape[1]) * sum(r.steps for r in runs)
   n = len(task.seeds)
   by = lambda a: {s: a[i * n:(i + 1) * n] for i, s in enumerate(schedules)}
   return HeadRuns(task, reading, opts, runs, result, by(100.0 * correct.mean(axis=1)), by(correct), by(y),
-                  seconds)
+                  by(train_loss), by(train_acc), seconds, flops)
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
@@ -153,3 +180,12 @@ def tune(task: protocols.Classification, schedules: Sequence[str], opts: engine.
   """`tuning.choose` on the task's first seeds' training splits (the test splits never enter)."""
   return tuning.choose(task.x, task.labels, task.train_idx, opts, list(schedules), grid, task.seeds,
                        commonality_weight=commonality_weight, alternate_every=alternate_every)
+
+
+def check(task: protocols.Classification, schedules: Sequence[str], opts: engine.StaticOptions,
+          setting: Setting, grid: tuning.Grid, commonality_weight: float = 1.0,
+          alternate_every: int = 1) -> Dict[str, tuning.Check]:
+  """`tuning.check` of a fixed setting on the same validation splits as `tune`."""
+  return tuning.check(task.x, task.labels, task.train_idx, opts, list(schedules), setting.learning_rate,
+                      setting.l2, setting.steps, grid, task.seeds, commonality_weight=commonality_weight,
+                      alternate_every=alternate_every)

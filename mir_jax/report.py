@@ -67,6 +67,9 @@ class Cell:
   paper_metric: str = ''
   reason: str = ''  # required when `values` is empty: why nothing is measured
   note: str = ''
+  # Printed in the cell beside its number, e.g. 'not converged': a head that did not meet the convergence
+  # rule (mir_jax/tuning.py) proves nothing about the model, and the reader must see it at the number.
+  flag: str = ''
 
   def __post_init__(self):
     # Tuples keep the cell hashable and make JSON round trips compare equal.
@@ -182,19 +185,23 @@ def direction_summary(table: Table, d: Direction) -> dict:
   pairs = _paired(a, b)
   if pairs is None:
     return {**out, 'verdict': NOT_HERE, 'reason': 'the two cells share no seeds to pair'}
+  flagged = [f'{name} {cell.flag}' for name, cell in ((d.better, a), (d.worse, b)) if cell.flag]
+  if flagged:
+    out['caveat'] = 'proves nothing about the heads: ' + ', '.join(flagged)
   t = significance.paired_t(*pairs, level=table.rule.level, alternative='greater')
   out.update(n=t.n, mean_diff=t.mean_diff, ci_low=t.ci_low, ci_high=t.ci_high, p_greater=t.p)
+  caveat = f'; {out["caveat"]}' if flagged else ''
   if t.ci_low is None:
     # Zero spread with n >= 2 means every seed moved the same way by the same amount.
     if t.n >= 2 and t.mean_diff > 0:
-      return {**out, 'verdict': REPRODUCED, 'reason': f'every one of {t.n} seeds: +{t.mean_diff:.2f}'}
-    return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'{t.note}; observed diff {t.mean_diff:+.2f}'}
+      return {**out, 'verdict': REPRODUCED, 'reason': f'every one of {t.n} seeds: +{t.mean_diff:.2f}{caveat}'}
+    return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'{t.note}; observed diff {t.mean_diff:+.2f}{caveat}'}
   ci = f'{table.rule.level:.0%} CI of diff [{t.ci_low:+.2f}, {t.ci_high:+.2f}]'
   if t.ci_low > 0:
-    return {**out, 'verdict': REPRODUCED, 'reason': f'{ci} above 0'}
+    return {**out, 'verdict': REPRODUCED, 'reason': f'{ci} above 0{caveat}'}
   if t.ci_high < 0:
-    return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'reversed: {ci} below 0'}
-  return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'{ci} contains 0'}
+    return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'reversed: {ci} below 0{caveat}'}
+  return {**out, 'verdict': NOT_REPRODUCED, 'reason': f'{ci} contains 0{caveat}'}
 
 
 def summarize(table: Table) -> List[dict]:
@@ -208,13 +215,15 @@ def summarize(table: Table) -> List[dict]:
       rec = {'row': row.name, 'column': column, 'claim_only': row.claim_only, 'metric': cell.metric,
              'n': len(cell.values), 'mean': None, 'std': None, 'ci_low': None, 'ci_high': None,
              'paper': cell.paper, 'paper_metric': cell.paper_metric, 'diff': None,
-             'values': list(cell.values), 'seeds': list(cell.seeds), 'note': cell.note}
+             'values': list(cell.values), 'seeds': list(cell.seeds), 'note': cell.note, 'flag': cell.flag}
       if cell.values:
         s = significance.mean_ci(cell.values, table.rule.level)
         rec.update(mean=s.mean, std=s.std, ci_low=s.ci_low, ci_high=s.ci_high)
         if cell.paper is not None:
           rec['diff'] = s.mean - cell.paper
       rec['verdict'], rec['reason'] = cell_verdict(cell, table.rule)
+      if cell.flag and cell.values:
+        rec['reason'] = f'{cell.flag.upper()}; {rec["reason"]}'
       records.append(rec)
   return records
 
@@ -310,6 +319,8 @@ def render_summary(table: Table) -> str:
       extra = [f'paper {rec["paper"]:.2f}'] if rec['paper'] is not None else []
       if rec['mean'] is not None and _SHORT[rec['verdict']]:
         extra.append(_SHORT[rec['verdict']])
+      if rec['mean'] is not None and rec['flag']:
+        extra.append(rec['flag'].upper())
       cells.append(text + (f' ({", ".join(extra)})' if extra else ''))
     lines.append('| ' + ' | '.join(_md_escape(c) for c in [row.name] + cells) + ' |')
   measured = [d for d in table.directions
@@ -322,7 +333,8 @@ def render_summary(table: Table) -> str:
       s = direction_summary(table, d)
       cells = [s['claim'], s['column'], _paper_direction(s),
                f'{_f(s["mean_diff"], sign=True)} {_ci(s["ci_low"], s["ci_high"], sign=True)}', _p(s),
-               f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED else '')]
+               f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED or s.get('caveat')
+                                        else '')]
       lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
   if footnotes:
     lines += [''] + [f'[{n}] {_md_escape(reason)}' for reason, n in footnotes.items()]
@@ -356,7 +368,7 @@ def from_json(data: dict) -> Table:
 
 
 _CSV_FIELDS = ('row', 'column', 'claim_only', 'metric', 'n', 'mean', 'std', 'ci_low', 'ci_high', 'paper',
-               'paper_metric', 'diff', 'verdict', 'reason', 'values', 'seeds', 'note')
+               'paper_metric', 'diff', 'verdict', 'reason', 'values', 'seeds', 'note', 'flag')
 
 
 def _write_csv(table: Table, path: str):

@@ -11,6 +11,7 @@ Writes `workdir/metrics.json` and the trained heads as an orbax checkpoint in `w
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -50,7 +51,8 @@ def static_options(config, num_classes: int) -> engine.StaticOptions:
       num_classes=num_classes, commonality_dim=config.model.commonality_dim,
       subtract_from=config.model.subtract_from, center=config.model.center,
       optimizer=config.train.optimizer, l2_form=config.train.l2_form, l2_params=config.train.l2_params,
-      steps=config.train.steps, batch_size=config.train.batch_size, log_every=config.train.log_every)
+      steps=config.train.steps, batch_size=config.train.batch_size, log_every=config.train.log_every,
+      lr_schedule=config.train.lr_schedule, warmup_fraction=config.train.warmup_fraction)
 
 
 def make_runs(config, seeds):
@@ -63,9 +65,10 @@ def make_runs(config, seeds):
 
 def tune(config, x, labels, train_idx, seeds, opts):
   """Chooses learning rate, L2 and steps per schedule on validation data (mir_jax/tuning.py)."""
-  grid = tuning.Grid(learning_rates=tuple(config.tune.learning_rates), l2s=tuple(config.tune.l2s),
-                     max_steps=config.tune.max_steps, eval_every=config.tune.eval_every,
-                     val_fraction=config.tune.val_fraction, tuning_seeds=config.tune.tuning_seeds)
+  t = config.tune
+  grid = tuning.Grid(learning_rates=tuple(t.learning_rates), l2s=tuple(t.l2s), first_steps=t.first_steps,
+                     max_steps=t.max_steps, tolerance=t.tolerance, max_extensions=t.max_extensions, prune_margin=t.prune_margin,
+                     val_fraction=t.val_fraction, tuning_seeds=t.tuning_seeds)
   schedules = [r.schedule for r in make_runs(config, seeds[:1])]
   return tuning.choose(x, labels, train_idx, opts, schedules, grid, seeds,
                        commonality_weight=config.train.commonality_weight,
@@ -83,7 +86,8 @@ def train_and_evaluate(config, workdir: str | None = None, dataset: data_lib.Emb
     choices = tune(config, x, labels, train_idx, seeds, opts)
     runs = [dataclasses.replace(r, learning_rate=choices[r.schedule].learning_rate, l2=choices[r.schedule].l2,
                                 steps=choices[r.schedule].steps) for r in runs]
-    opts = dataclasses.replace(opts, steps=max(r.steps for r in runs), log_every=config.tune.eval_every)
+    steps = max(r.steps for r in runs)
+    opts = dataclasses.replace(opts, steps=steps, log_every=math.gcd(*[r.steps for r in runs], steps))
   seed_pos = {s: i for i, s in enumerate(seeds)}
   run_train = train_idx[[seed_pos[r.seed] for r in runs]]
   run_test = test_idx[[seed_pos[r.seed] for r in runs]]
@@ -144,7 +148,8 @@ def main(argv):
   for schedule, s in metrics['summary'].items():
     chosen = metrics['tuning'].get(schedule)
     note = (f'  (chosen on validation: lr {chosen["learning_rate"]:g}, L2 {chosen["l2"]:g}, {chosen["steps"]} steps,'
-            f' val Ac {100 * chosen["val_accuracy"]:.2f} %)' if chosen else '')
+            f' val Ac {100 * chosen["val_accuracy"]:.2f} %, '
+            f'{"met" if chosen["converged"] else "did NOT meet"} the convergence rule)' if chosen else '')
     print(f'  {schedule:12s} test Ac = {100 * s["test_accuracy_mean"]:.2f} +- {100 * s["test_accuracy_std"]:.2f} %'
           f' over {s["num_seeds"]} seed(s){note}')
   if _WORKDIR.value:

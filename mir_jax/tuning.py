@@ -2,21 +2,41 @@
 
 The paper gives only a learning rate (0.001) and an L2 coefficient (0.001). Whether a softmax head fits
 at all on L2-normalised embeddings depends on those and on the number of steps, so a comparison of heads
-trained with one reading proves nothing about the heads. Here, for each schedule separately:
+trained with one reading proves nothing about the heads unless each has converged. The rule, for every
+head alike:
 
-  1. carve a validation split out of each tuning seed's *training* split (never the test split),
-  2. train every (learning rate, L2) pair of the grid on the rest, logging validation accuracy every
-     `eval_every` steps inside the compiled loop,
-  3. choose the (learning rate, L2, steps) with the best validation accuracy averaged over tuning seeds
-     (ties: fewer steps, then the smaller learning rate, then the larger L2 -- the most conservative fit),
-  4. the caller retrains on the whole training split with the chosen values and scores the test split.
+  A head trained for B steps has *converged* when it is more than `tolerance` more accurate on
+  validation data than always answering the largest identity, and the same head trained for 2B steps
+  (its learning-rate schedule stretched to the new budget) is at most `tolerance` more accurate than it;
+  accuracies are means over the tuning seeds.
 
-The same grid and rule serve the original-feature (single-task) head, the MIR heads and every ablation.
+The first half keeps a head that has not started to learn (stuck on the largest identity, where doubling
+changes little) from passing as converged. Validation cross-entropy is recorded beside the accuracy but
+does not enter the rule: on unit-norm embeddings it keeps falling long after the accuracy has settled,
+as the logits grow.
+
+Tuning, for each schedule separately:
+
+  1. carve a validation split out of each tuning seed's *training* split (never the test split);
+  2. train every (learning rate, L2) point of the grid with budgets first_steps, 2x, 4x, ... on the rest,
+     until doubling no longer gains more than `tolerance` (the point has converged at the smaller
+     budget) or `max_steps` is reached (it has not); a point more than `prune_margin` behind the best
+     point of its schedule at the same or a smaller budget stops climbing (successive halving: a slow
+     learning rate that might have caught up much later is given up for cost; its curve shows where);
+  3. choose the (learning rate, L2, steps) with the best validation accuracy (ties: fewer steps, then the
+     smaller learning rate, then the larger L2: the most conservative fit) and record whether it converged;
+  4. a choice on an edge of the learning-rate grid, or on its largest non-zero L2, extends the grid one
+     step beyond that edge (same ratio) and goes back to 2, up to `max_extensions` times per edge; what
+     was extended is recorded, and a choice still on an edge after that is flagged;
+  5. the caller retrains on the whole training split with the chosen values and scores the test split.
+
+All runs that share a budget train in one compiled call, so a point that has converged costs nothing more.
+`check` applies the same rule to a fixed setting (the paper-literal reading).
 """
 
 import dataclasses
 import itertools
-from typing import Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,10 +48,27 @@ from mir_jax import splits
 class Grid:
   learning_rates: Sequence[float] = (1e-3, 1e-2, 3e-2)
   l2s: Sequence[float] = (0.0, 1e-4, 1e-3)
-  max_steps: int = 2000
-  eval_every: int = 100
+  first_steps: int = 250  # the first budget; each next one doubles it
+  max_steps: int = 32000  # the hard maximum: a point still gaining here has not converged
+  tolerance: float = 0.005  # validation accuracy (a fraction): what doubling the budget may still gain
+  max_extensions: int = 3  # per edge of the grid
+  # A point stops climbing once it is this far (validation accuracy) behind the best point of its schedule
+  # at the same or a smaller budget: successive halving, so slow learning rates cost a few budgets.
+  prune_margin: float = 0.1
   val_fraction: float = 0.2  # of each identity's training examples, at least one
   tuning_seeds: int = 2  # the first seeds' splits are used for tuning
+
+  def __post_init__(self):
+    if self.first_steps < 1 or self.max_steps < self.first_steps:
+      raise ValueError(f'need 1 <= first_steps ({self.first_steps}) <= max_steps ({self.max_steps})')
+    if not self.learning_rates or not self.l2s:
+      raise ValueError('the grid needs at least one learning rate and one L2')
+
+  def budgets(self) -> List[int]:
+    out = [self.first_steps]
+    while out[-1] * 2 <= self.max_steps:
+      out.append(out[-1] * 2)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +78,11 @@ class Choice:
   l2: float
   steps: int
   val_accuracy: float  # mean over tuning seeds at the chosen point
-  curve: dict  # '(lr, l2)' -> mean validation accuracy after each eval_every steps
+  curve: dict  # '(lr, l2)' -> {steps: mean validation accuracy} for every budget trained
+  converged: bool = True  # doubling `steps` gained at most the tolerance
+  gain_when_doubled: Optional[float] = None  # validation accuracy at 2 x steps minus at steps
+  extended: Tuple[str, ...] = ()  # grid extensions made to move the choice off an edge
+  edge: str = ''  # which edge the choice still sits on after the extensions ('' when inside)
 
 
 def validation_split(labels, train_idx, seed: int, val_fraction: float):
@@ -50,42 +91,187 @@ def validation_split(labels, train_idx, seed: int, val_fraction: float):
   return train_idx[fit], train_idx[val]
 
 
+def _majority_accuracy(fit_labels, val_labels) -> float:
+  """Validation accuracy of always answering the fit split's largest identity."""
+  return float(np.mean(val_labels == np.bincount(fit_labels).argmax()))
+
+
+def _key(lr, l2) -> str:
+  return f'({lr:g}, {l2:g})'
+
+
+class _Validator:
+  """Validation accuracy of (schedule, lr, l2, budget) points, each trained once, batched by budget."""
+
+  def __init__(self, x, labels, train_idx, opts, seeds, grid, commonality_weight, alternate_every):
+    self.x, self.labels, self.opts, self.grid = x, labels, opts, grid
+    self.commonality_weight, self.alternate_every = commonality_weight, alternate_every
+    self.tuning = list(range(min(grid.tuning_seeds, len(seeds))))
+    self.seeds = [seeds[t] for t in self.tuning]
+    self.fit_val = [validation_split(labels, train_idx[t], seeds[t], grid.val_fraction) for t in self.tuning]
+    self.majority = float(np.mean([_majority_accuracy(labels[fit], labels[val]) for fit, val in self.fit_val]))
+    self.acc: Dict[tuple, float] = {}  # (schedule, lr, l2, steps) -> mean validation accuracy
+    self.loss: Dict[tuple, float] = {}  # (schedule, lr, l2, steps) -> mean validation cross-entropy
+    self.calls: List[dict] = []  # what each compiled call trained, for the cost report
+
+  def best(self, schedule: str, steps: int) -> float:
+    """The best validation accuracy of any point of `schedule` trained for at most `steps`."""
+    return max(a for k, a in self.acc.items() if k[0] == schedule and k[3] <= steps)
+
+  def holds(self, short: tuple, long: tuple) -> bool:
+    """The rule: `long` (twice the steps of `short`) gains at most the tolerances on validation."""
+    return (self.acc[short] > self.majority + self.grid.tolerance
+            and self.acc[long] - self.acc[short] <= self.grid.tolerance)
+
+  def evaluate(self, points: Sequence[tuple]):
+    """Trains every (schedule, lr, l2, steps) not yet known; one call per budget."""
+    todo = sorted({p for p in points if p not in self.acc}, key=lambda p: p[3])
+    for steps, group in itertools.groupby(todo, key=lambda p: p[3]):
+      group = list(group)
+      runs, fit, val = [], [], []
+      for schedule, lr, l2, _ in group:
+        for t, seed in enumerate(self.seeds):
+          runs.append(engine.Run(schedule=schedule, seed=seed, learning_rate=lr, l2=l2,
+                                 commonality_weight=self.commonality_weight, alternate_every=self.alternate_every))
+          fit.append(self.fit_val[t][0])
+          val.append(self.fit_val[t][1])
+      opts = dataclasses.replace(self.opts, steps=steps, log_every=steps)
+      result = engine.train(self.x, self.labels, opts, runs, np.stack(fit), np.stack(val))
+      final = np.asarray(result.history['eval_accuracy'])[:, -1].reshape(len(group), len(self.seeds))
+      loss = np.asarray(result.history['eval_loss'])[:, -1].reshape(len(group), len(self.seeds))
+      for point, value, ce in zip(group, final.mean(axis=1), loss.mean(axis=1)):
+        self.acc[point] = float(value)
+        self.loss[point] = float(ce)
+      self.calls.append({'steps': steps, 'runs': len(runs)})
+
+
+def _climb_all(v: _Validator, points: Sequence[tuple]) -> Dict[tuple, Tuple[int, bool]]:
+  """Doubles the budget of every (schedule, lr, l2) point until the rule holds for it, all points budget by
+  budget (one call each); returns {point: (steps, converged)}."""
+  budgets = v.grid.budgets()
+  state = {p: None for p in points}  # None while still climbing
+  for small, large in zip(budgets, budgets[1:]):
+    climbing = [p for p, s in state.items() if s is None]
+    if not climbing:
+      break
+    v.evaluate([(*p, b) for p in climbing for b in (small, large)])
+    for p in climbing:
+      if v.holds((*p, small), (*p, large)):
+        state[p] = (small, True)
+      elif v.acc[(*p, large)] < v.best(p[0], large) - v.grid.prune_margin:
+        state[p] = (large, False)  # dropped: too far behind (its curve shows where it stopped)
+  last = [p for p, s in state.items() if s is None]
+  v.evaluate([(*p, budgets[-1]) for p in last])
+  for p in last:
+    state[p] = (budgets[-1], False)
+  return state
+
+
+def _beyond(values: List[float], side: str) -> Optional[float]:
+  """The next grid value past the `side` ('low'/'high') end, at the ratio of the two values nearest it."""
+  vals = sorted(v for v in values if v > 0)
+  if not vals:
+    return None
+  ratio = vals[1] / vals[0] if side == 'low' and len(vals) > 1 else (
+      vals[-1] / vals[-2] if len(vals) > 1 else 10.0)
+  ratio = min(ratio, 10.0)  # a sparse grid (1e-5, 3e-2) steps on by a decade, not by its own gap
+  return float(f'{(vals[0] / ratio if side == "low" else vals[-1] * ratio):.3g}')
+
+
 def choose(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequence[str], grid: Grid,
            seeds: Sequence[int], commonality_weight: float = 1.0, alternate_every: int = 1):
-  """Chooses (learning rate, L2, steps) per schedule on validation data. Returns {schedule: Choice}.
+  """Chooses (learning rate, L2, steps) per schedule by the rule above. Returns {schedule: Choice}.
 
   Args:
     x, labels: all embeddings and identities.
     train_idx: (num_seeds, n_train) training indices of each seed's split (test indices never enter).
-    base_opts: shared options; its `steps` and `log_every` are replaced by the grid's.
-    schedules: schedules to tune, each separately, all in one compiled call.
-    grid: the search space and validation rule.
+    base_opts: shared options; its `steps` and `log_every` are set per budget.
+    schedules: schedules to tune, each separately; runs of one budget train in one call.
+    grid: the search space and the rule.
     seeds: the seed of each row of train_idx; the first `grid.tuning_seeds` are used.
   """
-  if grid.max_steps % grid.eval_every:
-    raise ValueError(f'max_steps ({grid.max_steps}) must be a multiple of eval_every ({grid.eval_every})')
-  tuning = list(range(min(grid.tuning_seeds, len(seeds))))
-  fit_val = [validation_split(labels, train_idx[i], seeds[i], grid.val_fraction) for i in tuning]
-  points = list(itertools.product(schedules, grid.learning_rates, grid.l2s, tuning))
-  runs = [engine.Run(schedule=s, seed=seeds[t], learning_rate=lr, l2=l2, commonality_weight=commonality_weight,
-                     alternate_every=alternate_every) for s, lr, l2, t in points]
-  opts = dataclasses.replace(base_opts, steps=grid.max_steps, log_every=grid.eval_every)
-  result = engine.train(x, labels, opts, runs, np.stack([fit_val[t][0] for *_, t in points]),
-                        np.stack([fit_val[t][1] for *_, t in points]))
-  acc = np.asarray(result.history['eval_accuracy']).reshape(
-      len(schedules), len(grid.learning_rates), len(grid.l2s), len(tuning), -1).mean(axis=3)
-
+  v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every)
+  lrs = {s: sorted(grid.learning_rates) for s in schedules}
+  l2s = {s: sorted(grid.l2s) for s in schedules}
+  extended = {s: [] for s in schedules}
+  climbed: Dict[tuple, Tuple[int, bool]] = {}
   choices = {}
-  for si, schedule in enumerate(schedules):
-    best = None
-    for (li, lr), (ri, l2) in itertools.product(enumerate(grid.learning_rates), enumerate(grid.l2s)):
-      for block, value in enumerate(acc[si, li, ri]):
-        # Larger is better; ties go to fewer steps, a smaller learning rate, a larger L2.
-        key = (round(float(value), 6), -block, -lr, l2)
-        if best is None or key > best[0]:
-          best = (key, lr, l2, (block + 1) * grid.eval_every, float(value))
-    curve = {f'({lr:g}, {l2:g})': acc[si, li, ri].round(4).tolist()
-             for (li, lr), (ri, l2) in itertools.product(enumerate(grid.learning_rates), enumerate(grid.l2s))}
-    _, lr, l2, steps, value = best
-    choices[schedule] = Choice(schedule, lr, l2, steps, value, curve)
+  pending = list(schedules)
+  while pending:
+    points = [(s, lr, l2) for s in pending for lr in lrs[s] for l2 in l2s[s] if (s, lr, l2) not in climbed]
+    climbed.update(_climb_all(v, points))
+    still = []
+    for s in pending:
+      choice = _best(v, s, lrs[s], l2s[s], climbed, extended[s])
+      grow = _extension(choice, lrs[s], l2s[s], extended[s], grid.max_extensions)
+      if grow is None:
+        choices[s] = choice
+        continue
+      what, value, message = grow
+      (lrs if what == 'lr' else l2s)[s] = sorted((lrs if what == 'lr' else l2s)[s] + [value])
+      extended[s].append(message)
+      still.append(s)
+    pending = still
   return choices
+
+
+def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
+  candidates = []
+  for lr, l2 in itertools.product(lrs, l2s):
+    steps, converged = climbed[(schedule, lr, l2)]
+    value = v.acc[(schedule, lr, l2, steps)]
+    # Larger is better; ties go to fewer steps, a smaller lr, a larger L2. Whether the best point converged
+    # is recorded, not used to prefer a worse one.
+    candidates.append(((round(value, 6), -steps, -lr, l2), lr, l2, steps, value, converged))
+  _, lr, l2, steps, value, converged = max(candidates)
+  doubled = v.acc.get((schedule, lr, l2, 2 * steps))
+  curve = {_key(a, b): {str(k[3]): round(acc, 4) for k, acc in sorted(v.acc.items(), key=lambda i: i[0][3])
+                        if k[:3] == (schedule, a, b)}
+           for a, b in itertools.product(lrs, l2s)}
+  edges = []
+  if lr == max(lrs):
+    edges.append('the largest learning rate')
+  if lr == min(lrs):
+    edges.append('the smallest learning rate')
+  if l2 == max(l2s) and l2 > 0:
+    edges.append('the largest L2')
+  return Choice(schedule, lr, l2, steps, value, curve, converged,
+                None if doubled is None else doubled - value, tuple(extended), ' and '.join(edges))
+
+
+def _extension(choice: Choice, lrs, l2s, extended, max_extensions) -> Optional[tuple]:
+  """('lr' | 'l2', new value, message) that moves `choice` off an edge, or None."""
+  count = lambda word: sum(word in e for e in extended)
+  if choice.learning_rate == max(lrs) and count('above') < max_extensions:
+    new = _beyond(lrs, 'high')
+    return 'lr', new, f'learning rate {new:g} added above {choice.learning_rate:g}'
+  if choice.learning_rate == min(lrs) and count('below') < max_extensions:
+    new = _beyond(lrs, 'low')
+    return 'lr', new, f'learning rate {new:g} added below {choice.learning_rate:g}'
+  if choice.l2 == max(l2s) and choice.l2 > 0 and count('L2') < max_extensions:
+    new = _beyond(l2s, 'high')
+    return 'l2', new, f'L2 {new:g} added beyond {choice.l2:g}'
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """The rule applied to one fixed setting: validation accuracy at its steps and at twice as many."""
+  schedule: str
+  steps: int
+  val_accuracy: float
+  val_accuracy_doubled: float
+  converged: bool
+
+
+def check(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequence[str], learning_rate: float,
+          l2: float, steps: int, grid: Grid, seeds: Sequence[int], commonality_weight: float = 1.0,
+          alternate_every: int = 1) -> Dict[str, Check]:
+  """Whether a fixed (learning rate, L2, steps) meets the rule, on the same validation splits as tuning."""
+  v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every)
+  v.evaluate([(s, learning_rate, l2, b) for s in schedules for b in (steps, 2 * steps)])
+  out = {}
+  for s in schedules:
+    short, long = (s, learning_rate, l2, steps), (s, learning_rate, l2, 2 * steps)
+    out[s] = Check(s, steps, v.acc[short], v.acc[long], v.holds(short, long))
+  return out

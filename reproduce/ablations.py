@@ -9,6 +9,7 @@ On the LFW identity protocol, the jointly trained MIR head with one choice chang
   center            off | on (the paper's "centralize the data": subtract the training mean first)
   lambda            1 | 0.1 | 10 (weight of the commonality task); 0 keeps the architecture, drops the task
   optimizer         adam | sgd | momentum | rmsprop
+  lr_schedule       the tuned reading's (warm-up then cosine decay) | constant
 
 plus the single-task head for reference. Every variant is trained under each reading of `config.readings`;
 under "tuned", learning rate, L2 and steps are chosen for each variant separately (so SGD is not judged at
@@ -35,6 +36,7 @@ def variants(base: common.Variant):
              ('center', not base.center)]
   changes += [('commonality_weight', w) for w in (0.0, 0.1, 10.0) if w != base.commonality_weight]
   changes += [('optimizer', o) for o in ('sgd', 'momentum', 'rmsprop') if o != base.optimizer]
+  changes += [('lr_schedule', 'constant' if base.lr_schedule != 'constant' else 'warmup_cosine')]
   for field, value in changes:
     v = dataclasses.replace(base, **{field: value})
     if field == 'commonality_dim':
@@ -69,7 +71,7 @@ def build(ctx: common.Context) -> report.Table:
           t = significance.paired_t(values, base_values)
           ci = 'CI undefined' if t.ci_low is None else f'95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]'
           note += f'; vs base: {t.mean_diff:+.2f} pp ({ci}, paired over {t.n} seeds)'
-        cells = {'LFW': report.Cell(values, task.seeds, f'Ac = TP/AP ({task.name})')}
+        cells = {'LFW': report.Cell(values, task.seeds, f'Ac = TP/AP ({task.name})', flag=runs.flag(schedule))}
         rows.append(report.Row(f'{backbone} [{reading}] {name}', cells, note=note))
   notes = ['Joint MIR heads on the LFW identity protocol, one choice changed at a time from the head read '
            'literally (BUILD.md, "Interpretive choices"). The paper reports no ablation numbers, so every '

@@ -40,11 +40,12 @@ class Variant:
   center: bool = False
   optimizer: str = 'adam'
   commonality_weight: float = 1.0
+  lr_schedule: str = 'warmup_cosine'  # of the tuned reading; the paper-literal reading is always constant
 
   def label(self) -> str:
     return (f'commonality_dim={"d" if self.commonality_dim == 0 else self.commonality_dim}, '
             f'subtract_from={self.subtract_from}, center={self.center}, optimizer={self.optimizer}, '
-            f'lambda={self.commonality_weight:g}')
+            f'lambda={self.commonality_weight:g}, lr_schedule={self.lr_schedule}')
 
 
 class Context:
@@ -57,11 +58,13 @@ class Context:
     self._sets: Dict[Tuple[str, str], data_lib.EmbeddingSet] = {}
     self._heads: Dict[tuple, heads.HeadRuns] = {}
     self.timings: Dict[str, float] = {}
+    self.flops = 0.0  # of every head trained for the tables (not tuning): the engine's share of the peak
     self.data_specs: Dict[str, dict] = {}
     self.base_variant = Variant(
         commonality_dim=config.model.commonality_dim if config.model.commonality_dim == 1 else 0,
         subtract_from=config.model.subtract_from, center=config.model.center,
-        optimizer=config.train.optimizer, commonality_weight=config.train.commonality_weight)
+        optimizer=config.train.optimizer, commonality_weight=config.train.commonality_weight,
+        lr_schedule=config.train.lr_schedule)
 
   # ---------------------------------------------------------------------------------------------------------
   # Data.
@@ -110,44 +113,61 @@ class Context:
     return engine.StaticOptions(
         num_classes=num_classes, commonality_dim=dim if variant.commonality_dim == 0 else variant.commonality_dim,
         subtract_from=variant.subtract_from, center=variant.center, optimizer=variant.optimizer,
-        l2_form=t.l2_form, l2_params=t.l2_params, steps=1, batch_size=t.batch_size)
+        l2_form=t.l2_form, l2_params=t.l2_params, steps=1, batch_size=t.batch_size,
+        lr_schedule=variant.lr_schedule, warmup_fraction=t.warmup_fraction)
 
   def grid(self, variant: Variant) -> tuning.Grid:
     g = self.config.tune
     # Plain SGD and momentum take steps of lr * gradient, not Adam's lr-sized ones: their useful learning
     # rates on unit-norm embeddings are 10-100x larger, so they get a grid of their own.
     lrs = g.sgd_learning_rates if variant.optimizer in ('sgd', 'momentum') else g.learning_rates
-    return tuning.Grid(learning_rates=tuple(lrs), l2s=tuple(g.l2s), max_steps=g.max_steps,
-                       eval_every=g.eval_every, val_fraction=g.val_fraction, tuning_seeds=g.tuning_seeds)
+    return tuning.Grid(learning_rates=tuple(lrs), l2s=tuple(g.l2s), first_steps=g.first_steps,
+                       max_steps=g.max_steps, tolerance=g.tolerance, max_extensions=g.max_extensions, prune_margin=g.prune_margin,
+                       val_fraction=g.val_fraction, tuning_seeds=g.tuning_seeds)
 
   def reading(self, name: str, task: protocols.Classification, data_key: str, schedules: Sequence[str],
               variant: Variant) -> heads.Reading:
-    """The named reading; 'tuned' loads the stored choice for this context or tunes and stores it."""
-    if name == 'paper-literal':
-      lit = self.config.literal
-      return heads.literal_reading(lit.steps, lit.learning_rate, lit.l2)
-    if name != 'tuned':
+    """The named reading with its convergence verdict. 'tuned' loads the stored choice for this context or
+    tunes and stores it; 'paper-literal' loads or makes the stored check of the paper's setting."""
+    if name not in ('tuned', 'paper-literal'):
       raise ValueError(f'unknown reading {name!r}; choose tuned or paper-literal')
     grid = self.grid(variant)
-    context = {'data': self.data_specs.get(data_key, data_key), 'task': task.description, 'variant': dataclasses.asdict(variant),
-               'train': self.config.train.to_dict(), 'grid': dataclasses.asdict(grid),
-               'tuning_seeds': self.seeds[:grid.tuning_seeds], 'schedules': sorted(schedules)}
+    lit = self.config.literal
+    literal = heads.Setting(lit.learning_rate, lit.l2, lit.steps)
+    if name == 'paper-literal':
+      variant = dataclasses.replace(variant, lr_schedule='constant')
+    context = {'data': self.data_specs.get(data_key, data_key), 'task': task.description,
+               'variant': dataclasses.asdict(variant), 'train': self.config.train.to_dict(),
+               'grid': dataclasses.asdict(grid), 'tuning_seeds': self.seeds[:grid.tuning_seeds],
+               'schedules': sorted(schedules)}
+    if name == 'paper-literal':
+      context['literal'] = dataclasses.asdict(literal)
     digest = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()[:10]
-    path = os.path.join(self.config.tuned_dir, f'{data_key}_{task.name}_{"-".join(sorted(schedules))}_{digest}.json')
+    stem = f'{data_key}_{task.name}_{"-".join(sorted(schedules))}'
+    path = os.path.join(self.config.tuned_dir, f'{stem}{"_literal" if name == "paper-literal" else ""}_{digest}.json')
     if not os.path.isabs(path):
       path = os.path.join(paths.repo_root(), path)
-    choices = heads.load_choices(path, context)
-    if choices is None:
-      logging.warning('No stored tuning for %s; tuning now (slow) and writing %s', task.name, path)
-      print(f'tuning {sorted(schedules)} on {task.name} ({variant.label()}): no stored choice, this takes a '
+    kind = tuning.Check if name == 'paper-literal' else tuning.Choice
+    records = heads.load_choices(path, context, kind)
+    if records is None:
+      what = 'checking the paper-literal setting' if name == 'paper-literal' else 'tuning'
+      logging.warning('No stored %s for %s; making it now (slow) and writing %s', what, task.name, path)
+      print(f'{what} {sorted(schedules)} on {task.name} ({variant.label()}): nothing stored, this takes a '
             'while; it is written to ' + os.path.relpath(path, paths.repo_root()))
       start = time.perf_counter()
       opts = self.static_options(len(task.class_names), task.x.shape[1], variant)
-      choices = heads.tune(task, schedules, opts, grid, variant.commonality_weight,
-                           self.config.train.alternate_every)
+      if name == 'paper-literal':
+        records = heads.check(task, schedules, opts, literal, grid, variant.commonality_weight,
+                              self.config.train.alternate_every)
+      else:
+        records = heads.tune(task, schedules, opts, grid, variant.commonality_weight,
+                             self.config.train.alternate_every)
       self.timings[f'tune {os.path.basename(path)}'] = time.perf_counter() - start
-      heads.save_choices(path, choices, context)
-    return heads.tuned_reading(choices, os.path.relpath(path, paths.repo_root()), grid)
+      heads.save_choices(path, records, context)
+    source = os.path.relpath(path, paths.repo_root())
+    if name == 'paper-literal':
+      return heads.literal_reading(literal.steps, literal.learning_rate, literal.l2, records)
+    return heads.tuned_reading(records, source, variant.lr_schedule)
 
   def train(self, task: protocols.Classification, data_key: str, schedules: Sequence[str], reading_name: str,
             variant: Optional[Variant] = None) -> 'Trained':
@@ -166,6 +186,7 @@ class Context:
         runs = heads.train_classification(task, [schedule], reading, opts, variant.commonality_weight,
                                           self.config.train.alternate_every)
         self.timings[f'train {data_key} {task.name} {schedule} {reading_name} {variant.label()}'] = runs.seconds
+        self.flops += runs.flops
         self._heads[key] = runs
       by_schedule[schedule] = self._heads[key]
     return Trained(by_schedule)
@@ -186,7 +207,8 @@ class Context:
   def open_set_rank1(self, task: protocols.OpenSet, data_key: str, reading_name: str,
                      variant: Optional[Variant] = None):
     """Rank-1 of the original features (one value: no seed enters), of the MIR character features of joint
-    heads trained on the task's head set (one per seed), and those seeds (`lfw_distractors.num_seeds`)."""
+    heads trained on the task's head set (one per seed), those seeds (`lfw_distractors.num_seeds`) and the
+    trained heads."""
     original = identification.megaface_rank1(task.probe_x, task.probe_labels, task.distractor_x,
                                              max_rank=1, dtype=np.float32)
     seeds = self.seeds[:self.config.lfw_distractors.num_seeds]
@@ -196,7 +218,7 @@ class Context:
     distractor_c = runs.character('joint', task.distractor_x)
     mir = [identification.megaface_rank1(p, task.probe_labels, d, max_rank=1, dtype=np.float32)
            for p, d in zip(probe_c, distractor_c)]
-    return original, mir, seeds
+    return original, mir, seeds, runs
 
 
 class Trained:
@@ -211,12 +233,25 @@ class Trained:
   def setting(self, schedule: str) -> heads.Setting:
     return self.by_schedule[schedule].reading.setting(schedule)
 
+  def converged(self, schedule: str) -> Optional[bool]:
+    return self.by_schedule[schedule].reading.converged.get(schedule)
+
+  def flag(self, schedule: str) -> str:
+    """What the cell of this schedule's heads must say beside its number ('' when the rule was met)."""
+    ok = self.converged(schedule)
+    return 'not converged' if ok is False else 'convergence not checked' if ok is None else ''
+
   def describe(self, schedule: str) -> str:
-    """'lr .., L2 .., N steps (source)' plus a warning when a tuned choice sits on the grid's edge."""
-    s, reading = self.setting(schedule), self.by_schedule[schedule].reading
-    edge = reading.edges.get(schedule, '')
-    return (f'lr {s.learning_rate:g}, L2 {s.l2:g}, {s.steps} steps ({reading.source})'
-            + (f'; {edge}' if edge else ''))
+    """'lr .., L2 .., N steps, schedule (source); the rule's evidence; final training loss and accuracy'."""
+    s, runs = self.setting(schedule), self.by_schedule[schedule]
+    reading = runs.reading
+    verdict = {True: 'met the convergence rule', False: 'did NOT meet the convergence rule',
+               None: 'convergence rule not checked'}[reading.converged.get(schedule)]
+    evidence = reading.evidence.get(schedule, '')
+    return (f'lr {s.learning_rate:g}, L2 {s.l2:g}, {s.steps} steps, {reading.lr_schedule} rate '
+            f'({reading.source}); {verdict}' + (f' ({evidence})' if evidence else '')
+            + f'; final training loss {np.mean(runs.train_loss[schedule]):.4f}, training Ac '
+              f'{np.mean(runs.train_accuracy[schedule]):.2f}%')
 
   def character(self, schedule: str, x) -> np.ndarray:
     return heads.character_features(self.by_schedule[schedule], schedule, x)

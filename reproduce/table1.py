@@ -81,7 +81,8 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
   for w, schedule in (('b', 'single'), ('a', 'joint')):
     cells[w]['LFW'] = report.Cell(runs.accuracy[schedule], lfw.seeds, f'{_AC} ({lfw.name})', paper[w].get('LFW'),
                                   paper_claims.PAPER_METRIC if paper[w] else '',
-                                  note=f'{lfw.name}: {lfw.description}.')
+                                  note=f'{lfw.name}: {lfw.description}. Heads: {runs.describe(schedule)}.',
+                                  flag=runs.flag(schedule))
 
   # YTF frames and pairs, MegaFace: from caches of a user's copy, else how to supply them.
   _ytf(ctx, backbone, reading, cells, paper)
@@ -89,13 +90,15 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
 
   # LFW-distractors: the MegaFace protocol on LFW images.
   task = ctx.lfw_distractors(backbone)
-  original, mir, seeds = ctx.open_set_rank1(task, key, reading)
+  original, mir, seeds, heads = ctx.open_set_rank1(task, key, reading)
   metric = 'rank-1 identification, MegaFace challenge-1 protocol on LFW (stand-in)'
   cells['b']['LFW-distractors'] = report.Cell(
       [100 * original['rank1']] * len(seeds), seeds, metric,
       note=f'{task.description}. The original features do not depend on the seed: one value, repeated per seed '
            'so that (a) - (b) pairs by seed.')
-  cells['a']['LFW-distractors'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric)
+  cells['a']['LFW-distractors'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric,
+                                              note=f'MIR heads on the head set: {heads.describe("joint")}.',
+                                              flag=heads.flag('joint'))
   return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
 
 
@@ -117,7 +120,9 @@ def _ytf(ctx, backbone, reading, cells, paper):
   runs = ctx.train(task, key, ['single', 'joint'], reading)
   for w, schedule in (('b', 'single'), ('a', 'joint')):
     cells[w]['YTF'] = report.Cell(runs.accuracy[schedule], task.seeds, f'{_AC} ({task.name})', paper[w].get('YTF'),
-                                  paper_claims.PAPER_METRIC if paper[w] else '', note=f'{task.name}: {task.description}.')
+                                  paper_claims.PAPER_METRIC if paper[w] else '',
+                                  note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
+                                  flag=runs.flag(schedule))
   from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
   from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
   try:
@@ -142,7 +147,8 @@ def _ytf(ctx, backbone, reading, cells, paper):
     mir.append(100 * verification.evaluate(a, b, same, folds).accuracy.mean())
   cells['a']['YTF pairs'] = report.Cell(mir, ctx.seeds, metric,
                                         note=f'{accounting} (a): frames mapped by the YTF-column heads, which '
-                                             'trained on frames of people that also appear in the pairs.')
+                                             'trained on frames of people that also appear in the pairs.',
+                                        flag=runs.flag('joint'))
 
 
 def _megaface(ctx, backbone, reading, cells, paper):
@@ -167,13 +173,14 @@ def _megaface(ctx, backbone, reading, cells, paper):
                                          paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
                                          reason=f'MegaFace protocol not applicable to the supplied data: {e}')
     return
-  original, mir, seeds = ctx.open_set_rank1(task, ctx.data_key(c.head_dataset, backbone), reading)
+  original, mir, seeds, heads = ctx.open_set_rank1(task, ctx.data_key(c.head_dataset, backbone), reading)
   metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
   cells['b']['MegaFace'] = report.Cell([100 * original['rank1']] * len(seeds), seeds, metric,
                                        paper['b'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['b'] else '')
   cells['a']['MegaFace'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric,
                                        paper['a'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['a'] else '',
-                                       note=task.description)
+                                       note=f'{task.description}. Heads: {heads.describe("joint")}.',
+                                       flag=heads.flag('joint'))
 
 
 def build(ctx: common.Context) -> report.Table:

@@ -68,7 +68,7 @@ def rows_for(ctx: common.Context, backbone: str, reading: str):
     p = paper.get(schedule, {})
     metric = paper_claims.PAPER_METRIC if p else ''
     cells = {'LFW': report.Cell(runs.accuracy[schedule], task.seeds, f'Ac = TP/AP ({task.name})', p.get('LFW'),
-                                metric, note=f'{task.name}: {task.description}.')}
+                                metric, note=f'{task.name}: {task.description}.', flag=runs.flag(schedule))}
     for c in ('YTF', 'MegaFace'):
       cells[c] = report.Cell(paper=p.get(c), paper_metric=metric, reason=_MISSING[c])
     rows.append(report.Row(names[schedule], cells,

@@ -24,8 +24,10 @@ def test_readings():
   assert {s: (v.learning_rate, v.l2, v.steps) for s, v in lit.settings.items()} == {
       s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES}
   choice = tuning.Choice('joint', 0.03, 1e-4, 200, 0.9, {})
-  tuned = heads.tuned_reading({'joint': choice}, 'x.json')
+  tuned = heads.tuned_reading({'joint': choice}, 'x.json', 'warmup_cosine')
   assert tuned.setting('joint') == heads.Setting(0.03, 1e-4, 200)
+  assert tuned.lr_schedule == 'warmup_cosine' and lit.lr_schedule == 'constant'
+  assert tuned.converged == {'joint': True} and lit.converged == {}  # the literal one was not checked
   with pytest.raises(KeyError, match="no setting for schedule 'single'"):
     tuned.setting('single')
 
@@ -64,7 +66,8 @@ def test_character_features(task):
 
 
 def test_stored_choices_roundtrip_and_context(tmp_path):
-  choices = {'joint': tuning.Choice('joint', 0.1, 0.0, 300, 0.97, {'(0.1, 0)': [0.5, 0.97]})}
+  choices = {'joint': tuning.Choice('joint', 0.1, 0.0, 300, 0.97, {'(0.1, 0)': {'150': 0.5, '300': 0.97}},
+                                    False, 0.01, ('learning rate 0.3 added above 0.1',), 'the largest L2')}
   path = str(tmp_path / 'sub' / 'c.json')
   context = {'data': 'lfw', 'grid': {'lr': (0.1, 0.3)}}
   heads.save_choices(path, choices, context)
@@ -72,3 +75,16 @@ def test_stored_choices_roundtrip_and_context(tmp_path):
   assert heads.load_choices(path, {**context, 'data': 'ytf'}) is None  # made in another context
   assert heads.load_choices(str(tmp_path / 'absent.json'), context) is None
   assert dataclasses.asdict(heads.load_choices(path, context)['joint'])['steps'] == 300
+  # A file of another kind (a check of a fixed setting, or a choice from before the rule) is not read as one.
+  assert heads.load_choices(path, context, tuning.Check) is None
+
+
+def test_train_classification_records_final_training_loss_and_accuracy(task):
+  opts = engine.StaticOptions(num_classes=len(task.class_names))
+  short = heads.train_classification(task, ['single'], heads.literal_reading(steps=5), opts)
+  long = heads.train_classification(task, ['single'], heads.Reading('r', {'single': heads.Setting(3e-2, 0.0, 300)}),
+                                    opts)
+  assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
+  assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()
+  assert (long.train_accuracy['single'] > short.train_accuracy['single']).all()
+  assert long.flops == engine.flops_per_step(long.opts, task.x.shape[1], task.train_idx.shape[1]) * 300 * 2

@@ -202,3 +202,20 @@ def test_paper_claims_notes_and_claim_only_tables():
     assert all(r['paper'] is not None and r['mean'] is None for r in records)
     # The paper claims (a) > (b) and multi > single everywhere: the claims table must say so.
     assert all(report.direction_summary(t, d)['paper_holds'] for d in t.directions)
+
+
+def test_a_head_that_did_not_converge_is_marked_in_its_cell_and_in_claims_on_it():
+  ok = report.Cell([99.0, 99.2, 99.1], (0, 1, 2), 'Ac')
+  stalled = report.Cell([80.0, 81.0, 79.0], (0, 1, 2), 'Ac', flag='not converged')
+  table = report.Table('T', ['LFW'], [report.Row('mir', {'LFW': stalled}), report.Row('single', {'LFW': ok})],
+                       [report.Direction('single', 'mir', 'LFW'), report.Direction('mir', 'single', 'LFW')])
+  summary = report.render_summary(table)
+  assert re.search(r'\| mir \| 80\.00 ± 1\.00 \(NOT CONVERGED\) \|', summary)
+  assert re.search(r'\| single \| 99\.10 ± 0\.10 \|', summary)  # no mark where the rule was met
+  recs = {r['row']: r for r in report.summarize(table)}
+  assert recs['mir']['flag'] == 'not converged' and recs['mir']['reason'].startswith('NOT CONVERGED; ')
+  assert recs['single']['flag'] == ''
+  for d in table.directions:  # reproduced or not, a claim on a stalled head says it proves nothing
+    s = report.direction_summary(table, d)
+    assert 'proves nothing about the heads: mir not converged' in s['reason']
+  assert report.from_json(json.loads(json.dumps(report.to_json(table)))).rows[0].cells['LFW'].flag == 'not converged'

@@ -50,8 +50,9 @@ def tiny_config(tmp_path):
   config.literal.steps = 20
   config.tune.learning_rates = (0.03, 0.1)
   config.tune.l2s = (0.0,)
-  config.tune.max_steps = 40
-  config.tune.eval_every = 20
+  config.tune.first_steps = 20
+  config.tune.max_steps = 80
+  config.tune.max_extensions = 1
   config.tuned_dir = str(tmp_path / 'tuned')
   return config
 
@@ -135,6 +136,19 @@ def test_ablations_one_change_at_a_time(built):
   notes = {r.name: r.note for r in tables['ablations'].rows}
   assert 'vs base' in notes['fake [tuned] optimizer = sgd']
   assert 'optimizer=sgd' in notes['fake [tuned] optimizer = sgd']
+  assert 'lr_schedule=constant' in notes['fake [tuned] lr_schedule = constant']
+
+
+def test_every_measured_head_cell_says_whether_it_converged(built):
+  _, tables, _, _ = built
+  for name in ('table1', 'table2', 'ablations'):
+    for rec in report.summarize(tables[name]):
+      if rec['values'] and rec['column'] in ('LFW', 'LFW-distractors') and '(b)' not in rec['row']:
+        note = rec['note'] + ' '.join(r.note for r in tables[name].rows if r.name == rec['row'])
+        assert 'convergence rule' in note, (name, rec['row'])
+        # The flag is exactly the rule's verdict: empty when met, in the cell when not.
+        assert ('did NOT meet' in note) == (rec['flag'] == 'not converged'), (name, rec['row'], note)
+        assert 'final training loss' in note
 
 
 def test_pca_figure_files_and_numbers(built):

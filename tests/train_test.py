@@ -86,11 +86,12 @@ def test_tuning_chooses_on_validation_and_records_the_choice(npz):
   config.tune.enabled = True
   config.tune.learning_rates = (1e-5, 3e-2)
   config.tune.l2s = (0.0,)
-  config.tune.max_steps = 100
-  config.tune.eval_every = 25
+  config.tune.first_steps = 25
+  config.tune.max_steps = 200
+  config.tune.max_extensions = 0
   metrics = train.train_and_evaluate(config)
   assert set(metrics['tuning']) == {'joint', 'alternating', 'single'}
   for run in metrics['runs']:
     chosen = metrics['tuning'][run['schedule']]
-    assert run['learning_rate'] == chosen['learning_rate'] == 3e-2  # 1e-5 cannot fit in 100 steps
-    assert run['steps'] == chosen['steps'] and run['steps'] in (25, 50, 75, 100)
+    assert run['learning_rate'] == chosen['learning_rate'] == 3e-2  # 1e-5 cannot fit in 200 steps
+    assert run['steps'] == chosen['steps'] and run['steps'] in (25, 50, 100, 200)

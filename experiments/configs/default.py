@@ -38,16 +38,25 @@ def get_config():
   config.train.steps = 2000  # not stated by the paper: 2,000 updates (~240 epochs of LFW's ~2,200 training faces)
   config.train.batch_size = 256  # not stated by the paper; 0 = full batch (as fast per epoch, 8x slower per step)
   config.train.log_every = 10
+  # Not stated by the paper: 'constant' (TF's default) | 'warmup_cosine' (linear warm-up over
+  # warmup_fraction of each run's budget, then cosine decay to 0 at its end).
+  config.train.lr_schedule = 'constant'
+  config.train.warmup_fraction = 0.05
 
   # Training heads fairly (BUILD.md): when enabled, learning rate, L2 and steps are chosen per schedule on a
   # validation split carved from each tuning seed's training split, by one rule for every head; the values
-  # above are then ignored for those three.
+  # above are then ignored for those three. The convergence rule (mir_jax/tuning.py): a head of B steps has
+  # converged when 2B steps gain at most `tolerance` validation accuracy; budgets double from first_steps
+  # to max_steps, and a choice on an edge of the learning-rate or L2 grid extends it (max_extensions).
   config.tune = ml_collections.ConfigDict()
   config.tune.enabled = False
   config.tune.learning_rates = (1e-3, 1e-2, 3e-2)
   config.tune.l2s = (0.0, 1e-4, 1e-3)
-  config.tune.max_steps = 2000
-  config.tune.eval_every = 100
+  config.tune.first_steps = 250
+  config.tune.max_steps = 32000
+  config.tune.tolerance = 0.005
+  config.tune.max_extensions = 3
+  config.tune.prune_margin = 0.1
   config.tune.val_fraction = 0.2
   config.tune.tuning_seeds = 2
   return config
