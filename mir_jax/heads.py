@@ -74,6 +74,11 @@ def tuned_reading(choices: Dict[str, tuning.Choice], source: str, lr_schedule: s
     parts = []
     if c.gain_when_doubled is not None:
       parts.append(f'{2 * c.steps} steps: validation Ac {100 * c.gain_when_doubled:+.2f} pp')
+    elif not c.converged:
+      curve = c.curve.get(f'({c.learning_rate:g}, {c.l2:g})', {})
+      half = curve.get(str(c.steps // 2))
+      gain = '' if half is None else f', {100 * (c.val_accuracy - half):+.2f} pp over {c.steps // 2} steps'
+      parts.append(f'still gaining at the {c.steps}-step maximum{gain}')
     if c.extended:
       parts.append('grid extended: ' + '; '.join(c.extended))
     if c.edge:

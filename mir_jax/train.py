@@ -65,10 +65,7 @@ def make_runs(config, seeds):
 
 def tune(config, x, labels, train_idx, seeds, opts):
   """Chooses learning rate, L2 and steps per schedule on validation data (mir_jax/tuning.py)."""
-  t = config.tune
-  grid = tuning.Grid(learning_rates=tuple(t.learning_rates), l2s=tuple(t.l2s), first_steps=t.first_steps,
-                     max_steps=t.max_steps, tolerance=t.tolerance, max_extensions=t.max_extensions, prune_margin=t.prune_margin,
-                     val_fraction=t.val_fraction, tuning_seeds=t.tuning_seeds)
+  grid = tuning.Grid.from_config(config.tune)
   schedules = [r.schedule for r in make_runs(config, seeds[:1])]
   return tuning.choose(x, labels, train_idx, opts, schedules, grid, seeds,
                        commonality_weight=config.train.commonality_weight,

@@ -64,6 +64,14 @@ class Grid:
     if not self.learning_rates or not self.l2s:
       raise ValueError('the grid needs at least one learning rate and one L2')
 
+  @classmethod
+  def from_config(cls, tune, learning_rates: Optional[Sequence[float]] = None) -> 'Grid':
+    """The grid of a config's `tune` block (experiments/configs/default.py), optionally other rates."""
+    return cls(learning_rates=tuple(learning_rates or tune.learning_rates), l2s=tuple(tune.l2s),
+               first_steps=tune.first_steps, max_steps=tune.max_steps, tolerance=tune.tolerance,
+               max_extensions=tune.max_extensions, prune_margin=tune.prune_margin,
+               val_fraction=tune.val_fraction, tuning_seeds=tune.tuning_seeds)
+
   def budgets(self) -> List[int]:
     out = [self.first_steps]
     while out[-1] * 2 <= self.max_steps:

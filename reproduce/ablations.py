@@ -74,7 +74,7 @@ def build(ctx: common.Context) -> report.Table:
         cells = {'LFW': report.Cell(values, task.seeds, f'Ac = TP/AP ({task.name})', flag=runs.flag(schedule))}
         rows.append(report.Row(f'{backbone} [{reading}] {name}', cells, note=note))
   notes = ['Joint MIR heads on the LFW identity protocol, one choice changed at a time from the head read '
-           'literally (BUILD.md, "Interpretive choices"). The paper reports no ablation numbers, so every '
+           'literally (BUILD.md, "The MIR head and its open choices"). The paper reports no ablation numbers, so every '
            'verdict is "no paper claim"; the notes give each change\'s paired difference from the base.'] + notes
   return report.Table('Ablations: the open choices of the MIR head', ['LFW'], rows, notes=notes)
 

@@ -121,9 +121,7 @@ class Context:
     # Plain SGD and momentum take steps of lr * gradient, not Adam's lr-sized ones: their useful learning
     # rates on unit-norm embeddings are 10-100x larger, so they get a grid of their own.
     lrs = g.sgd_learning_rates if variant.optimizer in ('sgd', 'momentum') else g.learning_rates
-    return tuning.Grid(learning_rates=tuple(lrs), l2s=tuple(g.l2s), first_steps=g.first_steps,
-                       max_steps=g.max_steps, tolerance=g.tolerance, max_extensions=g.max_extensions, prune_margin=g.prune_margin,
-                       val_fraction=g.val_fraction, tuning_seeds=g.tuning_seeds)
+    return tuning.Grid.from_config(g, lrs)
 
   def reading(self, name: str, task: protocols.Classification, data_key: str, schedules: Sequence[str],
               variant: Variant) -> heads.Reading:
@@ -328,4 +326,10 @@ def table_command(name: str, build):
 def write_timings(ctx: Context, name: str, total: float):
   os.makedirs(ctx.output_dir, exist_ok=True)
   with open(os.path.join(ctx.output_dir, f'{name}_timings.json'), 'w') as f:
-    json.dump({'total_seconds': total, 'parts': ctx.timings}, f, indent=1)
+    train_seconds = sum(v for k, v in ctx.timings.items() if k.startswith('train '))
+    json.dump({'total_seconds': total, 'parts': ctx.timings,
+               # The heads' matmuls, forward and backward, of every update trained for the tables (not
+               # tuning), and their rate over the training calls: to compare with a matmul peak
+               # (`python -m benchmarks.train_speed` measures one).
+               'train_seconds': train_seconds, 'train_gflop': ctx.flops / 1e9,
+               'train_gflops_per_second': ctx.flops / 1e9 / train_seconds if train_seconds else None}, f, indent=1)

@@ -47,6 +47,7 @@ def figure(ctx: common.Context, backbone: str, reading: str, figure_seed: int) -
   return {
       'backbone': backbone, 'reading': reading, 'png': out['png'], 'pdf': out['pdf'], 'caption': caption,
       'identities': [task.class_names[k] for k in sel.identities],
+      'heads': runs.describe('joint'), 'converged': runs.converged('joint'),
       'ten_photos': {space: {where: seps[space][where].ratio for where in ('full', 'pca2')}
                      for space in ('original', 'mir')},
       'whole_test_split': {space: {'mean': float(np.mean(v)), 'std': float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
@@ -62,7 +63,8 @@ def describe(result: dict) -> str:
           f'{t["original"]["pca2"]:.2f} -> {t["mir"]["pca2"]:.2f} (2-D PCA); over each seed\'s whole test '
           f'split {w["original"]["mean"]:.3f} +- {w["original"]["std"]:.3f} -> {w["mir"]["mean"]:.3f} +- '
           f'{w["mir"]["std"]:.3f} (larger after MIR in {better} of {len(w["mir"]["per_seed"])} seeds). '
-          f'{result["png"]}')
+          + {True: '', False: 'MIR HEADS NOT CONVERGED. ', None: 'MIR heads: convergence not checked. '}[
+              result['converged']] + f'{result["png"]}')
 
 
 def build(ctx: common.Context, figure_seed: int = 0):
