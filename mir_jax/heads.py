@@ -56,15 +56,17 @@ class Reading:
 
 
 def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3,
-                    checks: Optional[Dict[str, tuning.Check]] = None) -> Reading:
+                    checks: Optional[Dict[str, tuning.Check]] = None, checked_in: str = '') -> Reading:
   """The paper's numbers for every schedule; `steps` is ours (the paper names none). `checks`: the
-  convergence rule applied to this setting, per schedule (unchecked schedules are marked so)."""
+  convergence rule applied to this setting, per schedule (unchecked schedules are marked so), stored in
+  the file `checked_in`."""
   s = Setting(learning_rate, l2, steps)
   checks = checks or {}
   evidence = {k: (f'validation Ac {100 * c.val_accuracy:.2f} at {c.steps} steps, '
                   f'{100 * c.val_accuracy_doubled:.2f} at {2 * c.steps}') for k, c in checks.items()}
   return Reading('paper-literal', {k: s for k in engine.SCHEDULES},
-                 f'paper: lr {learning_rate:g}, L2 {l2:g}; constant rate, {steps} steps (not stated in the paper)',
+                 f'paper: lr {learning_rate:g}, L2 {l2:g}; constant rate, {steps} steps (not stated in the paper)'
+                 + (f'; rule checked in {checked_in}' if checked_in else ''),
                  'constant', {k: c.converged for k, c in checks.items()}, evidence)
 
 

@@ -164,7 +164,7 @@ class Context:
       heads.save_choices(path, records, context)
     source = os.path.relpath(path, paths.repo_root())
     if name == 'paper-literal':
-      return heads.literal_reading(literal.steps, literal.learning_rate, literal.l2, records)
+      return heads.literal_reading(literal.steps, literal.learning_rate, literal.l2, records, source)
     return heads.tuned_reading(records, source, variant.lr_schedule)
 
   def train(self, task: protocols.Classification, data_key: str, schedules: Sequence[str], reading_name: str,
