@@ -120,8 +120,7 @@ class TrainResult(NamedTuple):
   params: dict  # every leaf has a leading run axis R
   input_mean: jax.Array  # (R, d): subtracted from embeddings before the head (zeros unless opts.center)
   # 'loss', 'ce', 'bce': (R, steps // log_every) mean training losses over each block of log_every steps,
-  # for convergence checks; 'eval_accuracy', 'eval_loss': accuracy and cross-entropy on each run's eval_idx
-  # after each block (if given).
+  # for convergence checks; 'eval_accuracy': accuracy on each run's eval_idx after each block (if given).
   history: dict
 
 
@@ -342,23 +341,21 @@ def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: Sta
     state, losses = train_step(state, xb, yb, step, budget, run, opts)
     return (state, perm), losses
 
-  def evaluate(params):
+  def eval_accuracy(params):
     if eval_idx is None:
-      return jnp.full(2, jnp.nan, jnp.float32)
+      return jnp.float32(jnp.nan)
     logits = model.apply({'params': params}, x_all[eval_idx] - input_mean, run.gate).logits
-    accuracy = (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
-    return jnp.stack([accuracy, optax.softmax_cross_entropy_with_integer_labels(logits, labels_all[eval_idx]).mean()])
+    return (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
 
   def log_block(carry, block):
     carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
-    return carry, jnp.concatenate([per_step.mean(axis=0), evaluate(carry[0].params)])
+    return carry, jnp.concatenate([per_step.mean(axis=0), eval_accuracy(carry[0].params)[None]])
 
   carry = (state, jnp.zeros(n, jnp.int32))
   (state, _), hist = jax.lax.scan(log_block, carry, jnp.arange(opts.steps // opts.log_every))
   history = {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]}
   if eval_idx is not None:
     history['eval_accuracy'] = hist[:, 3]
-    history['eval_loss'] = hist[:, 4]
   return TrainResult(state.params, input_mean, history)
 
 

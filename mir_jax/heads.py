@@ -24,6 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
+import scipy.special
 
 from mir_jax import engine
 from mir_jax import protocols
@@ -154,9 +155,7 @@ def train_classification(task: protocols.Classification, schedules: Sequence[str
   pred = np.asarray(np.argmax(out.logits, axis=-1))
   correct = np.take_along_axis(pred == task.labels[None], test_idx, axis=1)
   y = np.take_along_axis(np.asarray(out.commonality).mean(-1), test_idx, axis=1).mean(axis=1)
-  logits = np.asarray(out.logits, np.float64)
-  log_p = logits - logits.max(-1, keepdims=True)
-  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  log_p = scipy.special.log_softmax(np.asarray(out.logits, np.float64), axis=-1)
   nll = -np.take_along_axis(log_p, task.labels[None, :, None], axis=2)[..., 0]
   train_loss = np.take_along_axis(nll, train_idx, axis=1).mean(axis=1)
   train_acc = 100.0 * np.take_along_axis(pred == task.labels[None], train_idx, axis=1).mean(axis=1)

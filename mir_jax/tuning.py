@@ -11,9 +11,8 @@ head alike:
   accuracies are means over the tuning seeds.
 
 The first half keeps a head that has not started to learn (stuck on the largest identity, where doubling
-changes little) from passing as converged. Validation cross-entropy is recorded beside the accuracy but
-does not enter the rule: on unit-norm embeddings it keeps falling long after the accuracy has settled,
-as the logits grow.
+changes little) from passing as converged. Validation cross-entropy is not part of the rule: on unit-norm
+embeddings it keeps falling long after the accuracy has settled, as the logits grow.
 
 Tuning, for each schedule separately:
 
@@ -119,15 +118,13 @@ class _Validator:
     self.fit_val = [validation_split(labels, train_idx[t], seeds[t], grid.val_fraction) for t in self.tuning]
     self.majority = float(np.mean([_majority_accuracy(labels[fit], labels[val]) for fit, val in self.fit_val]))
     self.acc: Dict[tuple, float] = {}  # (schedule, lr, l2, steps) -> mean validation accuracy
-    self.loss: Dict[tuple, float] = {}  # (schedule, lr, l2, steps) -> mean validation cross-entropy
-    self.calls: List[dict] = []  # what each compiled call trained, for the cost report
 
   def best(self, schedule: str, steps: int) -> float:
     """The best validation accuracy of any point of `schedule` trained for at most `steps`."""
     return max(a for k, a in self.acc.items() if k[0] == schedule and k[3] <= steps)
 
   def holds(self, short: tuple, long: tuple) -> bool:
-    """The rule: `long` (twice the steps of `short`) gains at most the tolerances on validation."""
+    """The rule: `short` beats the largest identity and `long` (twice its steps) gains at most the tolerance."""
     return (self.acc[short] > self.majority + self.grid.tolerance
             and self.acc[long] - self.acc[short] <= self.grid.tolerance)
 
@@ -146,11 +143,8 @@ class _Validator:
       opts = dataclasses.replace(self.opts, steps=steps, log_every=steps)
       result = engine.train(self.x, self.labels, opts, runs, np.stack(fit), np.stack(val))
       final = np.asarray(result.history['eval_accuracy'])[:, -1].reshape(len(group), len(self.seeds))
-      loss = np.asarray(result.history['eval_loss'])[:, -1].reshape(len(group), len(self.seeds))
-      for point, value, ce in zip(group, final.mean(axis=1), loss.mean(axis=1)):
+      for point, value in zip(group, final.mean(axis=1)):
         self.acc[point] = float(value)
-        self.loss[point] = float(ce)
-      self.calls.append({'steps': steps, 'runs': len(runs)})
 
 
 def _climb_all(v: _Validator, points: Sequence[tuple]) -> Dict[tuple, Tuple[int, bool]]:
