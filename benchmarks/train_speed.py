@@ -182,7 +182,7 @@ def main(argv):
   logits = np.asarray(engine.apply_runs(result, x, runs, opts).logits)
   correct = logits.argmax(-1) == labels[None]
   engine_acc = np.take_along_axis(correct, run_test, axis=1).mean(1)
-  flops = engine.flops_per_step(opts, DIM, n_train) * _STEPS.value * len(runs)
+  flops = sum(engine.flops_per_run(opts, DIM, n_train, r) for r in runs)
 
   print('pytorch eager loop ...', flush=True)
   torch_accs = []

@@ -2,22 +2,25 @@
 
 One call to `train` trains R runs (seeds x schedules x per-run hyperparameters) that share shapes: the
 step loop is a `lax.scan` and the runs are a `vmap` over it, so there is no Python dispatch per step and
-no per-run compile. What differs between runs is numbers, never control flow:
+no per-run compile. Runs of one schedule share a compiled program, and each program computes only what
+its schedule trains (a single-task head never evaluates the commonality branch; an alternating step
+computes only the loss of the task it trains):
 
-  schedule     gate  ce_to_commonality  bce_weight  alternate_every  groups updated at step t
-  joint          1          1             lambda          0          both
-  alternating    1          0             lambda          P          commonality if (t // P) even, else classifier
-  single         0          0               0             0          classifier
+  schedule     parameter groups updated at step t                     loss of the update
+  joint        both                                                   CE + lambda * BCE
+  alternating  commonality if (t // P) even (P = alternate_every),    lambda * BCE
+               classifier otherwise                                   CE
+  single       classifier (on the raw embedding)                      CE
 
-Each parameter group (see `model.COMMONALITY_PARAMS` / `CLASSIFIER_PARAMS`) has its own optimizer state,
-and a group that is not updated at a step keeps its parameters *and* its optimizer state bit-for-bit, so
-"fixing one task while learning the other" is exact (Adam's moments would otherwise keep moving frozen
-weights).
+(plus L2 on the updated weights). Each parameter group (see `model.COMMONALITY_PARAMS` /
+`CLASSIFIER_PARAMS`) has its own optimizer state, and a group that is not updated at a step keeps its
+parameters *and* its optimizer state bit-for-bit, so "fixing one task while learning the other" is exact
+(Adam's moments would otherwise keep moving frozen weights).
 """
 
 import dataclasses
 import functools
-from typing import List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,12 +93,9 @@ class Run:
 
 
 class RunArrays(NamedTuple):
-  """`Run`s as per-run arrays (leading axis R), the form `vmap` consumes."""
+  """What differs between the runs of one program, as per-run arrays (leading axis R) for `vmap`."""
   key: jax.Array
-  gate: jax.Array
-  ce_to_commonality: jax.Array
   bce_weight: jax.Array
-  alternate_every: jax.Array
   learning_rate: jax.Array
   l2: jax.Array
   steps: jax.Array
@@ -105,15 +105,30 @@ def run_arrays(runs: Sequence[Run]) -> RunArrays:
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return RunArrays(
       key=jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in runs]),
-      gate=f32([0.0 if r.schedule == 'single' else 1.0 for r in runs]),
-      ce_to_commonality=f32([1.0 if r.schedule == 'joint' else 0.0 for r in runs]),
-      bce_weight=f32([0.0 if r.schedule == 'single' else r.commonality_weight for r in runs]),
-      alternate_every=jnp.asarray([r.alternate_every if r.schedule == 'alternating' else 0 for r in runs],
-                                  jnp.int32),
+      bce_weight=f32([r.commonality_weight for r in runs]),
       learning_rate=f32([r.learning_rate for r in runs]),
       l2=f32([r.l2 for r in runs]),
       steps=jnp.asarray([r.steps for r in runs], jnp.int32),
   )
+
+
+class Program(NamedTuple):
+  """What fixes a run's compiled step, beyond `StaticOptions`: runs that share it train in one program."""
+  schedule: str
+  alternate_every: int = 0  # alternating only: steps per phase
+
+
+def program_of(run: Run) -> Program:
+  return Program(run.schedule, run.alternate_every if run.schedule == 'alternating' else 0)
+
+
+# What one update trains (parameter groups) and which losses it computes; 'single' also skips the branch.
+UPDATES = {
+    'joint': (('commonality', 'classifier'), ('ce', 'bce')),
+    'single': (('classifier',), ('ce',)),
+    'commonality phase': (('commonality',), ('bce',)),
+    'classifier phase': (('classifier',), ('ce',)),
+}
 
 
 class TrainResult(NamedTuple):
@@ -139,14 +154,6 @@ def _direction(optimizer: str) -> optax.GradientTransformation:
   }[optimizer]
 
 
-def _split(params):
-  return {g: {k: params[k] for k in names} for g, names in GROUPS.items()}
-
-
-def _merge(groups):
-  return {k: v for g in groups.values() for k, v in g.items()}
-
-
 def _l2_mask(params, which: str):
   return jax.tree_util.tree_map_with_path(
       lambda path, _: which == 'all' or path[-1].key == 'kernel', params)
@@ -158,16 +165,30 @@ def _l2_half_sum(params, mask):
   return sum(leaves)
 
 
-def flops_per_step(opts: StaticOptions, dim: int, n_train: int) -> int:
-  """Multiply-adds x2 of one run's matmuls in one update, forward and backward.
+def flops_per_run(opts: StaticOptions, dim: int, n_train: int, run: Run) -> int:
+  """Multiply-adds x2 of the matmuls of one run's updates, forward and backward, as its program computes them.
 
-  Forward: x W1 (b d d), h W2 (b d k), c W3 (b d c). Backward: each weight gradient costs its forward; the
-  input gradients of W2 and W3 flow on to h, the input gradient of W1 (into x) is not needed. Every
-  schedule computes all three (single-task runs multiply the branch by a gate of 0).
+  The branch: x W1 and h W2 forward, the gradients of W1 and W2 and the one into h (2 d^2 + 3 d k). The
+  classifier: c W3 forward and the gradient of W3 (2 d K), plus the gradient into c (d K) where the branch
+  needs it and `model.MIRHead` cannot route it through a k-vector instead. No update needs the gradient
+  into x. An alternating classifier step runs the branch forward only (d^2 + d k).
   """
   b = n_train if opts.batch_size in (0, None) or opts.batch_size >= n_train else opts.batch_size
+  d, classes = dim, opts.num_classes
   k = dim if opts.commonality_dim == 0 else opts.commonality_dim
-  return 2 * b * (2 * dim * dim + 3 * dim * k + 3 * dim * opts.num_classes)
+  branch = 2 * d * d + 3 * d * k
+  classify = 2 * d * classes
+  into_character = 0 if (k == 1 and opts.subtract_from == 'input') else d * classes
+  steps = run.steps or opts.steps
+  if run.schedule == 'joint':
+    per_example = steps * (branch + classify + into_character)
+  elif run.schedule == 'single':
+    per_example = steps * classify
+  else:
+    p = run.alternate_every
+    commonality_steps = steps // (2 * p) * p + min(steps % (2 * p), p)
+    per_example = commonality_steps * branch + (steps - commonality_steps) * (d * d + d * k + classify)
+  return 2 * b * per_example
 
 
 def check_training_data(x, labels, num_classes: int):
@@ -222,17 +243,39 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, e
     if eval_idx.ndim != 2 or eval_idx.shape[0] != len(runs):
       raise ValueError(f'eval_idx must have shape (runs={len(runs)}, n_eval), got {eval_idx.shape}')
     eval_idx = jnp.asarray(eval_idx, jnp.int32)
-  return _train_sharded(x, labels, train_idx, eval_idx, list(runs), opts)
+  parts = []
+  for program, members in _by_program(runs).items():
+    parts.append((members, _train_sharded(
+        x, labels, train_idx[members], None if eval_idx is None else eval_idx[members],
+        [runs[i] for i in members], opts, program)))
+  return _in_run_order(parts)
 
 
-def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions) -> TrainResult:
+def _by_program(runs: Sequence[Run]) -> Dict[Program, np.ndarray]:
+  """Run indices per program, in order of first appearance."""
+  groups: Dict[Program, List[int]] = {}
+  for i, run in enumerate(runs):
+    groups.setdefault(program_of(run), []).append(i)
+  return {p: np.asarray(i) for p, i in groups.items()}
+
+
+def _in_run_order(parts):
+  """Per-program results [(run indices, result)] as one result in the runs' order."""
+  if len(parts) == 1:
+    return parts[0][1]
+  order = np.argsort(np.concatenate([members for members, _ in parts]))
+  return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *[result for _, result in parts])
+
+
+def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions,
+                   program: Program) -> TrainResult:
   """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
   a multiple of the device count with copies of the last run, whose results are dropped."""
   devices = jax.local_devices()
   count = len(runs)
   if len(devices) < 2 or count < 2:
     return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
-                           jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts)
+                           jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts, program)
   pad = -count % len(devices)
   runs = runs + [runs[-1]] * pad
   train_idx = np.concatenate([train_idx, np.repeat(train_idx[-1:], pad, axis=0)])
@@ -244,15 +287,16 @@ def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: Static
   result = _train_compiled(jax.device_put(jnp.asarray(x, jnp.float32), everywhere),
                            jax.device_put(jnp.asarray(labels, jnp.int32), everywhere),
                            jax.device_put(jnp.asarray(train_idx, jnp.int32), by_run), eval_idx,
-                           jax.device_put(run_arrays(runs), by_run), opts)
+                           jax.device_put(run_arrays(runs), by_run), opts, program)
   return jax.tree.map(lambda a: a[:count], result)
 
 
-@functools.partial(jax.jit, static_argnames='opts')
-def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions) -> TrainResult:
+@functools.partial(jax.jit, static_argnames=('opts', 'program'))
+def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions,
+                    program: Program) -> TrainResult:
   eval_axis = None if eval_idx is None else 0
-  return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None))(
-      x, labels, train_idx, eval_idx, runs, opts)
+  return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None, None))(
+      x, labels, train_idx, eval_idx, runs, opts, program)
 
 
 class TrainState(NamedTuple):
@@ -273,52 +317,72 @@ def learning_rate_at(step, budget, run: RunArrays, opts: StaticOptions):
   return run.learning_rate * jnp.where(t < warmup, rise, fall)
 
 
-def loss_fn(params, xb, yb, run: RunArrays, opts: StaticOptions, l2_mask):
-  """CE + lambda * BCE(commonality, 1) + l2 * sum(w^2)/2; returns (total, (ce, bce))."""
-  out = opts.model().apply({'params': params}, xb, run.gate, run.ce_to_commonality)
-  ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, yb).mean()
-  # The commonality task: every face belongs to the one class "face" (target 1).
-  bce = optax.sigmoid_binary_cross_entropy(out.commonality_logit, jnp.ones_like(out.commonality_logit)).mean()
-  reg = _l2_half_sum(params, l2_mask) if opts.l2_form == 'loss_half_sum' else 0.0
-  return ce + run.bce_weight * bce + run.l2 * reg, (ce, bce)
+def loss_fn(trained, frozen, xb, yb, run: RunArrays, opts: StaticOptions, update: str):
+  """The objective of one `update` (see `UPDATES`) of the `trained` parameters: CE and/or
+  lambda * BCE(commonality, 1), plus l2 * sum(w^2)/2 over the trained weights. Returns (total, (ce, bce)),
+  a loss the update does not compute being NaN."""
+  terms = UPDATES[update][1]
+  out = opts.model().apply({'params': {**frozen, **trained}}, xb, update == 'single')
+  nan = jnp.float32(jnp.nan)
+  ce, bce, total = nan, nan, 0.0
+  if 'ce' in terms:
+    ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, yb).mean()
+    total += ce
+  if 'bce' in terms:
+    # The commonality task: every face belongs to the one class "face" (target 1).
+    bce = optax.sigmoid_binary_cross_entropy(out.commonality_logit, jnp.ones_like(out.commonality_logit)).mean()
+    total += run.bce_weight * bce
+  if opts.l2_form == 'loss_half_sum':
+    total += run.l2 * _l2_half_sum(trained, _l2_mask(trained, opts.l2_params))
+  return total, (ce, bce)
 
 
-def train_step(state: TrainState, xb, yb, step, budget, run: RunArrays, opts: StaticOptions):
-  """One update of one run on the minibatch (xb, yb); returns (state, [total, ce, bce])."""
-  l2_mask = _l2_mask(state.params, opts.l2_params)
-  (total, (ce, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, xb, yb, run, opts, l2_mask)
-  alternating = run.alternate_every > 0
-  commonality_phase = (step // jnp.maximum(run.alternate_every, 1)) % 2 == 0
-  # A run is frozen once its budget is spent (so runs of different lengths can share a call).
-  within_budget = step < budget
-  active = {
-      'commonality': jnp.where(alternating, commonality_phase, run.gate > 0) & within_budget,
-      'classifier': jnp.where(alternating, ~commonality_phase, True) & within_budget,
-  }
-  lr = learning_rate_at(step, budget, run, opts)
+def _update(state: TrainState, xb, yb, lr, live, run: RunArrays, opts: StaticOptions, update: str):
+  """One `update` of the groups it trains; with `live` False (the run's budget is spent) nothing moves."""
+  names = [k for g in UPDATES[update][0] for k in GROUPS[g]]
+  trained = {k: state.params[k] for k in names}
+  frozen = {k: v for k, v in state.params.items() if k not in names}
+  (total, (ce, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained, frozen, xb, yb, run, opts,
+                                                                        update)
   tx = _direction(opts.optimizer)
-  p_groups, g_groups, m_groups = _split(state.params), _split(grads), _split(l2_mask)
-  new_params, new_state = {}, {}
-  for g in GROUPS:
-    direction, opt_state = tx.update(g_groups[g], state.opt_state[g], p_groups[g])
+  params, opt_state = dict(state.params), dict(state.opt_state)
+  keep = lambda new, old: jnp.where(live, new, old)
+  for g in UPDATES[update][0]:
+    p = {k: state.params[k] for k in GROUPS[g]}
+    direction, new_state = tx.update({k: grads[k] for k in GROUPS[g]}, state.opt_state[g], p)
     if opts.l2_form == 'decoupled':  # AdamW-style: decay applied beside, not through, the optimizer
-      direction = jax.tree.map(lambda d, p, m: d + run.l2 * p if m else d, direction, p_groups[g], m_groups[g])
-    updated = jax.tree.map(lambda p, d: p - lr * d, p_groups[g], direction)
-    keep = lambda new, old, a=active[g]: jnp.where(a, new, old)
-    new_params[g] = jax.tree.map(keep, updated, p_groups[g])
-    new_state[g] = jax.tree.map(keep, opt_state, state.opt_state[g])
-  return TrainState(_merge(new_params), new_state), jnp.stack([total, ce, bce])
+      direction = jax.tree.map(lambda d, w, m: d + run.l2 * w if m else d, direction, p,
+                               _l2_mask(p, opts.l2_params))
+    params.update(jax.tree.map(keep, jax.tree.map(lambda w, d: w - lr * d, p, direction), p))
+    opt_state[g] = jax.tree.map(keep, new_state, state.opt_state[g])
+  return TrainState(params, opt_state), jnp.stack([total, ce, bce])
 
 
-def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions) -> TrainResult:
+def train_step(state: TrainState, xb, yb, step, budget, run: RunArrays, opts: StaticOptions, program: Program):
+  """One update of one run on the minibatch (xb, yb); returns (state, [total, ce, bce])."""
+  lr = learning_rate_at(step, budget, run, opts)
+  # A run is frozen once its budget is spent (so runs of different lengths can share a call).
+  live = step < budget
+  if program.schedule != 'alternating':
+    return _update(state, xb, yb, lr, live, run, opts, program.schedule)
+  # The step counter is not batched over runs, so under vmap this stays a branch: each phase computes
+  # only the loss of the task it trains.
+  return jax.lax.cond((step // program.alternate_every) % 2 == 0,
+                      lambda s: _update(s, xb, yb, lr, live, run, opts, 'commonality phase'),
+                      lambda s: _update(s, xb, yb, lr, live, run, opts, 'classifier phase'), state)
+
+
+def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions,
+               program: Program) -> TrainResult:
   x, labels = x_all[train_idx], labels_all[train_idx]
   input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
   x = x - input_mean
   model = opts.model()
+  single_task = program.schedule == 'single'
   init_key, data_key = jax.random.split(jax.random.wrap_key_data(run.key))
   params = model_lib.init_params(init_key, model, x.shape[1])
   tx = _direction(opts.optimizer)
-  state = TrainState(params, {g: tx.init(p) for g, p in _split(params).items()})
+  state = TrainState(params, {g: tx.init({k: params[k] for k in names}) for g, names in GROUPS.items()})
   budget = jnp.where(run.steps > 0, run.steps, opts.steps)
   n = x.shape[0]
   batch = n if opts.batch_size in (0, None) or opts.batch_size >= n else opts.batch_size
@@ -338,18 +402,19 @@ def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: Sta
       perm = jax.lax.cond(i == 0, lambda: shuffled(epoch), lambda: perm)
       idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
       xb, yb = x[idx], labels[idx]
-    state, losses = train_step(state, xb, yb, step, budget, run, opts)
+    state, losses = train_step(state, xb, yb, step, budget, run, opts, program)
     return (state, perm), losses
 
   def eval_accuracy(params):
     if eval_idx is None:
       return jnp.float32(jnp.nan)
-    logits = model.apply({'params': params}, x_all[eval_idx] - input_mean, run.gate).logits
+    logits = model.apply({'params': params}, x_all[eval_idx] - input_mean, single_task).logits
     return (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
 
   def log_block(carry, block):
     carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
-    return carry, jnp.concatenate([per_step.mean(axis=0), eval_accuracy(carry[0].params)[None]])
+    # A loss an update does not compute is NaN (alternating steps compute one each).
+    return carry, jnp.concatenate([jnp.nanmean(per_step, axis=0), eval_accuracy(carry[0].params)[None]])
 
   carry = (state, jnp.zeros(n, jnp.int32))
   (state, _), hist = jax.lax.scan(log_block, carry, jnp.arange(opts.steps // opts.log_every))
@@ -359,10 +424,10 @@ def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: Sta
   return TrainResult(state.params, input_mean, history)
 
 
-@functools.partial(jax.jit, static_argnames='opts')
-def _apply_all(params, input_mean, x, gates, opts: StaticOptions):
-  apply = lambda p, mu, g: opts.model().apply({'params': p}, x - mu, g)
-  return jax.vmap(apply)(params, input_mean, gates)
+@functools.partial(jax.jit, static_argnames=('opts', 'single_task'))
+def _apply_all(params, input_mean, x, opts: StaticOptions, single_task: bool):
+  apply = lambda p, mu: opts.model().apply({'params': p}, x - mu, single_task)
+  return jax.vmap(apply)(params, input_mean)
 
 
 def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions) -> model_lib.HeadOutputs:
@@ -373,5 +438,11 @@ def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions)
     raise ValueError(f'embeddings have shape {x.shape}, the heads were trained on dimension {dim}')
   if not np.isfinite(x).all():
     raise ValueError('embeddings contain NaN or inf')
-  return _apply_all(result.params, result.input_mean, jnp.asarray(x), run_arrays(runs).gate, opts)
-
+  single = np.array([r.schedule == 'single' for r in runs])
+  parts = []
+  for flag in (False, True):
+    members = np.flatnonzero(single == flag)
+    if members.size:
+      params = jax.tree.map(lambda a, m=members: a[m], result.params)
+      parts.append((members, _apply_all(params, result.input_mean[members], jnp.asarray(x), opts, bool(flag))))
+  return _in_run_order(parts)

@@ -82,6 +82,10 @@ def tuned_reading(choices: Dict[str, tuning.Choice], source: str, lr_schedule: s
       half = curve.get(str(c.steps // 2))
       gain = '' if half is None else f', {100 * (c.val_accuracy - half):+.2f} pp over {c.steps // 2} steps'
       parts.append(f'still gaining at the {c.steps}-step maximum{gain}')
+    if c.better_unconverged:
+      b = c.better_unconverged
+      parts.append(f'lr {b["learning_rate"]:g}, L2 {b["l2"]:g} reached validation Ac '
+                   f'{100 * b["val_accuracy"]:.2f} at {b["steps"]} steps without meeting the rule')
     if c.extended:
       parts.append('grid extended: ' + '; '.join(c.extended))
     if c.edge:
@@ -128,7 +132,7 @@ class HeadRuns(NamedTuple):
   train_loss: Dict[str, np.ndarray]  # schedule -> (S,) final cross-entropy on the whole training split
   train_accuracy: Dict[str, np.ndarray]  # schedule -> (S,) percent
   seconds: float
-  flops: float  # the matmuls of every update, forward and backward (`engine.flops_per_step`)
+  flops: float  # the matmuls of every update, forward and backward (`engine.flops_per_run`)
 
 
 def train_classification(task: protocols.Classification, schedules: Sequence[str], reading: Reading,
@@ -159,7 +163,7 @@ def train_classification(task: protocols.Classification, schedules: Sequence[str
   nll = -np.take_along_axis(log_p, task.labels[None, :, None], axis=2)[..., 0]
   train_loss = np.take_along_axis(nll, train_idx, axis=1).mean(axis=1)
   train_acc = 100.0 * np.take_along_axis(pred == task.labels[None], train_idx, axis=1).mean(axis=1)
-  flops = engine.flops_per_step(opts, task.x.shape[1], train_idx.shape[1]) * sum(r.steps for r in runs)
+  flops = sum(engine.flops_per_run(opts, task.x.shape[1], train_idx.shape[1], r) for r in runs)
   n = len(task.seeds)
   by = lambda a: {s: a[i * n:(i + 1) * n] for i, s in enumerate(schedules)}
   return HeadRuns(task, reading, opts, runs, result, by(100.0 * correct.mean(axis=1)), by(correct), by(y),

@@ -7,8 +7,8 @@
   logits = c W3 + b3            (softmax over identities)
 
 The single-task baseline (Table II) is the same softmax layer on the raw embedding: logits = x W3 + b3.
-It is expressed as this module with `gate = 0`, so single- and multi-task runs share parameter shapes and
-train in one vmapped call; with gate 0 the commonality branch receives no gradient and is never updated.
+Both have the same parameters (a single-task head leaves its branch at its initial value), so heads of
+every schedule stack into one result; `single_task` is static, so the baseline's program has no branch.
 """
 
 from typing import NamedTuple
@@ -24,7 +24,7 @@ class HeadOutputs(NamedTuple):
   logits: jax.Array  # (n, num_classes)
   commonality_logit: jax.Array  # (n, commonality_dim), pre-sigmoid, for a stable BCE
   commonality: jax.Array  # (n, commonality_dim), y in (0, 1)
-  character: jax.Array  # (n, d), c = base - y (or the raw embedding when gate = 0)
+  character: jax.Array  # (n, d), c = base - y (the raw embedding for the single-task head)
 
 
 class MIRHead(nn.Module):
@@ -41,13 +41,8 @@ class MIRHead(nn.Module):
   subtract_from: str = 'input'
 
   @nn.compact
-  def __call__(self, x, gate=1.0, ce_to_commonality=1.0):
-    """Args:
-      x: (n, d) embeddings.
-      gate: 1 = MIR, 0 = single-task (character = x, the commonality branch is cut out).
-      ce_to_commonality: 1 lets the classification loss train the commonality branch (joint training),
-        0 stops that gradient (alternating training, where only the commonality task trains the branch).
-    """
+  def __call__(self, x, single_task: bool = False):
+    """x: (n, d) embeddings; single_task: the baseline, logits = x W3 + b3 (a Python bool)."""
     if self.subtract_from not in SUBTRACT_FROM:
       raise ValueError(f'subtract_from must be one of {SUBTRACT_FROM}, got {self.subtract_from!r}')
     d = x.shape[-1]
@@ -57,14 +52,17 @@ class MIRHead(nn.Module):
     h = nn.relu(nn.Dense(d, name='hidden')(x))
     y_logit = nn.Dense(self.commonality_dim, name='commonality')(h)
     y = nn.sigmoid(y_logit)
+    classifier = nn.Dense(self.num_classes, name='classifier')
+    if single_task:
+      return HeadOutputs(classifier(x), y_logit, y, x)
 
-    base = x if self.subtract_from == 'input' else h
-    mir_character = base - y
-    # Same value, but the classification gradient into the branch is scaled by ce_to_commonality.
-    mir_character = (ce_to_commonality * mir_character
-                     + (1.0 - ce_to_commonality) * jax.lax.stop_gradient(mir_character))
-    character = gate * mir_character + (1.0 - gate) * x
-    logits = nn.Dense(self.num_classes, name='classifier')(character)
+    character = (x if self.subtract_from == 'input' else h) - y
+    if self.subtract_from == 'input' and self.commonality_dim == 1:
+      # (x - y 1) W3 + b3 = x W3 + b3 - y (1 W3): the same logits, but the gradient into the scalar y is
+      # then a k-vector product instead of the (n, k) x (k, d) one, a third of the classifier's cost.
+      logits = classifier(x) - y * jnp.sum(classifier.variables['params']['kernel'], axis=0)
+    else:
+      logits = classifier(character)
     return HeadOutputs(logits, y_logit, y, character)
 
 

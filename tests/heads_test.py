@@ -54,7 +54,7 @@ def test_character_features(task):
   reading = heads.literal_reading(steps=20)
   runs = heads.train_classification(task, ['joint', 'single'], reading, opts)
   single = heads.character_features(runs, 'single', task.x)
-  np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # gate 0: c = x
+  np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # single-task: c = x
   joint = heads.character_features(runs, 'joint', task.x)
   out = engine.apply_runs(runs.result, task.x, runs.runs, runs.opts)
   np.testing.assert_allclose(joint, np.asarray(out.character[:2]), atol=1e-6)
@@ -87,4 +87,6 @@ def test_train_classification_records_final_training_loss_and_accuracy(task):
   assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
   assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()
   assert (long.train_accuracy['single'] > short.train_accuracy['single']).all()
-  assert long.flops == engine.flops_per_step(long.opts, task.x.shape[1], task.train_idx.shape[1]) * 300 * 2
+  # A single-task update: the softmax layer forward and its weight gradient, 2 x (b d K) multiply-adds.
+  b = min(long.opts.batch_size or task.train_idx.shape[1], task.train_idx.shape[1])
+  assert long.flops == 2 * 300 * 2 * (2 * b * task.x.shape[1] * len(task.class_names))

@@ -44,11 +44,11 @@ def test_hidden_reading_subtracts_from_relu_layer():
   np.testing.assert_allclose(out.character, h - out.commonality, rtol=1e-5, atol=1e-6)
 
 
-def test_gate_zero_is_the_single_task_softmax_on_raw_embeddings():
+def test_single_task_is_the_softmax_on_raw_embeddings():
   head = model_lib.MIRHead(num_classes=3)
   x = jax.random.normal(jax.random.key(1), (4, 16))
   params = model_lib.init_params(jax.random.key(0), head, 16)
-  out = head.apply({'params': params}, x, gate=0.0)
+  out = head.apply({'params': params}, x, single_task=True)
   w, b = params['classifier']['kernel'], params['classifier']['bias']
   np.testing.assert_allclose(out.logits, x @ w + b, rtol=1e-5, atol=1e-6)
 
