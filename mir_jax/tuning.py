@@ -22,8 +22,11 @@ Tuning, for each schedule separately:
      budget) or `max_steps` is reached (it has not); a point more than `prune_margin` behind the best
      point of its schedule at the same or a smaller budget stops climbing (successive halving: a slow
      learning rate that might have caught up much later is given up for cost; its curve shows where);
-  3. choose the (learning rate, L2, steps) with the best validation accuracy (ties: fewer steps, then the
-     smaller learning rate, then the larger L2: the most conservative fit) and record whether it converged;
+  3. choose the (learning rate, L2, steps) with the best validation accuracy among the points that met
+     the rule (`prefer_converged`; among all points when none did, or when it is off), ties going to
+     fewer steps, then the smaller learning rate, then the larger L2 (the most conservative fit); record
+     whether the choice converged and, when a point that had not converged scored higher, that point: a
+     head still climbing at `max_steps` is not a finished head to compare, but what it reached is shown;
   4. a choice on an edge of the learning-rate grid, or on its largest non-zero L2, extends the grid one
      step beyond that edge (same ratio) and goes back to 2, up to `max_extensions` times per edge; what
      was extended is recorded, and a choice still on an edge after that is flagged;
@@ -56,6 +59,8 @@ class Grid:
   prune_margin: float = 0.1
   val_fraction: float = 0.2  # of each identity's training examples, at least one
   tuning_seeds: int = 2  # the first seeds' splits are used for tuning
+  # Choose among the points that met the rule (True), or the best point whether or not it did (False).
+  prefer_converged: bool = True
 
   def __post_init__(self):
     if self.first_steps < 1 or self.max_steps < self.first_steps:
@@ -69,7 +74,8 @@ class Grid:
     return cls(learning_rates=tuple(learning_rates or tune.learning_rates), l2s=tuple(tune.l2s),
                first_steps=tune.first_steps, max_steps=tune.max_steps, tolerance=tune.tolerance,
                max_extensions=tune.max_extensions, prune_margin=tune.prune_margin,
-               val_fraction=tune.val_fraction, tuning_seeds=tune.tuning_seeds)
+               val_fraction=tune.val_fraction, tuning_seeds=tune.tuning_seeds,
+               prefer_converged=tune.prefer_converged)
 
   def budgets(self) -> List[int]:
     out = [self.first_steps]
@@ -90,6 +96,9 @@ class Choice:
   gain_when_doubled: Optional[float] = None  # validation accuracy at 2 x steps minus at steps
   extended: Tuple[str, ...] = ()  # grid extensions made to move the choice off an edge
   edge: str = ''  # which edge the choice still sits on after the extensions ('' when inside)
+  # The best point that had not met the rule, when it scored higher than the choice: learning_rate, l2,
+  # steps, val_accuracy.
+  better_unconverged: Optional[dict] = None
 
 
 def validation_split(labels, train_idx, seed: int, val_fraction: float):
@@ -222,10 +231,15 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
   for lr, l2 in itertools.product(lrs, l2s):
     steps, converged = climbed[(schedule, lr, l2)]
     value = v.acc[(schedule, lr, l2, steps)]
-    # Larger is better; ties go to fewer steps, a smaller lr, a larger L2. Whether the best point converged
-    # is recorded, not used to prefer a worse one.
-    candidates.append(((round(value, 6), -steps, -lr, l2), lr, l2, steps, value, converged))
+    # Larger is better; ties go to fewer steps, a smaller lr, a larger L2.
+    rank = (converged and v.grid.prefer_converged, round(value, 6), -steps, -lr, l2)
+    candidates.append((rank, lr, l2, steps, value, converged))
   _, lr, l2, steps, value, converged = max(candidates)
+  unconverged = [c for c in candidates if not c[5] and c[4] > value]
+  better = None
+  if unconverged:
+    _, b_lr, b_l2, b_steps, b_value, _ = max(unconverged, key=lambda c: c[0][1:])
+    better = {'learning_rate': b_lr, 'l2': b_l2, 'steps': b_steps, 'val_accuracy': b_value}
   doubled = v.acc.get((schedule, lr, l2, 2 * steps))
   curve = {_key(a, b): {str(k[3]): round(acc, 4) for k, acc in sorted(v.acc.items(), key=lambda i: i[0][3])
                         if k[:3] == (schedule, a, b)}
@@ -238,7 +252,7 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
   if l2 == max(l2s) and l2 > 0:
     edges.append('the largest L2')
   return Choice(schedule, lr, l2, steps, value, curve, converged,
-                None if doubled is None else doubled - value, tuple(extended), ' and '.join(edges))
+                None if doubled is None else doubled - value, tuple(extended), ' and '.join(edges), better)
 
 
 def _extension(choice: Choice, lrs, l2s, extended, max_extensions) -> Optional[tuple]:

@@ -1,5 +1,7 @@
 """Choosing what the paper leaves open on validation data, and the convergence rule behind every choice."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,21 @@ def test_grid_budgets_double_up_to_the_maximum():
   assert tuning.Grid(first_steps=300, max_steps=1000).budgets() == [300, 600]
   with pytest.raises(ValueError, match='first_steps'):
     tuning.Grid(first_steps=500, max_steps=100)
+
+
+@pytest.mark.parametrize('prefer_converged', [True, False])
+def test_a_point_still_climbing_at_the_maximum_is_not_chosen_over_one_that_converged(prefer_converged):
+  # lr 0.1 is still gaining at the 3,200-step maximum; lr 0.3 met the rule at 400 steps, 2 points lower.
+  grid = tuning.Grid(learning_rates=(0.1, 0.3), l2s=(0.0,), first_steps=400, max_steps=3200,
+                     prefer_converged=prefer_converged)
+  acc = {('joint', 0.1, 0.0, 400): 0.80, ('joint', 0.1, 0.0, 800): 0.85, ('joint', 0.1, 0.0, 1600): 0.88,
+         ('joint', 0.1, 0.0, 3200): 0.90, ('joint', 0.3, 0.0, 400): 0.88, ('joint', 0.3, 0.0, 800): 0.878}
+  climbed = {('joint', 0.1, 0.0): (3200, False), ('joint', 0.3, 0.0): (400, True)}
+  v = types.SimpleNamespace(acc=acc, grid=grid)
+  choice = tuning._best(v, 'joint', [0.1, 0.3], [0.0], climbed, [])  # pylint: disable=protected-access
+  if prefer_converged:
+    assert (choice.learning_rate, choice.steps, choice.converged) == (0.3, 400, True)
+    assert choice.better_unconverged == {'learning_rate': 0.1, 'l2': 0.0, 'steps': 3200, 'val_accuracy': 0.90}
+  else:
+    assert (choice.learning_rate, choice.steps, choice.converged) == (0.1, 3200, False)
+    assert choice.better_unconverged is None

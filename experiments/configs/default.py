@@ -59,4 +59,7 @@ def get_config():
   config.tune.prune_margin = 0.1
   config.tune.val_fraction = 0.2
   config.tune.tuning_seeds = 2
+  # Choose among points that met the rule (a head still climbing at max_steps is not a finished head);
+  # False: the best point whether or not it met it. Either way the better unconverged point is recorded.
+  config.tune.prefer_converged = True
   return config

@@ -75,6 +75,7 @@ def get_config():
       'prune_margin': base.tune.prune_margin,
       'val_fraction': base.tune.val_fraction,
       'tuning_seeds': base.tune.tuning_seeds,
+      'prefer_converged': base.tune.prefer_converged,
   })
   # Tuning choices are stored here, one JSON per (cache, protocol, head variant), and reused while their
   # context matches; a missing or stale file is re-tuned (slow) and rewritten.
