@@ -64,7 +64,8 @@ def literal_reading(steps: int, learning_rate: float = 1e-3, l2: float = 1e-3,
   s = Setting(learning_rate, l2, steps)
   checks = checks or {}
   evidence = {k: (f'validation Ac {100 * c.val_accuracy:.2f} at {c.steps} steps, '
-                  f'{100 * c.val_accuracy_doubled:.2f} at {2 * c.steps}') for k, c in checks.items()}
+                  + ', '.join(f'{100 * a:.2f} at {b}' for b, a in sorted(c.later.items(), key=lambda i: int(i[0]))))
+              for k, c in checks.items()}
   return Reading('paper-literal', {k: s for k in engine.SCHEDULES},
                  f'paper: lr {learning_rate:g}, L2 {l2:g}; constant rate, {steps} steps (not stated in the paper)'
                  + (f'; rule checked in {checked_in}' if checked_in else ''),
@@ -75,13 +76,15 @@ def tuned_reading(choices: Dict[str, tuning.Choice], source: str, lr_schedule: s
   evidence = {}
   for s, c in choices.items():
     parts = []
-    if c.gain_when_doubled is not None:
-      parts.append(f'{2 * c.steps} steps: validation Ac {100 * c.gain_when_doubled:+.2f} pp')
+    curve = c.curve.get(f'({c.learning_rate:g}, {c.l2:g})', {})
+    later = [(int(b), a) for b, a in curve.items() if int(b) > c.steps]
+    if c.converged and later:
+      parts.append('validation Ac vs its steps: ' + ', '.join(
+          f'{b} steps {100 * (a - c.val_accuracy):+.2f} pp' for b, a in sorted(later)))
     elif not c.converged:
-      curve = c.curve.get(f'({c.learning_rate:g}, {c.l2:g})', {})
       half = curve.get(str(c.steps // 2))
       gain = '' if half is None else f', {100 * (c.val_accuracy - half):+.2f} pp over {c.steps // 2} steps'
-      parts.append(f'still gaining at the {c.steps}-step maximum{gain}')
+      parts.append(f'not settled at the {c.steps}-step maximum{gain}')
     if c.better_unconverged:
       b = c.better_unconverged
       parts.append(f'lr {b["learning_rate"]:g}, L2 {b["l2"]:g} reached validation Ac '

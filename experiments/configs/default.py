@@ -46,8 +46,9 @@ def get_config():
   # Training heads fairly (BUILD.md): when enabled, learning rate, L2 and steps are chosen per schedule on a
   # validation split carved from each tuning seed's training split, by one rule for every head; the values
   # above are then ignored for those three. The convergence rule (mir_jax/tuning.py): a head of B steps has
-  # converged when 2B steps gain at most `tolerance` validation accuracy; budgets double from first_steps
-  # to max_steps, and a choice on an edge of the learning-rate or L2 grid extends it (max_extensions).
+  # converged when 2B, 4B (plateau_doublings) steps stay within `tolerance` validation accuracy of it;
+  # budgets double from first_steps to max_steps, and a choice on an edge of the learning-rate or L2 grid
+  # extends it (max_extensions).
   config.tune = ml_collections.ConfigDict()
   config.tune.enabled = False
   config.tune.learning_rates = (1e-3, 1e-2, 3e-2)
@@ -55,6 +56,7 @@ def get_config():
   config.tune.first_steps = 250
   config.tune.max_steps = 32000
   config.tune.tolerance = 0.005
+  config.tune.plateau_doublings = 2
   config.tune.max_extensions = 3
   config.tune.prune_margin = 0.1
   config.tune.val_fraction = 0.2

@@ -61,8 +61,9 @@ def get_config():
   config.literal = ml_collections.ConfigDict(
       {'learning_rate': base.train.learning_rate, 'l2': base.train.l2, 'steps': base.train.steps})
   # The convergence rule and the grid, the same for every head (mir_jax/tuning.py): budgets double from
-  # first_steps until twice the steps gain at most `tolerance` validation accuracy (0.5 pp, about 4 of the
-  # ~860 validation images of two tuning seeds: less is within the noise between two budgets' runs), up to max_steps; a choice on an edge of the grid extends it.
+  # first_steps until 2x and 4x the steps stay within `tolerance` validation accuracy (0.5 pp, about 4 of
+  # the ~860 validation images of two tuning seeds: less is within the noise between two budgets' runs),
+  # up to max_steps; a choice on an edge of the grid extends it.
   config.tune = ml_collections.ConfigDict({
       'learning_rates': (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
       'l2s': (0.0, 1e-4, 1e-3),
@@ -71,6 +72,7 @@ def get_config():
       'first_steps': base.tune.first_steps,
       'max_steps': base.tune.max_steps,
       'tolerance': base.tune.tolerance,
+      'plateau_doublings': base.tune.plateau_doublings,
       'max_extensions': base.tune.max_extensions,
       'prune_margin': base.tune.prune_margin,
       'val_fraction': base.tune.val_fraction,
