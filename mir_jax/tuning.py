@@ -249,6 +249,7 @@ def choose(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Seq
       extended[s].append(message)
       still.append(s)
     pending = still
+  engine.clear_compiled()  # its budgets' programs are not used again
   return choices
 
 
@@ -317,4 +318,5 @@ def check(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequ
   for s, point in zip(schedules, points):
     out[s] = Check(s, steps, v.acc[(*point, steps)], {str(k[3]): v.acc[k] for k in v.later(point, steps)},
                    v.holds(point, steps))
+  engine.clear_compiled()
   return out
