@@ -291,13 +291,6 @@ def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: Static
   return jax.tree.map(lambda a: a[:count], result)
 
 
-def clear_compiled():
-  """Drops the compiled training programs. Tuning compiles one per (program, budget); a process that tunes
-  many heads (`reproduce.all`: ~15 heads, ~150 programs) otherwise exhausts the kernel's memory-map limit
-  (measured: LLVM 'Cannot allocate memory', then a segfault, at the 14th head)."""
-  _train_compiled.clear_cache()
-
-
 @functools.partial(jax.jit, static_argnames=('opts', 'program'))
 def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions,
                     program: Program) -> TrainResult:

@@ -7,13 +7,13 @@ head alike:
 
   A head trained for B steps has *converged* when it is more than `tolerance` more accurate on
   validation data than both always answering the largest identity and the same head untrained (its
-  initial parameters), and the same head trained for 2B, 4B, ...
-  steps (`plateau_doublings` doublings; its learning-rate schedule stretched to each budget) is within
-  `tolerance` of it, neither more nor less accurate; accuracies are means over the tuning seeds.
+  initial parameters), and the same head trained for 2B, 4B, ... steps (`plateau_doublings` doublings;
+  its learning-rate schedule stretched to each budget) is within `tolerance` of it, neither more nor
+  less accurate; accuracies are means over the tuning seeds.
 
 The first half keeps a head that has not started to learn (stuck on the largest identity, or too slow to
-move from where it started, where doubling changes little) from passing as converged. Two doublings, not one, because a head can pause on the way:
-measured here, the joint LFW head at lr 0.1 sits at 59.2% after 250 steps and 59.4% after 500, then
+move from where it started, where doubling changes little) from passing as converged. Two doublings, not
+one, because a head can pause on the way: measured here, the joint LFW head at lr 0.1 sits at 59.2% after 250 steps and 59.4% after 500, then
 climbs to 99.4% by 4,000. Both directions, because a setting whose accuracy drops when it trains longer
 (lr 0.333: 99.3% at 500 steps, 96.7% at 1,000) has found a lucky budget, not a resting point.
 Validation cross-entropy is not part of the rule: on unit-norm embeddings it keeps falling long after
@@ -24,10 +24,10 @@ Tuning, for each schedule separately:
   1. carve a validation split out of each tuning seed's *training* split (never the test split);
   2. train every (learning rate, L2) point of the grid with budgets first_steps, 2x, 4x, ... on the rest,
      until the rule holds at a budget (the point has converged there) or `max_steps` is reached (it has
-     not; the largest budget the rule can confirm is max_steps / 2^plateau_doublings); a point more than
-     `prune_margin` behind the best
-     point of its schedule at the same or a smaller budget stops climbing (successive halving: a slow
-     learning rate that might have caught up much later is given up for cost; its curve shows where);
+     not; the largest budget the rule can confirm is max_steps / 2^plateau_doublings); a point more
+     than `prune_margin` behind the best point of its schedule at the same or a smaller budget stops
+     climbing (successive halving: a slow learning rate that might have caught up much later is given
+     up for cost; its curve shows where);
   3. choose the (learning rate, L2, steps) with the best validation accuracy among the points that met
      the rule (`prefer_converged`; among all points when none did, or when it is off), ties going to
      fewer steps, then the smaller learning rate, then the larger L2 (the most conservative fit); record
@@ -249,7 +249,6 @@ def choose(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Seq
       extended[s].append(message)
       still.append(s)
     pending = still
-  engine.clear_compiled()  # its budgets' programs are not used again
   return choices
 
 
@@ -318,5 +317,4 @@ def check(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequ
   for s, point in zip(schedules, points):
     out[s] = Check(s, steps, v.acc[(*point, steps)], {str(k[3]): v.acc[k] for k in v.later(point, steps)},
                    v.holds(point, steps))
-  engine.clear_compiled()
   return out
