@@ -267,10 +267,20 @@ def _in_run_order(parts):
   return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *[result for _, result in parts])
 
 
+# XLA:CPU maps each compiled training program's code into ~330 memory regions (measured:
+# `python -m benchmarks.compiled_maps`), and Linux allows a process 65,530 (vm.max_map_count). Tuning
+# compiles one program per (schedule, budget, shapes), so a process that tunes many heads (the test suite,
+# `reproduce.all`) would pass the limit, and LLVM then aborts the process ("Cannot allocate memory"). So
+# at most this many stay compiled; one dropped is compiled again if it is asked for again.
+MAX_COMPILED_PROGRAMS = 32
+
+
 def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions,
                    program: Program) -> TrainResult:
   """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
   a multiple of the device count with copies of the last run, whose results are dropped."""
+  if _train_compiled._cache_size() >= MAX_COMPILED_PROGRAMS:  # pylint: disable=protected-access
+    _train_compiled.clear_cache()
   devices = jax.local_devices()
   count = len(runs)
   if len(devices) < 2 or count < 2:

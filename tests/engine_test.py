@@ -275,3 +275,15 @@ def test_flop_count_is_that_of_the_program_each_schedule_runs(synthetic, schedul
   # One step of joint or single; an alternating step's jaxpr holds both phases (the cond's two branches).
   expected = engine.flops_per_run(o, synthetic.x.shape[1], len(synthetic.labels), dataclasses.replace(run, steps=2))
   assert counted == (expected if schedule == 'alternating' else expected // 2)
+
+
+def test_compiled_programs_stay_bounded(synthetic, monkeypatch):
+  # Each program holds ~320 memory maps (benchmarks/compiled_maps.py); without a bound, a process that
+  # tunes many heads passes the kernel's per-process limit and LLVM aborts it.
+  monkeypatch.setattr(engine, 'MAX_COMPILED_PROGRAMS', 2)
+  runs = [engine.Run(schedule='single', learning_rate=1e-2)]
+  sizes = []
+  for steps in (3, 4, 5, 6):
+    engine.train(synthetic.x, synthetic.labels, opts(steps=steps, log_every=steps), runs)
+    sizes.append(engine._train_compiled._cache_size())  # pylint: disable=protected-access
+  assert max(sizes) <= 2 and sizes[-1] >= 1, sizes

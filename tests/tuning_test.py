@@ -140,3 +140,39 @@ def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
   v.best = lambda schedule, steps: max(a for k, a in v.acc.items() if k[3] <= steps)
   v.evaluate = lambda points: None  # every budget is already "trained"
   assert tuning._climb_all(v, [('joint', 0.1, 0.0)]) == {('joint', 0.1, 0.0): converged}  # pylint: disable=protected-access
+
+
+def _fake_accuracy(schedule, lr, l2, steps):
+  """Validation accuracy of a head that keeps drifting without L2, settles far from fitting under L2
+  1e-5, and settles close to L2 0's accuracy under 1e-6; the grid's L2 1e-4 holds it at the floor (the
+  LFW-distractors head's pattern)."""
+  del schedule, lr
+  if l2 == 0.0:
+    return 0.5 + 0.4 * np.log2(steps) / 15  # still gaining ~2.7 points per doubling
+  if l2 >= 1e-4:
+    return 0.1  # no better than the floor
+  if l2 >= 1e-5:
+    return 0.5
+  return 0.85 if steps >= 500 else 0.6
+
+
+@pytest.mark.parametrize('l2s, chosen_l2, extended', [
+    ((0.0, 1e-4), 1e-6, ('L2 1e-05 added below 0.0001: no point met the rule',
+                         'L2 1e-06 added below 1e-05: a weaker L2 scored higher without meeting it')),
+    ((0.0,), 0.0, ()),  # no non-zero L2 to go below: the choice is reported as not converged
+])
+def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, chosen_l2, extended):
+  def evaluate(self, points):
+    for p in points:
+      self.acc.setdefault(p, _fake_accuracy(*p))
+
+  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
+  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
+  labels = np.repeat(np.arange(4), 10)
+  train_idx = np.stack([np.arange(40)] * 2)
+  grid = tuning.Grid(learning_rates=(0.01,), l2s=l2s, first_steps=250, max_steps=8000, max_extensions=3)
+  choice = tuning.choose(np.zeros((40, 4), np.float32), labels, train_idx, engine.StaticOptions(num_classes=4),
+                         ['joint'], grid, [0, 1])['joint']
+  assert choice.l2 == chosen_l2
+  assert choice.converged == bool(extended)
+  assert tuple(e for e in choice.extended if 'L2' in e) == extended
