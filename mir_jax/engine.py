@@ -271,16 +271,21 @@ def _in_run_order(parts):
 # `python -m benchmarks.compiled_maps`), and Linux allows a process 65,530 (vm.max_map_count). Tuning
 # compiles one program per (schedule, budget, shapes), so a process that tunes many heads (the test suite,
 # `reproduce.all`) would pass the limit, and LLVM then aborts the process ("Cannot allocate memory"). So
-# at most this many stay compiled; one dropped is compiled again if it is asked for again.
+# at most this many stay compiled (of each jitted function here); one dropped is compiled again if it is
+# asked for again.
 MAX_COMPILED_PROGRAMS = 32
+
+
+def _bound_compiled(fn):
+  if fn._cache_size() >= MAX_COMPILED_PROGRAMS:  # pylint: disable=protected-access
+    fn.clear_cache()
 
 
 def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions,
                    program: Program) -> TrainResult:
   """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
   a multiple of the device count with copies of the last run, whose results are dropped."""
-  if _train_compiled._cache_size() >= MAX_COMPILED_PROGRAMS:  # pylint: disable=protected-access
-    _train_compiled.clear_cache()
+  _bound_compiled(_train_compiled)
   devices = jax.local_devices()
   count = len(runs)
   if len(devices) < 2 or count < 2:
@@ -434,9 +439,10 @@ def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: Sta
   return TrainResult(state.params, input_mean, history)
 
 
-@functools.partial(jax.jit, static_argnames=('opts', 'single_task'))
-def _apply_all(params, input_mean, x, opts: StaticOptions, single_task: bool):
-  apply = lambda p, mu: opts.model().apply({'params': p}, x - mu, single_task)
+# The model, not the options, is static: heads trained for different budgets share one program.
+@functools.partial(jax.jit, static_argnames=('model', 'single_task'))
+def _apply_all(params, input_mean, x, model: model_lib.MIRHead, single_task: bool):
+  apply = lambda p, mu: model.apply({'params': p}, x - mu, single_task)
   return jax.vmap(apply)(params, input_mean)
 
 
@@ -454,5 +460,7 @@ def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions)
     members = np.flatnonzero(single == flag)
     if members.size:
       params = jax.tree.map(lambda a, m=members: a[m], result.params)
-      parts.append((members, _apply_all(params, result.input_mean[members], jnp.asarray(x), opts, bool(flag))))
+      _bound_compiled(_apply_all)
+      parts.append((members, _apply_all(params, result.input_mean[members], jnp.asarray(x), opts.model(),
+                                        bool(flag))))
   return _in_run_order(parts)
