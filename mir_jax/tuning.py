@@ -289,21 +289,21 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
 
 def _extension(choice: Choice, lrs, l2s, extended, max_extensions) -> Optional[tuple]:
   """('lr' | 'l2', new value, message) that moves `choice` off an edge, or None."""
-  count = lambda word: sum(word in e for e in extended)
-  if choice.learning_rate == max(lrs) and count('above') < max_extensions:
+  count = lambda what, word: sum(e.startswith(what) and f' {word} ' in e for e in extended)
+  if choice.learning_rate == max(lrs) and count('learning rate', 'above') < max_extensions:
     new = _beyond(lrs, 'high')
     return 'lr', new, f'learning rate {new:g} added above {choice.learning_rate:g}'
-  if choice.learning_rate == min(lrs) and count('below') < max_extensions:
+  if choice.learning_rate == min(lrs) and count('learning rate', 'below') < max_extensions:
     new = _beyond(lrs, 'low')
     return 'lr', new, f'learning rate {new:g} added below {choice.learning_rate:g}'
-  if choice.l2 == max(l2s) and choice.l2 > 0 and count('L2') < max_extensions:
+  if choice.l2 == max(l2s) and choice.l2 > 0 and count('L2', 'beyond') < max_extensions:
     new = _beyond(l2s, 'high')
     return 'l2', new, f'L2 {new:g} added beyond {choice.l2:g}'
   weakest = min((l2 for l2 in l2s if l2 > 0), default=None)
   better = choice.better_unconverged
   weaker_scored_higher = better is not None and better['l2'] < choice.l2 == weakest
   if (weakest is not None and (not choice.converged or weaker_scored_higher)
-      and count('L2 below') < max_extensions):
+      and count('L2', 'below') < max_extensions):
     new = _beyond(l2s, 'low')
     why = 'no point met the rule' if not choice.converged else 'a weaker L2 scored higher without meeting it'
     return 'l2', new, f'L2 {new:g} added below {weakest:g}: {why}'

@@ -176,3 +176,20 @@ def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, cho
   assert choice.l2 == chosen_l2
   assert choice.converged == bool(extended)
   assert tuple(e for e in choice.extended if 'L2' in e) == extended
+
+
+def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
+  # Nothing ever settles: each extension is one more chance for noise to pass the rule, so they are capped.
+  def evaluate(self, points):
+    for p in points:
+      self.acc.setdefault(p, 0.5 + 0.4 * np.log2(p[3]) / 15)
+
+  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
+  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
+  grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000,
+                     max_extensions=2)
+  choice = tuning.choose(np.zeros((40, 4), np.float32), np.repeat(np.arange(4), 10), np.stack([np.arange(40)] * 2),
+                         engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+  assert not choice.converged
+  assert [e.split(':')[0] for e in choice.extended if e.startswith('L2') and ' below ' in e] == [
+      'L2 1e-05 added below 0.0001', 'L2 1e-06 added below 1e-05']
