@@ -24,7 +24,8 @@ Tuning, for each schedule separately:
   1. carve a validation split out of each tuning seed's *training* split (never the test split);
   2. train every (learning rate, L2) point of the grid with budgets first_steps, 2x, 4x, ... on the rest,
      until the rule holds at a budget (the point has converged there) or `max_steps` is reached (it has
-     not; the largest budget the rule can confirm is max_steps / 2^plateau_doublings); a point more
+     not; the largest budget the rule can confirm is max_steps / 2^plateau_doublings, and step 4 may
+     raise the maximum); a point more
      than `prune_margin` behind the best point of its schedule at the same or a smaller budget stops
      climbing (successive halving: a slow learning rate that might have caught up much later is given
      up for cost; its curve shows where);
@@ -41,7 +42,9 @@ Tuning, for each schedule separately:
      `max_extensions` times): without L2 a softmax on separable embeddings has no finite minimum, its
      weights grow for ever and its validation accuracy keeps drifting, while the grid's smallest L2 may
      hold it far from fitting (measured on the LFW-distractors head: L2 0 still gains 1 point from
-     16,000 to 32,000 steps, L2 1e-4 stays at 14%);
+     16,000 to 32,000 steps, L2 1e-4 stays at 14%). Last, a choice that has not converged and sits on
+     the largest budget doubles the schedule's `max_steps` (up to `max_extensions` times): the points
+     still climbing there train on, the rest keep their curves;
   5. the caller retrains on the whole training split with the chosen values and scores the test split.
 
 All runs that share a budget train in one compiled call, so a point that has converged costs nothing more.
@@ -186,10 +189,11 @@ class _Validator:
         self.acc[point] = float(value)
 
 
-def _climb_all(v: _Validator, points: Sequence[tuple]) -> Dict[tuple, Tuple[int, bool]]:
-  """Doubles the budget of every (schedule, lr, l2) point until the rule holds for it, all points budget by
-  budget (one call each); returns {point: (steps, converged)}."""
-  budgets = v.grid.budgets()
+def _climb_all(v: _Validator, points: Sequence[tuple], max_steps: int) -> Dict[tuple, Tuple[int, bool]]:
+  """Doubles the budget of every (schedule, lr, l2) point until the rule holds for it or `max_steps` is
+  reached, all points budget by budget (one call each; budgets already trained are not trained again);
+  returns {point: (steps, converged)}."""
+  budgets = dataclasses.replace(v.grid, max_steps=max_steps).budgets()
   k = v.grid.plateau_doublings
   state = {p: None for p in points}  # None while still climbing
   for i in range(len(budgets) - k):
@@ -236,22 +240,30 @@ def choose(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Seq
   v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every)
   lrs = {s: sorted(grid.learning_rates) for s in schedules}
   l2s = {s: sorted(grid.l2s) for s in schedules}
+  max_steps = {s: grid.max_steps for s in schedules}
   extended = {s: [] for s in schedules}
   climbed: Dict[tuple, Tuple[int, bool]] = {}
   choices = {}
   pending = list(schedules)
   while pending:
-    points = [(s, lr, l2) for s in pending for lr in lrs[s] for l2 in l2s[s] if (s, lr, l2) not in climbed]
-    climbed.update(_climb_all(v, points))
+    for s in pending:
+      points = [(s, lr, l2) for lr in lrs[s] for l2 in l2s[s] if (s, lr, l2) not in climbed]
+      climbed.update(_climb_all(v, points, max_steps[s]))
     still = []
     for s in pending:
       choice = _best(v, s, lrs[s], l2s[s], climbed, extended[s])
-      grow = _extension(choice, lrs[s], l2s[s], extended[s], grid.max_extensions)
+      grow = _extension(choice, lrs[s], l2s[s], max_steps[s], extended[s], grid.max_extensions)
       if grow is None:
         choices[s] = choice
         continue
       what, value, message = grow
-      (lrs if what == 'lr' else l2s)[s] = sorted((lrs if what == 'lr' else l2s)[s] + [value])
+      if what == 'steps':
+        # Points that stopped at the old maximum without converging climb on; pruned ones stay pruned.
+        for p in [p for p, c in climbed.items() if p[0] == s and c == (max_steps[s], False)]:
+          del climbed[p]
+        max_steps[s] = value
+      else:
+        (lrs if what == 'lr' else l2s)[s] = sorted((lrs if what == 'lr' else l2s)[s] + [value])
       extended[s].append(message)
       still.append(s)
     pending = still
@@ -287,8 +299,8 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
                 None if doubled is None else doubled - value, tuple(extended), ' and '.join(edges), better)
 
 
-def _extension(choice: Choice, lrs, l2s, extended, max_extensions) -> Optional[tuple]:
-  """('lr' | 'l2', new value, message) that moves `choice` off an edge, or None."""
+def _extension(choice: Choice, lrs, l2s, max_steps, extended, max_extensions) -> Optional[tuple]:
+  """('lr' | 'l2' | 'steps', new value, message) that moves `choice` off an edge, or None."""
   count = lambda what, word: sum(e.startswith(what) and f' {word} ' in e for e in extended)
   if choice.learning_rate == max(lrs) and count('learning rate', 'above') < max_extensions:
     new = _beyond(lrs, 'high')
@@ -307,6 +319,8 @@ def _extension(choice: Choice, lrs, l2s, extended, max_extensions) -> Optional[t
     new = _beyond(l2s, 'low')
     why = 'no point met the rule' if not choice.converged else 'a weaker L2 scored higher without meeting it'
     return 'l2', new, f'L2 {new:g} added below {weakest:g}: {why}'
+  if not choice.converged and choice.steps == max_steps and count('budget', 'above') < max_extensions:
+    return 'steps', 2 * max_steps, f'budget {2 * max_steps} added above {max_steps}: the choice was still moving'
   return None
 
 

@@ -83,7 +83,8 @@ def test_a_choice_on_the_edge_of_the_learning_rate_grid_extends_it():
   assert choice.extended[0] == 'learning rate 0.0009 added above 0.0003'
   assert choice.learning_rate > 3e-4
   grown = sorted(float(k.strip('()').split(',')[0]) for k in choice.curve)
-  assert grown[:2] == [1e-4, 3e-4] and len(grown) == 2 + len(choice.extended)
+  assert grown[:2] == [1e-4, 3e-4]
+  assert len(grown) == 2 + sum(e.startswith('learning rate') for e in choice.extended)
   assert (choice.edge == 'the largest learning rate') == (choice.learning_rate == grown[-1])
 
 
@@ -139,7 +140,7 @@ def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
   v.later = lambda p, s: tuning._Validator.later(v, p, s)  # pylint: disable=protected-access
   v.best = lambda schedule, steps: max(a for k, a in v.acc.items() if k[3] <= steps)
   v.evaluate = lambda points: None  # every budget is already "trained"
-  assert tuning._climb_all(v, [('joint', 0.1, 0.0)]) == {('joint', 0.1, 0.0): converged}  # pylint: disable=protected-access
+  assert tuning._climb_all(v, [('joint', 0.1, 0.0)], grid.max_steps) == {('joint', 0.1, 0.0): converged}  # pylint: disable=protected-access
 
 
 def _fake_accuracy(schedule, lr, l2, steps):
@@ -193,3 +194,20 @@ def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
   assert not choice.converged
   assert [e.split(':')[0] for e in choice.extended if e.startswith('L2') and ' below ' in e] == [
       'L2 1e-05 added below 0.0001', 'L2 1e-06 added below 1e-05']
+
+
+def test_a_choice_still_moving_at_the_maximum_budget_trains_on(monkeypatch):
+  # Settles only after 4,000 steps; the maximum is 2,000, so the budget doubles until the rule can confirm it.
+  def evaluate(self, points):
+    for p in points:
+      self.acc.setdefault(p, 0.9 if p[3] >= 4000 else 0.3 + 0.1 * np.log2(p[3] / 250))
+
+  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
+  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
+  grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000,
+                     max_extensions=3)
+  choice = tuning.choose(np.zeros((40, 4), np.float32), np.repeat(np.arange(4), 10), np.stack([np.arange(40)] * 2),
+                         engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+  assert (choice.steps, choice.converged) == (4000, True)
+  assert [e.split(':')[0] for e in choice.extended if e.startswith('budget')] == [
+      'budget 4000 added above 2000', 'budget 8000 added above 4000', 'budget 16000 added above 8000']
