@@ -2,10 +2,11 @@ r"""Memory regions (lines of /proc/self/maps) that each compiled training progra
 
   python -m benchmarks.compiled_maps --out=outputs/compiled_maps.json
 
-Trains the joint head on synthetic embeddings shaped like LFW's identities with >= 10 images at --programs distinct budgets (each
-budget is its own compiled program, as in tuning), with `engine.MAX_COMPILED_PROGRAMS` lifted so that
-nothing is dropped, counting the process's maps after each; then drops the programs and counts again.
-The slope is what `engine.MAX_COMPILED_PROGRAMS` is sized against: the kernel's per-process limit is
+Trains the joint head on synthetic embeddings shaped like LFW's identities with >= 10 images at
+--programs distinct budgets (each budget is its own compiled program, as in tuning), with
+`engine.MAX_COMPILED_PROGRAMS` lifted so that nothing is dropped, counting the process's maps after each;
+then drops the programs and counts again. The slope (the median increment after the first program,
+which also maps one-time code) is what `engine.MAX_COMPILED_PROGRAMS` is sized against: the kernel's per-process limit is
 /proc/sys/vm/max_map_count (65,530 by default).
 """
 

@@ -13,8 +13,8 @@ head alike:
 
 The first half keeps a head that has not started to learn (stuck on the largest identity, or too slow to
 move from where it started, where doubling changes little) from passing as converged. Two doublings, not
-one, because a head can pause on the way: measured here, the joint LFW head at lr 0.1 sits at 59.2% after 250 steps and 59.4% after 500, then
-climbs to 99.4% by 4,000. Both directions, because a setting whose accuracy drops when it trains longer
+one, because a head can pause on the way: measured here, the joint LFW head at lr 0.1 sits at 59.2%
+after 250 steps and 59.4% after 500, then climbs to 99.4% by 4,000. Both directions, because a setting whose accuracy drops when it trains longer
 (lr 0.333: 99.3% at 500 steps, 96.7% at 1,000) has found a lucky budget, not a resting point.
 Validation cross-entropy is not part of the rule: on unit-norm embeddings it keeps falling long after
 the accuracy has settled, as the logits grow.
@@ -25,10 +25,9 @@ Tuning, for each schedule separately:
   2. train every (learning rate, L2) point of the grid with budgets first_steps, 2x, 4x, ... on the rest,
      until the rule holds at a budget (the point has converged there) or `max_steps` is reached (it has
      not; the largest budget the rule can confirm is max_steps / 2^plateau_doublings, and step 4 may
-     raise the maximum); a point more
-     than `prune_margin` behind the best point of its schedule at the same or a smaller budget stops
-     climbing (successive halving: a slow learning rate that might have caught up much later is given
-     up for cost; its curve shows where);
+     raise the maximum); a point more than `prune_margin` behind the best point of its schedule at the
+     same or a smaller budget stops climbing (successive halving: a slow learning rate that might have
+     caught up much later is given up for cost; its curve shows where);
   3. choose the (learning rate, L2, steps) with the best validation accuracy among the points that met
      the rule (`prefer_converged`; among all points when none did, or when it is off), ties going to
      fewer steps, then the smaller learning rate, then the larger L2 (the most conservative fit); record

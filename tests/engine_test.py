@@ -278,7 +278,7 @@ def test_flop_count_is_that_of_the_program_each_schedule_runs(synthetic, schedul
 
 
 def test_compiled_programs_stay_bounded(synthetic, monkeypatch):
-  # Each program holds ~320 memory maps (benchmarks/compiled_maps.py); without a bound, a process that
+  # Each program holds ~322 memory maps (benchmarks/compiled_maps.py); without a bound, a process that
   # tunes many heads passes the kernel's per-process limit and LLVM aborts it.
   monkeypatch.setattr(engine, 'MAX_COMPILED_PROGRAMS', 2)
   runs = [engine.Run(schedule='single', learning_rate=1e-2)]

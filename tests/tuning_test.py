@@ -143,13 +143,31 @@ def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
   assert tuning._climb_all(v, [('joint', 0.1, 0.0)], grid.max_steps) == {('joint', 0.1, 0.0): converged}  # pylint: disable=protected-access
 
 
+def _choose_on_fake_curves(monkeypatch, accuracy, grid):
+  """`tuning.choose` for one joint schedule where each (schedule, lr, l2, steps) point's validation
+  accuracy is `accuracy(point)` instead of a trained head's, and the floor is 0.1."""
+  def evaluate(self, points):
+    for p in points:
+      self.acc.setdefault(p, accuracy(*p))
+
+  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
+  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
+  labels = np.repeat(np.arange(4), 10)
+  return tuning.choose(np.zeros((40, 4), np.float32), labels, np.stack([np.arange(40)] * 2),
+                       engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+
+
+def _drifting(schedule, lr, l2, steps):
+  del schedule, lr, l2
+  return 0.5 + 0.4 * np.log2(steps) / 15  # still gaining ~2.7 points per doubling
+
+
 def _fake_accuracy(schedule, lr, l2, steps):
   """Validation accuracy of a head that keeps drifting without L2, settles far from fitting under L2
   1e-5, and settles close to L2 0's accuracy under 1e-6; the grid's L2 1e-4 holds it at the floor (the
   LFW-distractors head's pattern)."""
-  del schedule, lr
   if l2 == 0.0:
-    return 0.5 + 0.4 * np.log2(steps) / 15  # still gaining ~2.7 points per doubling
+    return _drifting(schedule, lr, l2, steps)
   if l2 >= 1e-4:
     return 0.1  # no better than the floor
   if l2 >= 1e-5:
@@ -163,17 +181,8 @@ def _fake_accuracy(schedule, lr, l2, steps):
     ((0.0,), 0.0, ()),  # no non-zero L2 to go below: the choice is reported as not converged
 ])
 def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, chosen_l2, extended):
-  def evaluate(self, points):
-    for p in points:
-      self.acc.setdefault(p, _fake_accuracy(*p))
-
-  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
-  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
-  labels = np.repeat(np.arange(4), 10)
-  train_idx = np.stack([np.arange(40)] * 2)
   grid = tuning.Grid(learning_rates=(0.01,), l2s=l2s, first_steps=250, max_steps=8000, max_extensions=3)
-  choice = tuning.choose(np.zeros((40, 4), np.float32), labels, train_idx, engine.StaticOptions(num_classes=4),
-                         ['joint'], grid, [0, 1])['joint']
+  choice = _choose_on_fake_curves(monkeypatch, _fake_accuracy, grid)
   assert choice.l2 == chosen_l2
   assert choice.converged == bool(extended)
   assert tuple(e for e in choice.extended if 'L2' in e) == extended
@@ -181,16 +190,9 @@ def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, cho
 
 def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
   # Nothing ever settles: each extension is one more chance for noise to pass the rule, so they are capped.
-  def evaluate(self, points):
-    for p in points:
-      self.acc.setdefault(p, 0.5 + 0.4 * np.log2(p[3]) / 15)
-
-  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
-  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
   grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000,
                      max_extensions=2)
-  choice = tuning.choose(np.zeros((40, 4), np.float32), np.repeat(np.arange(4), 10), np.stack([np.arange(40)] * 2),
-                         engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+  choice = _choose_on_fake_curves(monkeypatch, _drifting, grid)
   assert not choice.converged
   assert [e.split(':')[0] for e in choice.extended if e.startswith('L2') and ' below ' in e] == [
       'L2 1e-05 added below 0.0001', 'L2 1e-06 added below 1e-05']
@@ -198,16 +200,10 @@ def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
 
 def test_a_choice_still_moving_at_the_maximum_budget_trains_on(monkeypatch):
   # Settles only after 4,000 steps; the maximum is 2,000, so the budget doubles until the rule can confirm it.
-  def evaluate(self, points):
-    for p in points:
-      self.acc.setdefault(p, 0.9 if p[3] >= 4000 else 0.3 + 0.1 * np.log2(p[3] / 250))
-
-  monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
-  monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
   grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000,
                      max_extensions=3)
-  choice = tuning.choose(np.zeros((40, 4), np.float32), np.repeat(np.arange(4), 10), np.stack([np.arange(40)] * 2),
-                         engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+  choice = _choose_on_fake_curves(
+      monkeypatch, lambda s, lr, l2, steps: 0.9 if steps >= 4000 else 0.3 + 0.1 * np.log2(steps / 250), grid)
   assert (choice.steps, choice.converged) == (4000, True)
   assert [e.split(':')[0] for e in choice.extended if e.startswith('budget')] == [
       'budget 4000 added above 2000', 'budget 8000 added above 4000', 'budget 16000 added above 8000']
