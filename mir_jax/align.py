@@ -16,20 +16,18 @@ behind the FaceNet LFW numbers):
     and resizes bilinearly.
 
 Detection is deterministic: MTCNN has no randomness, and the same images in the same batches give
-bit-identical boxes. Batch composition changes float summation order, which moves boxes by ~1e-4 px
-(measured on LFW; tested below 1e-2 px).
+bit-identical boxes. Batch composition changes float summation order, which moves boxes by float
+rounding only (tested below 1e-2 px).
 
-Speed (measured on this project's 2-core box, LFW 250x250): batching same-size images is ~1.4x
-faster than one image per call. torch's intra-op threads hurt when the cores are shared: MTCNN runs
-thousands of tiny ops, and a 2-thread pool that loses a core to another process waits at every op
-(2-10x slower on this box, measured). On a shared or busy machine, or beside dlib worker processes,
-use `Aligner(num_threads=1)`. On CPU the detector's max pools are swapped for `mir_jax.max_pool`'s,
-which give the same boxes and landmarks (tested bit for bit) for less CPU: 34.7 -> 28.4 ms per LFW image on
-one thread, 1.22x (`benchmarks/results/max_pool_speed.json`).
+Speed (`benchmarks/embed_speed.py`): batching same-size images beats one image per call. torch's
+intra-op threads hurt when the cores are shared: MTCNN runs thousands of tiny ops, and a thread pool
+that loses a core to another process waits at every op. On a shared or busy machine, or beside other
+worker processes, use `Aligner(num_threads=1)`. On CPU the detector's max pools are swapped for
+`mir_jax.max_pool`'s, which give the same boxes and landmarks (tested bit for bit) for less CPU
+(`benchmarks/max_pool_speed.py`).
 """
 
 import dataclasses
-import threading
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,11 +35,9 @@ from PIL import Image
 
 from mir_jax.backbones.base import Detection
 
-# Fallback box, as fractions (width, height) of the shorter image side. Measured on 100 LFW
-# deep-funneled images (250x250, every 130th file): MTCNN's boxes have median size 93 x 125 px
-# (10th-90th percentile widths 87-102, heights 116-136) and median centre (124, 126), i.e. centred.
-# A centred 0.37 x 0.50 box is therefore where the LFW face usually is; face-centred crops from
-# other datasets behave alike.
+# Fallback box, as fractions (width, height) of the shorter image side: about the median size of
+# MTCNN's boxes on LFW deep-funneled images, whose faces are centred, so a centred box of this size is
+# where the LFW face usually is; face-centred crops from other datasets behave alike.
 FALLBACK_FRACTIONS = (0.37, 0.50)
 
 
@@ -114,9 +110,9 @@ def crop(image: np.ndarray, box: Sequence[float], size: int = 160, margin: int =
 def use_full_float32(torch, device) -> None:
   """Turns off TF32 in cuDNN/cuBLAS when running on a CUDA device (process-wide, as torch allows).
 
-  cuDNN runs float32 convolutions in TF32 by default on Ampere and newer GPUs. Measured on an H200 over
-  256 LFW images: MTCNN boxes then moved up to 7.5 px from the CPU's and FaceNet embeddings up to
-  3e-4; with TF32 off, 8e-5 px and 9e-8. A cache must not depend on which machine built it.
+  cuDNN runs float32 convolutions in TF32 by default on Ampere and newer GPUs, which moves MTCNN's
+  boxes by whole pixels from the CPU's (`benchmarks/accelerator_embed.py`); with TF32 off, GPU and CPU
+  agree to float32 rounding. A cache must not depend on which machine built it.
   """
   if str(device).startswith('cuda'):
     torch.backends.cudnn.allow_tf32 = False
@@ -239,25 +235,3 @@ class Aligner:
           out[i] = det
     return out
 
-
-_DEFAULT_ALIGNER: Optional[Aligner] = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_aligner() -> Aligner:
-  """A process-wide Aligner with default settings, built on first use."""
-  global _DEFAULT_ALIGNER
-  with _DEFAULT_LOCK:
-    if _DEFAULT_ALIGNER is None:
-      _DEFAULT_ALIGNER = Aligner()
-    return _DEFAULT_ALIGNER
-
-
-def detect(image: np.ndarray) -> Detection:
-  """`default_aligner().detect(image)`: the face to embed in one uint8 HxWx3 RGB image."""
-  return default_aligner().detect(image)
-
-
-def detect_batch(images: Sequence[np.ndarray]) -> List[Detection]:
-  """`default_aligner().detect_batch(images)`."""
-  return default_aligner().detect_batch(images)
