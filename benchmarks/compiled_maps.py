@@ -18,7 +18,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import splits
 from benchmarks import machine
@@ -34,7 +34,7 @@ def _maps() -> int:
 
 def main(argv):
   del argv
-  ds = data.synthetic_identities(158, per_class=27, dim=128, seed=0)
+  ds = embedding_sets.synthetic_identities(158, per_class=27, dim=128, seed=0)
   x, labels = ds.x, ds.labels
   train_idx = np.stack([splits.stratified_split(labels, 0.5, s)[0] for s in range(2)])
   runs = [engine.Run(schedule='joint', seed=s, learning_rate=1e-2) for s in range(2)]

@@ -6,7 +6,7 @@ r"""Writes a synthetic embedding set (Gaussian identities plus a shared offset) 
 from absl import app
 from absl import flags
 
-from mir_jax import data
+from mir_jax import embedding_sets
 
 _OUT = flags.DEFINE_string('out', None, 'Output .npz path.', required=True)
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 158, 'Identities.')
@@ -17,7 +17,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 def main(argv):
   del argv
-  data.save_npz(_OUT.value, data.synthetic_identities(_NUM_CLASSES.value, _PER_CLASS.value, _DIM.value,
+  embedding_sets.save_npz(_OUT.value, embedding_sets.synthetic_identities(_NUM_CLASSES.value, _PER_CLASS.value, _DIM.value,
                                                       _SEED.value))
   print(f'wrote {_OUT.value}')
 

@@ -22,7 +22,7 @@ labels alone, so the same code serves LFW, YTF, MegaFace and a user's own folder
 
   pair verification:
     ytf_pairs           YTF's 5,000 video pairs from splits.txt, each video the mean of its frames'
-                        embeddings, 10-fold (`mir_jax.verification.evaluate`).
+                        embeddings, 10-fold (`mir_jax.evaluators.verification.evaluate`).
 """
 
 import re
@@ -30,7 +30,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from mir_jax import data as data_lib
+from mir_jax import embedding_sets
 from mir_jax import splits
 
 
@@ -62,7 +62,7 @@ class OpenSet(NamedTuple):
   description: str
 
 
-def _filtered(ds: data_lib.EmbeddingSet, min_images: int):
+def _filtered(ds: embedding_sets.EmbeddingSet, min_images: int):
   keep, labels, kept = splits.keep_identities_with_at_least(ds.labels, min_images)
   if kept.size < 2:
     raise ValueError(f'fewer than 2 identities have >= {min_images} embeddings (of {len(ds.labels)} '
@@ -70,7 +70,7 @@ def _filtered(ds: data_lib.EmbeddingSet, min_images: int):
   return ds.x[keep], labels.astype(np.int32), [ds.class_names[k] for k in kept]
 
 
-def lfw_identity(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: int = 10,
+def lfw_identity(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 10,
                  train_fraction: float = 0.5) -> Classification:
   x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.stratified_split(labels, train_fraction, s) for s in seeds])
@@ -79,7 +79,7 @@ def lfw_identity(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: in
   return Classification('lfw_identity', x, labels, names, list(seeds), np.stack(train), np.stack(test), desc)
 
 
-def facenet_classifier(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_images: int = 20,
+def facenet_classifier(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 20,
                        num_train: int = 10) -> Classification:
   x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.fixed_count_split(labels, num_train, s) for s in seeds])
@@ -89,7 +89,7 @@ def facenet_classifier(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_imag
                         desc)
 
 
-def ytf_frames(ds: data_lib.EmbeddingSet, seeds: Sequence[int], min_videos: int = 2,
+def ytf_frames(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_videos: int = 2,
                frames_per_video: Optional[int] = None) -> Classification:
   """Frame classification with held-out videos: a face seen in training never appears in testing as the
   same video, so near-duplicate consecutive frames cannot leak across the split.
@@ -153,7 +153,7 @@ def _even_subsample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
 
 
-def lfw_distractors(ds: data_lib.EmbeddingSet, probe_min_images: int = 10, distractor_max_images: int = 1,
+def lfw_distractors(ds: embedding_sets.EmbeddingSet, probe_min_images: int = 10, distractor_max_images: int = 1,
                     head_images: tuple = (2, 9)) -> OpenSet:
   if not distractor_max_images < head_images[0] <= head_images[1] < probe_min_images:
     raise ValueError(f'the image-count ranges overlap: distractors <= {distractor_max_images}, head set '
@@ -175,7 +175,7 @@ def lfw_distractors(ds: data_lib.EmbeddingSet, probe_min_images: int = 10, distr
                  head_labels.astype(np.int32), [ds.class_names[k] for k in head_kept], desc)
 
 
-def megaface(ds: data_lib.EmbeddingSet, head: data_lib.EmbeddingSet, head_min_images: int = 2) -> OpenSet:
+def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet, head_min_images: int = 2) -> OpenSet:
   """MegaFace challenge 1 from a MegaFace cache (roles 'probe' / 'distractor') and a labelled head set.
 
   The head set must not contain the probe identities; its identities with >= head_min_images are used.
@@ -204,7 +204,7 @@ def megaface(ds: data_lib.EmbeddingSet, head: data_lib.EmbeddingSet, head_min_im
                  head_labels.astype(np.int32), head_names, desc)
 
 
-def video_means(ds: data_lib.EmbeddingSet, x: Optional[np.ndarray] = None):
+def video_means(ds: embedding_sets.EmbeddingSet, x: Optional[np.ndarray] = None):
   """(video ids, (V, d) mean of each video's frame features, L2-normalised). `x` replaces ds.x (e.g. MIR
   character features of the same frames)."""
   if ds.video_ids is None:
@@ -217,7 +217,7 @@ def video_means(ds: data_lib.EmbeddingSet, x: Optional[np.ndarray] = None):
   return videos, means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
-def ytf_pairs(ds: data_lib.EmbeddingSet, pairs: Sequence, x: Optional[np.ndarray] = None):
+def ytf_pairs(ds: embedding_sets.EmbeddingSet, pairs: Sequence, x: Optional[np.ndarray] = None):
   """(emb_a, emb_b, same, folds, missing) of YTF video pairs (`datasets.ytf.VideoPair`) for
   `verification.evaluate`; pairs naming a video without embeddings are listed in `missing`."""
   videos, means = video_means(ds, x)

@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from mir_jax import checkpoint
-from mir_jax import data as data_lib
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import protocols
 from mir_jax import tuning
@@ -32,7 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/default
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where metrics.json and the checkpoint are written.')
 
 
-def prepare(config, dataset: data_lib.EmbeddingSet):
+def prepare(config, dataset: embedding_sets.EmbeddingSet):
   """Filters identities, makes one split per seed (`mir_jax.protocols`). Returns (x, labels, class_names,
   seeds, train, test)."""
   seeds = [config.train.seed + i for i in range(config.train.num_seeds)]
@@ -72,9 +72,9 @@ def tune(config, x, labels, train_idx, seeds, opts):
                        alternate_every=config.train.alternate_every)
 
 
-def train_and_evaluate(config, workdir: str | None = None, dataset: data_lib.EmbeddingSet | None = None):
+def train_and_evaluate(config, workdir: str | None = None, dataset: embedding_sets.EmbeddingSet | None = None):
   """Trains every (schedule, seed) run, returns the metrics dict (also written to workdir)."""
-  dataset = dataset if dataset is not None else data_lib.load(config.data.source)
+  dataset = dataset if dataset is not None else embedding_sets.load(config.data.source)
   x, labels, class_names, seeds, train_idx, test_idx = prepare(config, dataset)
   opts = static_options(config, len(class_names))
   runs = make_runs(config, seeds)

@@ -17,7 +17,7 @@ from absl import logging
 import numpy as np
 
 from mir_jax import cache
-from mir_jax import data as data_lib
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import heads
 from mir_jax import paths
@@ -55,7 +55,7 @@ class Context:
     self.config = config
     self.output_dir = output_dir
     self.seeds = [config.seed + i for i in range(config.num_seeds)]
-    self._sets: Dict[Tuple[str, str], data_lib.EmbeddingSet] = {}
+    self._sets: Dict[Tuple[str, str], embedding_sets.EmbeddingSet] = {}
     self._heads: Dict[tuple, heads.HeadRuns] = {}
     self.timings: Dict[str, float] = {}
     self.flops = 0.0  # of every head trained for the tables (not tuning): the engine's share of the peak
@@ -76,7 +76,7 @@ class Context:
     return [r.strip() for r in self.config.readings.split(',') if r.strip()]
 
   def embeddings(self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '', limit: int = 0,
-                 **reader_kwargs) -> data_lib.EmbeddingSet:
+                 **reader_kwargs) -> embedding_sets.EmbeddingSet:
     """The cached embeddings of `dataset` under `backbone` (built with those `mir_jax.embed` flags);
     raises Unavailable with the embed command that builds them."""
     key = (dataset, backbone, manual_dir, subset, limit, json.dumps(reader_kwargs, sort_keys=True))
@@ -92,7 +92,7 @@ class Context:
       except (FileNotFoundError, RuntimeError, ImportError) as e:  # e.g. FaceNet weights absent offline
         raise Unavailable(f'{backbone} cannot run here: {e}') from None
       start = time.perf_counter()
-      self._sets[key] = data_lib.load(str(directory))
+      self._sets[key] = embedding_sets.load(str(directory))
       self.timings[f'load {os.path.basename(os.path.dirname(directory))}'] = time.perf_counter() - start
       spec = cache.read_info(directory)['spec']
       # What made the embeddings, not which subset of images was cached: a task built from the whole-LFW

@@ -3,7 +3,7 @@ r"""LFW pair verification (View 2, 10 folds) from the embedding cache.
   python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet          # once: builds the cache
   python -m reproduce.lfw_verification --backbone=dlib-resnet
 
-The protocol is `mir_jax.verification`: per fold, the threshold maximising accuracy on the other nine folds
+The protocol is `mir_jax.evaluators.verification`: per fold, the threshold maximising accuracy on the other nine folds
 scores the held-out fold; accuracy mean +- std over folds, AUC, VAL@FAR=1e-3. Every pair whose image could
 not be embedded is listed with the reason, never dropped silently. Results go to
 `<output_dir>/lfw_verification_<cache name>[...].json`.
@@ -24,7 +24,7 @@ from absl import flags
 from mir_jax import cache
 from mir_jax import embed
 from mir_jax import paths
-from mir_jax import verification
+from mir_jax.evaluators import verification
 
 FLAGS = flags.FLAGS
 

@@ -30,7 +30,7 @@ from absl import app
 from experiments import paper_claims
 from mir_jax import protocols
 from mir_jax import report
-from mir_jax import verification
+from mir_jax.evaluators import verification
 from reproduce import common
 
 COLUMNS = ('LFW', 'YTF', 'YTF pairs', 'MegaFace', 'LFW-distractors')

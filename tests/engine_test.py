@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax.evaluators import identification
 
@@ -17,7 +17,7 @@ NUM_CLASSES = 12
 @pytest.fixture(scope='module')
 def synthetic():
   # Overlapping clusters (spread 2.5 around unit-variance centres in 32-D): learnable, not trivial.
-  return data.synthetic_identities(NUM_CLASSES, per_class=20, dim=32, seed=0, spread=2.5)
+  return embedding_sets.synthetic_identities(NUM_CLASSES, per_class=20, dim=32, seed=0, spread=2.5)
 
 
 def opts(**kw):

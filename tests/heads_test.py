@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import heads
 from mir_jax import protocols
@@ -14,7 +14,7 @@ from mir_jax import tuning
 
 @pytest.fixture(scope='module')
 def task():
-  ds = data.synthetic_identities(num_classes=6, per_class=10, dim=16, seed=3, spread=1.5)
+  ds = embedding_sets.synthetic_identities(num_classes=6, per_class=10, dim=16, seed=3, spread=1.5)
   return protocols.lfw_identity(ds, seeds=[0, 1], min_images=10)
 
 

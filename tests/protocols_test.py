@@ -7,7 +7,7 @@ returns can be traced back to the row it came from; expectations are derived fro
 import numpy as np
 import pytest
 
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import protocols
 from mir_jax.datasets import ytf
 
@@ -29,7 +29,7 @@ def _identity_set(counts, seed=0, shuffle=True):
   if shuffle:
     labels = np.random.default_rng(seed).permutation(labels)
   names = [f'person_{i:02d}' for i in range(len(counts))]
-  return data.EmbeddingSet(_traced(labels.size, seed=seed), labels.astype(np.int32), names)
+  return embedding_sets.EmbeddingSet(_traced(labels.size, seed=seed), labels.astype(np.int32), names)
 
 
 # lfw_identity
@@ -127,7 +127,7 @@ def _video_set(videos=None, seed=0, frame_ids=None):
         video_ids.append(f'{person}/{v}')
         image_ids.append(f'{person}/{v}/{f}')
   order = rng.permutation(len(labels))
-  return data.EmbeddingSet(_traced(len(labels), seed=seed), np.asarray(labels, np.int32)[order], names,
+  return embedding_sets.EmbeddingSet(_traced(len(labels), seed=seed), np.asarray(labels, np.int32)[order], names,
                            image_ids=np.asarray(image_ids)[order], video_ids=np.asarray(video_ids)[order])
 
 
@@ -270,12 +270,12 @@ def _megaface_set():
   names = ['fs_anna', 'fs_ben', 'mf_0', 'mf_1', 'mf_2', 'mf_3', 'mf_4']
   labels = np.asarray([0, 1, 0, 2, 1, 3, 0, 4, 5, 1, 1, 6], np.int32)
   roles = np.where(labels < 2, 'probe', 'distractor')
-  return data.EmbeddingSet(_traced(labels.size), labels, names, roles=roles)
+  return embedding_sets.EmbeddingSet(_traced(labels.size), labels, names, roles=roles)
 
 
 def _head_set(names, counts, seed=1):
   labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(names)), counts)).astype(np.int32)
-  return data.EmbeddingSet(_traced(labels.size, seed=seed), labels, list(names))
+  return embedding_sets.EmbeddingSet(_traced(labels.size, seed=seed), labels, list(names))
 
 
 def test_megaface_uses_roles_and_a_separate_head():
@@ -375,7 +375,7 @@ def test_ytf_pairs_without_any_embedded_pair_raises():
 
 
 def test_lfw_distractors_refuses_overlapping_ranges():
-  ds = data.synthetic_identities(num_classes=4, per_class=10, dim=4)
+  ds = embedding_sets.synthetic_identities(num_classes=4, per_class=10, dim=4)
   with pytest.raises(ValueError, match='ranges overlap'):
     protocols.lfw_distractors(ds, probe_min_images=10, head_images=(2, 10))
   with pytest.raises(ValueError, match='ranges overlap'):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import reproduce as reproduce_config
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import report
 from reproduce import ablations
 from reproduce import common
@@ -29,7 +29,7 @@ def lfw_like(seed=0, dim=16):
   x = centres[labels] + 0.6 * rng.normal(size=(labels.size, dim)) + 2.0 * rng.normal(size=dim)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   names = [f'person_{i:02d}' for i in range(len(counts))]
-  return data.EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names,
+  return embedding_sets.EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names,
                            np.asarray([f'{names[l]}/{i}' for i, l in enumerate(labels)]))
 
 

@@ -19,10 +19,10 @@ import pytest
 import fixtures
 from experiments.configs import reproduce as reproduce_config
 from mir_jax import cache
-from mir_jax import data as data_lib
+from mir_jax import embedding_sets
 from mir_jax import embed
 from mir_jax import protocols
-from mir_jax import verification
+from mir_jax.evaluators import verification
 from mir_jax.datasets import ytf as ytf_reader
 from mir_jax.evaluators import identification
 from reproduce import common
@@ -170,7 +170,7 @@ def test_columns_are_measured_on_the_fixtures(built):
 
 
 def test_ytf_pairs_b_equals_direct_verification(built):
-  ds = data_lib.load(str(built['directories']['ytf']))
+  ds = embedding_sets.load(str(built['directories']['ytf']))
   root = built['ytf_official']
   pairs = list(ytf_reader.read_splits(root / 'splits.txt', skip_missing=True, root=root))
   # Only the fixture's own pairs have frames; the padding rows were skipped as missing.
@@ -182,7 +182,7 @@ def test_ytf_pairs_b_equals_direct_verification(built):
 
 
 def test_megaface_b_equals_direct_rank1(built):
-  ds = data_lib.load(str(built['directories']['megaface']))
+  ds = embedding_sets.load(str(built['directories']['megaface']))
   roles = np.asarray(ds.roles)
   probe, distractor = roles == 'probe', roles == 'distractor'
   megaface = built['megaface']

@@ -10,7 +10,7 @@ import pytest
 
 from experiments.configs import test_tiny
 from mir_jax import checkpoint
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def npz(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('data') / 'synthetic.npz')
-  data.save_npz(path, data.synthetic_identities(num_classes=10, per_class=8, dim=128, seed=1, spread=2.0))
+  embedding_sets.save_npz(path, embedding_sets.synthetic_identities(num_classes=10, per_class=8, dim=128, seed=1, spread=2.0))
   return path
 
 
@@ -40,7 +40,7 @@ def test_cli_trains_and_writes_metrics_and_checkpoint(npz, tmp_path):
     assert run['test_accuracy'] > 0.3  # chance is 0.1
 
   # The checkpoint restores to the same predictions the metrics were computed from.
-  full = data.load(npz)
+  full = embedding_sets.load(npz)
   logits = checkpoint.predict(str(workdir / 'checkpoint'), full.x)
   train_acc = np.mean(np.argmax(logits, -1) == full.labels[None], axis=1)
   reported = np.array([(r['train_accuracy'] * metrics['num_train'] + r['test_accuracy'] * metrics['num_test'])
@@ -59,7 +59,7 @@ def test_checkpoint_rejects_embeddings_of_another_dimension(npz, tmp_path):
 
 def test_schedules_with_the_same_seed_share_a_split(npz):
   config = test_tiny.get_config()
-  x, labels, names, seeds, train_idx, test_idx = train.prepare(config, data.load(npz))
+  x, labels, names, seeds, train_idx, test_idx = train.prepare(config, embedding_sets.load(npz))
   assert seeds == [0, 1] and len(names) == 10
   assert not np.array_equal(train_idx[0], train_idx[1])  # another seed, another split
   for tr, te in zip(train_idx, test_idx):
@@ -69,15 +69,15 @@ def test_schedules_with_the_same_seed_share_a_split(npz):
 
 def test_bad_sources_raise_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    data.load(str(tmp_path / 'absent.npz'))
+    embedding_sets.load(str(tmp_path / 'absent.npz'))
   bad = tmp_path / 'bad.npz'
   np.savez(bad, embeddings=np.zeros((3, 4)))
   with pytest.raises(ValueError, match=r"lacks array\(s\) \['labels', 'x'\]"):
-    data.load(str(bad))
+    embedding_sets.load(str(bad))
   config = test_tiny.get_config()
   config.data.protocol = 'leave_one_out'
   with pytest.raises(ValueError, match='unknown data.protocol'):
-    train.prepare(config, data.synthetic_identities(3, 5, 8))
+    train.prepare(config, embedding_sets.synthetic_identities(3, 5, 8))
 
 
 def test_tuning_chooses_on_validation_and_records_the_choice(npz):

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from mir_jax import data
+from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import splits
 from mir_jax import tuning
@@ -26,7 +26,7 @@ def _split(ds, seeds=(0, 1)):
 
 
 def test_choose_prefers_the_setting_that_fits_and_records_curves():
-  ds = data.synthetic_identities(8, per_class=16, dim=16, seed=2, spread=2.0)
+  ds = embedding_sets.synthetic_identities(8, per_class=16, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
   grid = tuning.Grid(learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400,
                      max_extensions=0, tuning_seeds=2)
@@ -50,7 +50,7 @@ def test_choose_prefers_the_setting_that_fits_and_records_curves():
 # differ by little, so the MIR head (whose character x - y*1 adds a shift of its own) needs over a thousand
 # updates at this learning rate, while a few hundred would look like a finished run to a fixed cap.
 def _slow_task():
-  ds = data.synthetic_identities(10, per_class=40, dim=32, seed=0, spread=1.5, shared_offset=3.0)
+  ds = embedding_sets.synthetic_identities(10, per_class=40, dim=32, seed=0, spread=1.5, shared_offset=3.0)
   return ds, *_split(ds)
 
 
@@ -73,7 +73,7 @@ def test_the_rule_rejects_a_fixed_cap_that_stops_a_head_while_it_learns(max_step
 def test_a_choice_on_the_edge_of_the_learning_rate_grid_extends_it():
   # 128 validation faces: fewer, and one face (3 points on 32) can hold a rate too slow to learn still
   # for two doublings.
-  ds = data.synthetic_identities(8, per_class=64, dim=16, seed=2, spread=2.0)
+  ds = embedding_sets.synthetic_identities(8, per_class=64, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
   grid = tuning.Grid(learning_rates=(1e-4, 3e-4), l2s=(0.0,), first_steps=50, max_steps=400, max_extensions=2)
   choice = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['single'], grid,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mir_jax import verification
+from mir_jax.evaluators import verification
 
 
 def _unit(rng, n, d):

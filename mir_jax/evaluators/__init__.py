@@ -4,6 +4,5 @@
                   sanity anchors (cosine 1-NN, logistic regression).
   significance    paired t-test over seeds, McNemar's test on paired per-example correctness, t-intervals.
   separation      the between/within class distance ratio printed beside the PCA figures.
-
-Pair verification (the LFW / YTF 10-fold protocol) lives in `mir_jax.verification`.
+  verification    pair verification, the LFW / YTF 10-fold protocol.
 """
