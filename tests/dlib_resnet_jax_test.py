@@ -36,13 +36,32 @@ def _str(s: str) -> bytes:
   return _int(len(s)) + s.encode()
 
 
+def encode_portable_float(value: float) -> bytes:
+  """dlib's portable encoding of one float32 (float_details: int64 mantissa, int16 exponent)."""
+  value = float(np.float32(value))
+  if np.isnan(value):
+    return _int(0) + _int(32002)
+  if np.isinf(value):
+    return _int(0) + _int(32000 if value > 0 else 32001)
+  m, e = np.frexp(np.float32(value))
+  mantissa = int(np.float64(m) * (1 << 24))
+  exponent = int(e) - 24
+  # The shortest mantissa, as dlib's float_details writes it: the file's bytes checked below depend on it.
+  for _ in range(8):
+    if mantissa & 0xFF:
+      break
+    mantissa >>= 8
+    exponent += 8
+  return _int(mantissa) + _int(exponent)
+
+
 def _tensor(values: np.ndarray, version: int) -> bytes:
   values = np.asarray(values, np.float32)
   shape = values.shape + (1,) * (4 - values.ndim)
   head = _int(version) + b''.join(_int(d) for d in shape)
   if version == 2:
     return head + values.astype('<f4').tobytes()
-  return head + b''.join(dlib_dat.encode_portable_float(v) for v in values.reshape(-1))
+  return head + b''.join(encode_portable_float(v) for v in values.reshape(-1))
 
 
 def _weights_path() -> pathlib.Path:
@@ -83,23 +102,23 @@ def test_portable_floats_round_trip_vectorised():
       (rng.normal(size=500) * 10.0 ** rng.integers(-30, 30, 500)).astype(np.float32),
       np.float32([0.0, -0.0, 1.0, -1.0, 0.5, 3.4e38, -1.2e-38, 1e-45, 122.782, 0.04, 0.6,
                   np.inf, -np.inf, np.nan])])
-  encoded = b''.join(dlib_dat.encode_portable_float(v) for v in values)
+  encoded = b''.join(encode_portable_float(v) for v in values)
   data = b'\x07junk' + encoded + b'tail'
   got, end = dlib_dat.decode_portable_floats(np.frombuffer(data, np.uint8), 5, len(values))
   assert end == 5 + len(encoded)
   np.testing.assert_array_equal(got, values)  # bit-exact, NaN where NaN
   # The values dlib wrote in the real file's header decode the same way one at a time.
-  assert dlib_dat.encode_portable_float(0.04) == bytes.fromhex('030ad7a3811c')
+  assert encode_portable_float(0.04) == bytes.fromhex('030ad7a3811c')
 
 
 def test_portable_floats_corrupt_and_truncated():
-  encoded = b''.join(dlib_dat.encode_portable_float(v) for v in np.float32([1.5, -2.25, 7.0]))
+  encoded = b''.join(encode_portable_float(v) for v in np.float32([1.5, -2.25, 7.0]))
   buf = np.frombuffer(encoded, np.uint8)
   with pytest.raises(dlib_dat.DatFormatError, match='offset') as e:
     dlib_dat.decode_portable_floats(buf, 0, 4)  # one more value than there is
   assert 'portable float' in str(e.value)
   bad = bytearray(encoded)
-  bad[len(dlib_dat.encode_portable_float(1.5))] = 0x0C  # second value's control byte: 12 bytes
+  bad[len(encode_portable_float(1.5))] = 0x0C  # second value's control byte: 12 bytes
   with pytest.raises(dlib_dat.DatFormatError, match='invalid control byte'):
     dlib_dat.decode_portable_floats(np.frombuffer(bytes(bad), np.uint8), 0, 3)
 

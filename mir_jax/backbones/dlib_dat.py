@@ -197,9 +197,9 @@ def decode_portable_floats(buf: np.ndarray, start: int, n: int, what: str = 'ten
                            path: Optional[str] = None) -> Tuple[np.ndarray, int]:
   """Decodes `n` consecutive dlib portable floats (int64 mantissa + int16 exponent) from `buf`.
 
-  Each value has a variable length, so value i+1's position depends on value i's. A Python loop
-  costs ~2 s per million values; instead every byte position p gets the position `nxt[p]` where a
-  value starting at p would end, and the chain start, nxt[start], nxt[nxt[start]], ... is unrolled
+  Each value has a variable length, so value i+1's position depends on value i's. A Python loop over
+  the file's millions of values is slow; instead every byte position p gets the position `nxt[p]` where
+  a value starting at p would end, and the chain start, nxt[start], nxt[nxt[start]], ... is unrolled
   by pointer doubling (positions [m, 2m) = nxt^m applied to positions [0, m)), O(L log n) numpy
   work for L candidate bytes.
 
@@ -267,29 +267,6 @@ def decode_portable_floats(buf: np.ndarray, start: int, n: int, what: str = 'ten
   values = np.where(exponent >= _EXP_NAN, np.nan, values)
   end_pos = start + int(p2[-1] + 1 + size2[-1])
   return values.astype(np.float32), end_pos
-
-
-def encode_portable_float(value: float) -> bytes:
-  """dlib's portable encoding of one float32 (the inverse of the decoder; used by tests)."""
-  def pack(v: int) -> bytes:
-    neg = 0x80 if v < 0 else 0
-    v = abs(v)
-    body = v.to_bytes(max(1, (v.bit_length() + 7) // 8), 'little')
-    return bytes([len(body) | neg]) + body
-  value = float(np.float32(value))
-  if np.isnan(value):
-    return pack(0) + pack(_EXP_NAN)
-  if np.isinf(value):
-    return pack(0) + pack(_EXP_INF if value > 0 else _EXP_NINF)
-  m, e = np.frexp(np.float32(value))
-  mantissa = int(np.float64(m) * (1 << 24))
-  exponent = int(e) - 24
-  for _ in range(8):
-    if mantissa & 0xFF:
-      break
-    mantissa >>= 8
-    exponent += 8
-  return pack(mantissa) + pack(exponent)
 
 
 def _split_params(s: _Stream, params: np.ndarray, offset: int, shapes: Dict[str, tuple],
