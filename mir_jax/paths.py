@@ -10,6 +10,8 @@ import pathlib
 from typing import Optional
 
 ENV_VAR = 'MIR_SHARED_DATA'
+# Where every command writes its tables, figures and JSON unless told otherwise (relative to the working dir).
+OUTPUT_DIR = 'outputs/reproduce'
 
 
 def repo_root() -> pathlib.Path:
