@@ -31,9 +31,10 @@ def make_chips(path, num_faces):
   import dlib  # pylint: disable=g-import-not-at-top
   from mir_jax import images, paths  # pylint: disable=g-import-not-at-top
   from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+  from benchmarks import dlib_cxx  # pylint: disable=g-import-not-at-top
   root = paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled'
   files = sorted(root.rglob('*.jpg'))[::13][:num_faces]
-  chips, _ = dlib_resnet_jax.dlib_chips([images.load_rgb(f) for f in files])
+  chips, _ = dlib_cxx.dlib_chips([images.load_rgb(f) for f in files])
   net = dlib.face_recognition_model_v1(str(dlib_resnet.models_dir() / dlib_resnet.RECOGNITION_FILE))
   cpp = np.stack([np.asarray(net.compute_face_descriptor(c)) for c in chips]).astype(np.float32)
   np.savez_compressed(path, chips=chips, cpp=cpp)

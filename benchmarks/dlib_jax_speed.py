@@ -5,7 +5,7 @@ r"""dlib's face ResNet in JAX against dlib's C++: equality on LFW faces, and spe
   # speed, all in one run:
   python -m benchmarks.dlib_jax_speed --out=outputs/dlib_jax_speed.json
 
-Chips: `dlib_resnet_jax.dlib_chips`: dlib's frontal face detector (1 upsampling; the centre box
+Chips: `benchmarks.dlib_cxx.dlib_chips`: dlib's frontal face detector (1 upsampling; the centre box
 62..187 of the 250x250 LFW image when it finds nothing), dlib's 5-point shape predictor in that box,
 `dlib.get_face_chip(150, 0.25)`: the chips both backbones see.
 
@@ -18,7 +18,8 @@ Speed (on --num_chips chips, each rate the best and the median of repeats):
   matmul     float32 2048x2048 jnp matmul: this machine's practical float32 peak (FLOP/s);
   cxx        the C++ backbone: one thread calling compute_face_descriptor per chip; one call on a
              list of chips (dlib batches internally); two threads (does dlib release the GIL?); and
-             `dlib-resnet` with num_workers=2 (two processes, the C++ backbone's way to use 2 cores);
+             `dlib-resnet` on two processes (`dlib_cxx.DlibProcesses`, the C++ backbone's way to use
+             2 cores);
   jax        `DlibResNetJax.descriptors` (host uint8 chips in, numpy out) for each batch size and
              stem setting, float32 and bfloat16, with achieved FLOP/s (analytic conv + fc FLOPs, and
              XLA's cost analysis) against the matmul peak.
@@ -38,8 +39,8 @@ import numpy as np
 
 from mir_jax import images
 from mir_jax import paths
-from mir_jax.backbones import dlib_resnet
 from mir_jax.backbones import dlib_resnet_jax
+from benchmarks import dlib_cxx
 from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/dlib_jax_speed.json', 'Where to write the JSON.')
@@ -116,8 +117,8 @@ def _lfw_files(n):
 
 
 def make_chips(files):
-  """dlib chips for LFW files (`dlib_resnet_jax.dlib_chips`); (chips, detector fallbacks)."""
-  return dlib_resnet_jax.dlib_chips([images.load_rgb(f) for f in files])
+  """dlib chips for LFW files (`dlib_cxx.dlib_chips`); (chips, detector fallbacks)."""
+  return dlib_cxx.dlib_chips([images.load_rgb(f) for f in files])
 
 
 def _cxx_net():
@@ -234,7 +235,7 @@ def _cxx_speed(chips):
   out['two_threads_per_chip'] = _rates(two_threads, len(chips), 0, 2)
   out['gil_released'] = (out['two_threads_per_chip']['best']
                          > 1.5 * out['one_thread_per_chip']['best'])
-  with dlib_resnet.DlibResNet(num_workers=2) as backbone:
+  with dlib_cxx.DlibProcesses(num_workers=2) as backbone:
     backbone.embed(chips[:4])  # starts the workers
     out['dlib_resnet_backbone_2_processes'] = _rates(lambda: backbone.embed(chips), len(chips), 0, 2)
   out['best_two_cores'] = max(out[k]['best'] for k in out if isinstance(out[k], dict))

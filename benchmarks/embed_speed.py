@@ -42,6 +42,7 @@ from mir_jax import align
 from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
+from benchmarks import dlib_cxx
 from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/embed_speed.json', 'Where to write the JSON.')
@@ -178,7 +179,7 @@ def _mp_init():
   # Each worker is single-threaded end to end: torch intra-op threads fight other processes for the
   # two cores (measured: MTCNN's many tiny ops slow down 2-10x when a 2-thread pool loses a core).
   _MP_STATE['aligner'] = align.Aligner(num_threads=1)
-  _MP_STATE['backbone'] = backbones.get_backbone('dlib-resnet', num_workers=1)
+  _MP_STATE['backbone'] = backbones.get_backbone('dlib-resnet')
 
 
 def _mp_chunk(chunk):
@@ -250,11 +251,11 @@ def main(argv):
   torch.set_num_threads(default_threads)
 
   # --- dlib-resnet ------------------------------------------------------------------------------
-  dlib1 = backbones.get_backbone('dlib-resnet', num_workers=1)
+  dlib1 = backbones.get_backbone('dlib-resnet')
   chips, t = _timed(lambda: [dlib1.preprocess(im, d) for im, d in zip(imgs, dets)])
   log('dlib_preprocess', _rate(n, t))
   dlib1.embed(chips[:2])
-  dlib2 = backbones.get_backbone('dlib-resnet', num_workers=2)
+  dlib2 = dlib_cxx.DlibProcesses(num_workers=2)
   _, t_start = _timed(lambda: dlib2.embed(chips[:4]))  # Starts the worker processes.
   # Alternate 1 and 2 workers and keep each one's fastest run: other jobs on a shared box only ever
   # slow a run down, and alternating exposes both settings to the same background load.
@@ -277,7 +278,7 @@ def main(argv):
                               'max_abs_diff_vs_1_worker': float(np.abs(emb1 - emb2).max())})
   nj = _JITTER_IMAGES.value
   for name, options in (('num_jitters10', {'num_jitters': 10}), ('flip', {'flip': True})):
-    with backbones.get_backbone('dlib-resnet', num_workers=2, **options) as tta:
+    with dlib_cxx.DlibProcesses(num_workers=2, **options) as tta:
       tta.embed(chips[:2])
       _, t = _timed(lambda: tta.embed(chips[:nj]))  # pylint: disable=cell-var-from-loop
     log(f'dlib_embed_workers2_{name}',

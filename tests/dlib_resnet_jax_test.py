@@ -12,6 +12,7 @@ from mir_jax import paths
 from mir_jax.backbones import base
 from mir_jax.backbones import dlib_dat
 from mir_jax.backbones import dlib_resnet_jax as dj
+from benchmarks import dlib_cxx
 
 # Fixed LFW faces for the C++ comparison: several people, poses and lightings.
 LFW_FILES = ([f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
@@ -286,7 +287,7 @@ def lfw_chips():
     pytest.skip('shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or '
                 '$MIR_SHARED_DATA); see mir_jax/paths.py')
   from mir_jax import images  # pylint: disable=g-import-not-at-top
-  chips, _ = dj.dlib_chips([images.load_rgb(lfw / f) for f in LFW_FILES])
+  chips, _ = dlib_cxx.dlib_chips([images.load_rgb(lfw / f) for f in LFW_FILES])
   net = dlib.face_recognition_model_v1(str(_weights_path()))
   ref = np.asarray([np.asarray(net.compute_face_descriptor(c)) for c in chips], np.float32)
   return chips, ref
