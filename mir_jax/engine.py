@@ -175,7 +175,7 @@ def flops_per_run(opts: StaticOptions, dim: int, n_train: int, run: Run) -> int:
   """
   b = n_train if opts.batch_size in (0, None) or opts.batch_size >= n_train else opts.batch_size
   d, classes = dim, opts.num_classes
-  k = dim if opts.commonality_dim == 0 else opts.commonality_dim
+  k = opts.commonality_dim
   branch = 2 * d * d + 3 * d * k
   classify = 2 * d * classes
   into_character = 0 if (k == 1 and opts.subtract_from == 'input') else d * classes

@@ -62,20 +62,22 @@ from mir_jax import splits
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-  learning_rates: Sequence[float] = (1e-3, 1e-2, 3e-2)
-  l2s: Sequence[float] = (0.0, 1e-4, 1e-3)
-  first_steps: int = 250  # the first budget; each next one doubles it
-  max_steps: int = 32000  # the hard maximum: a point still gaining here has not converged
-  tolerance: float = 0.005  # validation accuracy (a fraction): how far longer training may move it
-  plateau_doublings: int = 2  # the budgets after B (2B, 4B, ...) that must stay within tolerance of B
-  max_extensions: int = 3  # per edge of the grid
+  """The grid and the rule's parameters; `options.grid` makes one from a config's tune block, whose values in
+  experiments/configs/default.py are the one default."""
+  learning_rates: Sequence[float]
+  l2s: Sequence[float]
+  first_steps: int  # the first budget; each next one doubles it
+  max_steps: int  # the hard maximum: a point still gaining here has not converged
+  tolerance: float  # validation accuracy (a fraction): how far longer training may move it
+  plateau_doublings: int  # the budgets after B (2B, 4B, ...) that must stay within tolerance of B
+  max_extensions: int  # per edge of the grid
   # A point stops climbing once it is this far (validation accuracy) behind the best point of its schedule
   # at the same or a smaller budget: successive halving, so slow learning rates cost a few budgets.
-  prune_margin: float = 0.1
-  val_fraction: float = 0.2  # of each identity's training examples, at least one
-  tuning_seeds: int = 2  # the first seeds' splits are used for tuning
+  prune_margin: float
+  val_fraction: float  # of each identity's training examples, at least one
+  tuning_seeds: int  # the first seeds' splits are used for tuning
   # Choose among the points that met the rule (True), or the best point whether or not it did (False).
-  prefer_converged: bool = True
+  prefer_converged: bool
 
   def __post_init__(self):
     if self.first_steps < 1 or self.max_steps < self.first_steps:
@@ -84,16 +86,6 @@ class Grid:
       raise ValueError(f'plateau_doublings must be >= 1, got {self.plateau_doublings}')
     if not self.learning_rates or not self.l2s:
       raise ValueError('the grid needs at least one learning rate and one L2')
-
-  @classmethod
-  def from_config(cls, tune, learning_rates: Optional[Sequence[float]] = None) -> 'Grid':
-    """The grid of a config's `tune` block (experiments/configs/default.py), optionally other rates."""
-    return cls(learning_rates=tuple(learning_rates or tune.learning_rates), l2s=tuple(tune.l2s),
-               first_steps=tune.first_steps, max_steps=tune.max_steps, tolerance=tune.tolerance,
-               plateau_doublings=tune.plateau_doublings,
-               max_extensions=tune.max_extensions, prune_margin=tune.prune_margin,
-               val_fraction=tune.val_fraction, tuning_seeds=tune.tuning_seeds,
-               prefer_converged=tune.prefer_converged)
 
   def budgets(self) -> List[int]:
     out = [self.first_steps]

@@ -25,13 +25,16 @@ from absl import app
 
 from mir_jax import report
 from mir_jax.evaluators import significance
-from reproduce import common
+from mir_jax import options
+from reproduce import cli
+from reproduce import context
+from reproduce import embedding_store
 
 
-def variants(base: common.Variant):
+def variants(base: options.Variant):
   """(name, variant) pairs: the base, then one change at a time."""
   out = [('base (paper-literal model)', base)]
-  changes = [('commonality_dim', 0 if base.commonality_dim == 1 else 1),
+  changes = [('commonality_dim', 'd' if base.commonality_dim == '1' else '1'),
              ('subtract_from', 'hidden' if base.subtract_from == 'input' else 'input'),
              ('center', not base.center)]
   changes += [('commonality_weight', w) for w in (0.0, 0.1, 10.0) if w != base.commonality_weight]
@@ -39,9 +42,7 @@ def variants(base: common.Variant):
   changes += [('lr_schedule', 'constant' if base.lr_schedule != 'constant' else 'warmup_cosine')]
   for field, value in changes:
     v = dataclasses.replace(base, **{field: value})
-    if field == 'commonality_dim':
-      shown = 'd' if value == 0 else value
-    elif field == 'commonality_weight':
+    if field == 'commonality_weight':
       shown = f'{value:g}'
     else:
       shown = value
@@ -49,20 +50,20 @@ def variants(base: common.Variant):
   return out
 
 
-def build(ctx: common.Context) -> report.Table:
+def build(ctx: context.Context) -> report.Table:
   rows, notes = [], []
   for backbone in ctx.backbones():
     try:
       task = ctx.lfw_identity(backbone, num_seeds=ctx.config.ablations.num_seeds)
-    except common.Unavailable as e:
+    except embedding_store.Unavailable as e:
       notes.append(f'{backbone}: {e}')
       continue
-    key = ctx.data_key('lfw', backbone)
+    key = embedding_store.data_key('lfw', backbone)
     for reading in [r.strip() for r in ctx.config.ablations.readings.split(',') if r.strip()]:
       base_values = None
       for name, variant in [('single-task (reference)', ctx.base_variant)] + variants(ctx.base_variant):
         schedule = 'single' if name.startswith('single-task') else 'joint'
-        runs = ctx.train(task, key, [schedule], reading, variant)
+        runs = ctx.trained(task, key, [schedule], reading, variant)
         values = runs.accuracy[schedule]
         note = f'{variant.label()}; {runs.describe(schedule)}; mean y {runs.mean_commonality[schedule].mean():.3f}'
         if name.startswith('base'):
@@ -80,5 +81,5 @@ def build(ctx: common.Context) -> report.Table:
 
 
 if __name__ == '__main__':
-  common.define_flags('ablations.{md,csv,json,tex}')
-  app.run(common.table_command('ablations', build))
+  cli.define_flags('ablations.{md,csv,json,tex}')
+  app.run(cli.table_command('ablations', build))

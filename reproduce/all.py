@@ -13,13 +13,14 @@ from absl import flags
 
 from mir_jax import report
 from reproduce import ablations
-from reproduce import common
+from reproduce import cli
+from reproduce import context
 from reproduce import pca_figure
 from reproduce import table1
 from reproduce import table2
 
 
-def run(ctx: common.Context, figure_seed: int = 0):
+def run(ctx: context.Context, figure_seed: int = 0):
   """Builds and writes everything; returns {name: Table} plus the figure results."""
   tables = {'table1': table1.build(ctx), 'table2': table2.build(ctx), 'ablations': ablations.build(ctx)}
   for name, table in tables.items():
@@ -34,6 +35,6 @@ def _body(ctx):
 
 
 if __name__ == '__main__':
-  common.define_flags('every table and figure')
+  cli.define_flags('every table and figure')
   flags.DEFINE_integer('figure_seed', 0, 'Seed of the rule choosing the PCA figure\'s identities and photos.')
-  app.run(lambda argv: common.run_command('all', _body, argv))
+  app.run(lambda argv: cli.run_command('all', _body, argv))

@@ -22,12 +22,14 @@ import numpy as np
 
 from figures import pca
 from mir_jax.evaluators import separation
-from reproduce import common
+from reproduce import cli
+from reproduce import context
+from reproduce import embedding_store
 
 
-def figure(ctx: common.Context, backbone: str, reading: str, figure_seed: int) -> dict:
+def figure(ctx: context.Context, backbone: str, reading: str, figure_seed: int) -> dict:
   task = ctx.lfw_identity(backbone)
-  runs = ctx.train(task, ctx.data_key('lfw', backbone), ['joint'], reading)
+  runs = ctx.trained(task, embedding_store.data_key('lfw', backbone), ['joint'], reading)
   test = task.test_idx[0]
   sel = pca.choose_identities(task.labels[test], seed=figure_seed, k=2, photos=5, pool='test')
   rows = test[sel.indices.ravel()]
@@ -67,13 +69,13 @@ def describe(result: dict) -> str:
               result['converged']] + f'{result["png"]}')
 
 
-def build(ctx: common.Context, figure_seed: int = 0):
+def build(ctx: context.Context, figure_seed: int = 0):
   results = []
   for backbone in ctx.backbones():
     for reading in ctx.readings():
       try:
         results.append(figure(ctx, backbone, reading, figure_seed))
-      except common.Unavailable as e:
+      except embedding_store.Unavailable as e:
         results.append({'backbone': backbone, 'reading': reading, 'unavailable': str(e)})
   os.makedirs(ctx.output_dir, exist_ok=True)
   with open(os.path.join(ctx.output_dir, 'pca_figure.json'), 'w') as f:
@@ -87,7 +89,7 @@ def lines(results):
 
 
 if __name__ == '__main__':
-  common.define_flags('the PNG/PDF figures and pca_figure.json')
+  cli.define_flags('the PNG/PDF figures and pca_figure.json')
   flags.DEFINE_integer('figure_seed', 0, 'Seed of the rule choosing the two identities and their photos.')
-  app.run(lambda argv: common.run_command('pca_figure', lambda ctx: lines(build(ctx, flags.FLAGS.figure_seed)),
+  app.run(lambda argv: cli.run_command('pca_figure', lambda ctx: lines(build(ctx, flags.FLAGS.figure_seed)),
                                           argv))

@@ -27,7 +27,8 @@ from ml_collections import config_flags
 
 from mir_jax import paths
 from mir_jax import report
-from reproduce import common
+from reproduce import cli
+from reproduce import context
 from reproduce import table2
 
 BASELINE = 'experiments/baselines/lfw_dlib_resnet.json'
@@ -35,7 +36,7 @@ BASELINE = 'experiments/baselines/lfw_dlib_resnet.json'
 
 def compute(config) -> Dict[str, dict]:
   """{'<row> / <column>': {'seeds': [...], 'values': [...]}} of every measured Table II cell."""
-  ctx = common.Context(config, output_dir=os.path.join(common.OUTPUT_DIR, 'regression'))
+  ctx = context.Context(config, output_dir=os.path.join(paths.OUTPUT_DIR, 'regression'))
   table = table2.build(ctx)
   numbers = {}
   for rec in report.summarize(table):
@@ -84,7 +85,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  common.quiet_logs()
+  cli.quiet_logs()
   path = FLAGS.baseline or baseline_path()
   start = time.perf_counter()
   numbers = compute(FLAGS.config)

@@ -30,8 +30,11 @@ from absl import app
 from experiments import paper_claims
 from mir_jax import protocols
 from mir_jax import report
-from mir_jax.evaluators import verification
-from reproduce import common
+from mir_jax.evaluators import open_set
+from mir_jax.evaluators import ytf_pairs
+from reproduce import cli
+from reproduce import context
+from reproduce import embedding_store
 
 COLUMNS = ('LFW', 'YTF', 'YTF pairs', 'MegaFace', 'LFW-distractors')
 _AC = 'Ac = TP/AP, identity classification'
@@ -59,7 +62,7 @@ def _paper_row(backbone: str, which: str) -> Dict[str, float]:
   return {c: paper_claims.claim('I', f'{name} ({which})', c).value for c in paper_claims.COLUMNS}
 
 
-def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[report.Row]:
+def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[report.Row]:
   """The (b) and (a) rows of one backbone under one training reading."""
   tag = f' [{reading}]'
   names = {w: f'{backbone} ({w}){tag}' for w in ('b', 'a')}
@@ -71,13 +74,13 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
             'its paper numbers are that row\'s.')
   try:
     lfw = ctx.lfw_identity(backbone)
-  except common.Unavailable as e:
+  except embedding_store.Unavailable as e:
     reason = str(e)
     return [report.Row(names[w], _cells_unavailable(COLUMNS, reason, paper[w]), note=note) for w in ('b', 'a')]
-  key = ctx.data_key('lfw', backbone)
+  key = embedding_store.data_key('lfw', backbone)
 
   # LFW: Ac of the single-task head (b) and the joint MIR head (a) on the same splits and seeds.
-  runs = ctx.train(lfw, key, ['single', 'joint'], reading)
+  runs = ctx.trained(lfw, key, ['single', 'joint'], reading)
   for w, schedule in (('b', 'single'), ('a', 'joint')):
     cells[w]['LFW'] = report.Cell(runs.accuracy[schedule], lfw.seeds, f'{_AC} ({lfw.name})', paper[w].get('LFW'),
                                   paper_claims.PAPER_METRIC if paper[w] else '',
@@ -90,7 +93,7 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
 
   # LFW-distractors: the MegaFace protocol on LFW images.
   task = ctx.lfw_distractors(backbone)
-  original, mir, seeds, heads = ctx.open_set_rank1(task, key, reading)
+  original, mir, seeds, heads = _open_set_rank1(ctx, task, key, reading)
   metric = 'rank-1 identification, MegaFace challenge-1 protocol on LFW (stand-in)'
   cells['b']['LFW-distractors'] = report.Cell(
       [100 * original['rank1']] * len(seeds), seeds, metric,
@@ -102,11 +105,20 @@ def measured_rows(ctx: common.Context, backbone: str, reading: str) -> List[repo
   return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
 
 
+def _open_set_rank1(ctx, task, key, reading):
+  """`open_set.run` with joint heads trained on the task's head set, one per seed of
+  `lfw_distractors.num_seeds`; returns (original, per-head results, those seeds, the heads)."""
+  seeds = ctx.seeds[:ctx.config.lfw_distractors.num_seeds]
+  heads = ctx.trained(open_set.head_task(task, seeds), key, ['joint'], reading)
+  original, mir = open_set.run(task, lambda x: heads.character('joint', x))
+  return original, mir, seeds, heads
+
+
 def _ytf(ctx, backbone, reading, cells, paper):
   c = ctx.config.ytf
   try:
-    ds = ctx.embeddings('ytf', backbone, manual_dir=c.manual_dir)
-  except common.Unavailable as e:
+    ds = ctx.embeddings.get('ytf', backbone, manual_dir=c.manual_dir)
+  except embedding_store.Unavailable as e:
     how = _HOW['YTF'].format(backbone=backbone)
     for w in ('b', 'a'):
       for column in ('YTF', 'YTF pairs'):
@@ -115,49 +127,43 @@ def _ytf(ctx, backbone, reading, cells, paper):
             paper_metric=paper_claims.PAPER_METRIC if paper[w] and column == 'YTF' else '',
             note=f'looked for the cache: {" ".join(str(e).split())}')
     return
-  key = ctx.data_key('ytf', backbone)
+  key = embedding_store.data_key('ytf', backbone)
   task = protocols.ytf_frames(ds, ctx.seeds, c.min_videos, c.frames_per_video or None)
-  runs = ctx.train(task, key, ['single', 'joint'], reading)
+  runs = ctx.trained(task, key, ['single', 'joint'], reading)
   for w, schedule in (('b', 'single'), ('a', 'joint')):
     cells[w]['YTF'] = report.Cell(runs.accuracy[schedule], task.seeds, f'{_AC} ({task.name})', paper[w].get('YTF'),
                                   paper_claims.PAPER_METRIC if paper[w] else '',
                                   note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
                                   flag=runs.flag(schedule))
-  from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
   from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
+  from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
+
   try:
     # Official counts (10 splits x 250 + 250) unless config.ytf.official_counts is off (a fixture, a subset).
     counts = {} if c.official_counts else {'num_folds': None, 'same_per_fold': None}
-    pairs = ytf_reader.read_splits(common.ytf_splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir,
+    pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir,
                                    **counts)
-    a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)
-  except (common.Unavailable, listing.DatasetError, ValueError) as e:
+    result = ytf_pairs.run(ds, pairs, lambda x: runs.character('joint', x))
+  except (FileNotFoundError, listing.DatasetError, ValueError) as e:
     for w in ('b', 'a'):
       cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
     return
-  metric = f'YTF pair verification accuracy ({len(set(folds.tolist()))}-fold)'
-  accounting = (f'{len(same)} pairs evaluated in {len(set(folds.tolist()))} folds; {len(pairs.skipped)} skipped by '
-                f'the reader (video missing on disk), {len(missing)} without embeddings for both videos.')
-  original = 100 * verification.evaluate(a, b, same, folds).accuracy.mean()
-  cells['b']['YTF pairs'] = report.Cell([original] * len(ctx.seeds), ctx.seeds, metric, note=accounting)
-  character = runs.character('joint', ds.x)
-  mir = []
-  for feats in character:
-    a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs, feats)
-    mir.append(100 * verification.evaluate(a, b, same, folds).accuracy.mean())
-  cells['a']['YTF pairs'] = report.Cell(mir, ctx.seeds, metric,
-                                        note=f'{accounting} (a): frames mapped by the YTF-column heads, which '
-                                             'trained on frames of people that also appear in the pairs.',
+  metric = f'YTF pair verification accuracy ({result.num_folds}-fold)'
+  cells['b']['YTF pairs'] = report.Cell([result.original] * len(ctx.seeds), ctx.seeds, metric,
+                                        note=result.accounting)
+  cells['a']['YTF pairs'] = report.Cell(result.mir, ctx.seeds, metric,
+                                        note=f'{result.accounting} (a): frames mapped by the YTF-column heads, '
+                                             'which trained on frames of people that also appear in the pairs.',
                                         flag=runs.flag('joint'))
 
 
 def _megaface(ctx, backbone, reading, cells, paper):
   c = ctx.config.megaface
   try:
-    ds = ctx.embeddings('megaface', backbone, manual_dir=c.manual_dir, set_size=c.set_size)
-    head = ctx.embeddings(c.head_dataset, backbone, manual_dir=c.head_manual_dir, subset=c.head_subset,
-                          limit=c.head_limit)
-  except common.Unavailable as e:
+    ds = ctx.embeddings.get('megaface', backbone, manual_dir=c.manual_dir, set_size=c.set_size)
+    head = ctx.embeddings.get(c.head_dataset, backbone, manual_dir=c.head_manual_dir, subset=c.head_subset,
+                              limit=c.head_limit)
+  except embedding_store.Unavailable as e:
     how = _HOW['MegaFace'].format(backbone=backbone, set_size=c.set_size)
     for w in ('b', 'a'):
       cells[w]['MegaFace'] = report.data_not_supplied(
@@ -173,7 +179,8 @@ def _megaface(ctx, backbone, reading, cells, paper):
                                          paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
                                          reason=f'MegaFace protocol not applicable to the supplied data: {e}')
     return
-  original, mir, seeds, heads = ctx.open_set_rank1(task, ctx.data_key(c.head_dataset, backbone), reading)
+  original, mir, seeds, heads = _open_set_rank1(ctx, task, embedding_store.data_key(c.head_dataset, backbone),
+                                                reading)
   metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
   cells['b']['MegaFace'] = report.Cell([100 * original['rank1']] * len(seeds), seeds, metric,
                                        paper['b'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['b'] else '')
@@ -183,7 +190,7 @@ def _megaface(ctx, backbone, reading, cells, paper):
                                        flag=heads.flag('joint'))
 
 
-def build(ctx: common.Context) -> report.Table:
+def build(ctx: context.Context) -> report.Table:
   rows, directions = [], []
   for backbone in ctx.backbones():
     for reading in ctx.readings():
@@ -197,12 +204,12 @@ def build(ctx: common.Context) -> report.Table:
            'stated protocols; MegaFace and LFW-distractors are rank-1 identification; YTF pairs is verification.',
            'Readings: "tuned" = learning rate, L2 and steps chosen per schedule on validation data carved from the '
            'training split; "paper-literal" = the paper\'s learning rate and L2 (0.001 each) with our step count '
-           f'({ctx.config.literal.steps}). See BUILD.md, "Training heads fairly".',
+           f'({ctx.config.train.steps}). See BUILD.md, "Training heads fairly".',
            f'Seeds: {ctx.seeds[0]}..{ctx.seeds[-1]}; each seed draws its own split and initialisation.']
   return report.Table('Table I: original features (b) vs MIR character features (a)', list(COLUMNS), rows,
                       directions, notes=notes)
 
 
 if __name__ == '__main__':
-  common.define_flags('table1.{md,csv,json,tex}')
-  app.run(common.table_command('table1', build))
+  cli.define_flags('table1.{md,csv,json,tex}')
+  app.run(cli.table_command('table1', build))

@@ -25,7 +25,9 @@ import numpy as np
 from experiments import paper_claims
 from mir_jax import report
 from mir_jax.evaluators import significance
-from reproduce import common
+from reproduce import cli
+from reproduce import context
+from reproduce import embedding_store
 
 COLUMNS = paper_claims.COLUMNS  # LFW, YTF, MegaFace
 ROWS = (('Multi-Task (joint)', 'joint', 'Multi-Task'), ('Multi-Task (alternating)', 'alternating', 'Multi-Task'),
@@ -49,7 +51,7 @@ def mcnemar_note(name_a: str, name_b: str, correct_a, correct_b, seeds) -> str:
           f'seed(s) for {name_a} and {b_better} for {name_b}; median p {np.median([t.p for t in tests]):.3g}.')
 
 
-def rows_for(ctx: common.Context, backbone: str, reading: str):
+def rows_for(ctx: context.Context, backbone: str, reading: str):
   """(rows, directions, notes) of one backbone under one reading."""
   names = {schedule: f'{backbone} {label} [{reading}]' for label, schedule, _ in ROWS}
   paper = {}
@@ -58,11 +60,11 @@ def rows_for(ctx: common.Context, backbone: str, reading: str):
              for _, schedule, claim_row in ROWS}
   try:
     task = ctx.lfw_identity(backbone)
-  except common.Unavailable as e:
+  except embedding_store.Unavailable as e:
     rows = [report.Row(names[s], {c: report.Cell(paper=paper.get(s, {}).get(c), reason=str(e)) for c in COLUMNS})
             for _, s, _ in ROWS]
     return rows, [], []
-  runs = ctx.train(task, ctx.data_key('lfw', backbone), ['joint', 'alternating', 'single'], reading)
+  runs = ctx.trained(task, embedding_store.data_key('lfw', backbone), ['joint', 'alternating', 'single'], reading)
   rows = []
   for _, schedule, _ in ROWS:
     p = paper.get(schedule, {})
@@ -80,7 +82,7 @@ def rows_for(ctx: common.Context, backbone: str, reading: str):
   return rows, directions, notes
 
 
-def build(ctx: common.Context) -> report.Table:
+def build(ctx: context.Context) -> report.Table:
   rows, directions, notes = [], [], []
   for backbone in ctx.backbones():
     for reading in ctx.readings():
@@ -93,10 +95,10 @@ def build(ctx: common.Context) -> report.Table:
   directions += claims.directions
   notes = [f'Paper metric: {paper_claims.PAPER_METRIC}.',
            'Readings as in Table I: "tuned" chooses learning rate, L2 and steps per schedule on validation data; '
-           f'"paper-literal" uses the paper\'s 0.001 / 0.001 with {ctx.config.literal.steps} steps.'] + notes
+           f'"paper-literal" uses the paper\'s 0.001 / 0.001 with {ctx.config.train.steps} steps.'] + notes
   return report.Table('Table II: multi-task vs single-task', list(COLUMNS), rows, directions, notes=notes)
 
 
 if __name__ == '__main__':
-  common.define_flags('table2.{md,csv,json,tex}')
-  app.run(common.table_command('table2', build))
+  cli.define_flags('table2.{md,csv,json,tex}')
+  app.run(cli.table_command('table2', build))

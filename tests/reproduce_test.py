@@ -1,6 +1,6 @@
 """The reproduce commands' table builders, end to end on a small synthetic LFW-shaped embedding set.
 
-The real caches are exercised by tests/regression_test.py; here a Context whose `embeddings` serves
+The real caches are exercised by tests/regression_test.py; here a Context whose embedding store serves
 synthetic sets checks what each table holds, that missing data becomes "not supplied" cells with
 instructions, that tuning choices are stored and reused, and that the PCA figure is written.
 """
@@ -14,7 +14,8 @@ from experiments.configs import reproduce as reproduce_config
 from mir_jax import embedding_sets
 from mir_jax import report
 from reproduce import ablations
-from reproduce import common
+from reproduce import context
+from reproduce import embedding_store
 from reproduce import pca_figure
 from reproduce import table1
 from reproduce import table2
@@ -33,21 +34,27 @@ def lfw_like(seed=0, dim=16):
                            np.asarray([f'{names[l]}/{i}' for i, l in enumerate(labels)]))
 
 
-class SyntheticContext(common.Context):
+class SyntheticEmbeddings:
   """Serves a synthetic LFW for backbone 'fake'; every other dataset or backbone is 'not supplied'."""
 
-  def embeddings(self, dataset, backbone, manual_dir='', subset='', **reader_kwargs):
+  def get(self, dataset, backbone, manual_dir='', subset='', **reader_kwargs):
     if dataset == 'lfw' and backbone == 'fake':
-      self.data_specs[self.data_key(dataset, backbone)] = {'dataset': 'lfw', 'backbone_config': {'fake': 1}}
       return lfw_like()
-    raise common.Unavailable(f'no {dataset} cache for {backbone} in this test')
+    raise embedding_store.Unavailable(f'no {dataset} cache for {backbone} in this test')
+
+  def spec(self, key):
+    return {'dataset': 'lfw', 'backbone_config': {'fake': 1}} if key == 'lfw_fake' else key
+
+
+def synthetic_context(config, output_dir):
+  return context.Context(config, output_dir, embeddings=SyntheticEmbeddings())
 
 
 def tiny_config(tmp_path):
   config = reproduce_config.get_config()
   config.backbones = 'fake,facenet-vggface2'
-  config.num_seeds = 3
-  config.literal.steps = 20
+  config.train.num_seeds = 3
+  config.train.steps = 20
   config.tune.learning_rates = (0.03, 0.1)
   config.tune.l2s = (0.0,)
   config.tune.first_steps = 20
@@ -60,7 +67,7 @@ def tiny_config(tmp_path):
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('reproduce')
-  ctx = SyntheticContext(tiny_config(tmp_path), output_dir=str(tmp_path / 'out'))
+  ctx = synthetic_context(tiny_config(tmp_path), output_dir=str(tmp_path / 'out'))
   tables = {'table1': table1.build(ctx), 'table2': table2.build(ctx), 'ablations': ablations.build(ctx)}
   figures = pca_figure.build(ctx)
   return ctx, tables, figures, tmp_path
@@ -120,7 +127,7 @@ def test_tuning_is_stored_and_reused(built):
   stored = sorted(os.listdir(tmp_path / 'tuned'))
   assert any('lfw_identity_joint' in f for f in stored) and any('lfw_identity_single' in f for f in stored)
   assert any(k.startswith('tune ') for k in ctx.timings)
-  again = SyntheticContext(tiny_config(tmp_path), output_dir=str(tmp_path / 'out2'))
+  again = synthetic_context(tiny_config(tmp_path), output_dir=str(tmp_path / 'out2'))
   t2 = table2.build(again)
   assert not any(k.startswith('tune ') for k in again.timings)  # read back, not re-tuned
   assert (_cell(t2, 'fake Single-Task [tuned]', 'LFW').values

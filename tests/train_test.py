@@ -59,7 +59,8 @@ def test_checkpoint_rejects_embeddings_of_another_dimension(npz, tmp_path):
 
 def test_schedules_with_the_same_seed_share_a_split(npz):
   config = test_tiny.get_config()
-  x, labels, names, seeds, train_idx, test_idx = train.prepare(config, embedding_sets.load(npz))
+  task = train.make_task(config, embedding_sets.load(npz))
+  labels, names, seeds, train_idx, test_idx = task.labels, task.class_names, task.seeds, task.train_idx, task.test_idx
   assert seeds == [0, 1] and len(names) == 10
   assert not np.array_equal(train_idx[0], train_idx[1])  # another seed, another split
   for tr, te in zip(train_idx, test_idx):
@@ -77,7 +78,7 @@ def test_bad_sources_raise_clearly(tmp_path):
   config = test_tiny.get_config()
   config.data.protocol = 'leave_one_out'
   with pytest.raises(ValueError, match='unknown data.protocol'):
-    train.prepare(config, embedding_sets.synthetic_identities(3, 5, 8))
+    train.make_task(config, embedding_sets.synthetic_identities(3, 5, 8))
 
 
 def test_tuning_chooses_on_validation_and_records_the_choice(npz):

@@ -1,14 +1,22 @@
 """Choosing what the paper leaves open on validation data, and the convergence rule behind every choice."""
 
+import dataclasses
 import types
 
 import numpy as np
 import pytest
 
+from experiments.configs import default
 from mir_jax import embedding_sets
 from mir_jax import engine
+from mir_jax import options
 from mir_jax import splits
 from mir_jax import tuning
+
+
+def _grid(**changes) -> tuning.Grid:
+  """The default grid (experiments/configs/default.py) with `changes`."""
+  return dataclasses.replace(options.grid(default.get_config().tune, 'adam'), **changes)
 
 
 def test_validation_split_stays_inside_the_training_split():
@@ -28,7 +36,7 @@ def _split(ds, seeds=(0, 1)):
 def test_choose_prefers_the_setting_that_fits_and_records_curves():
   ds = embedding_sets.synthetic_identities(8, per_class=16, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
-  grid = tuning.Grid(learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400,
+  grid = _grid(learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400,
                      max_extensions=0, tuning_seeds=2)
   choices = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['joint', 'single'],
                           grid, seeds)
@@ -57,7 +65,7 @@ def _slow_task():
 @pytest.mark.parametrize('max_steps, converged', [(400, False), (12800, True)])
 def test_the_rule_rejects_a_fixed_cap_that_stops_a_head_while_it_learns(max_steps, converged):
   ds, train_idx, seeds = _slow_task()
-  grid = tuning.Grid(learning_rates=(3e-3,), l2s=(0.0,), first_steps=50, max_steps=max_steps, tolerance=0.02,
+  grid = _grid(learning_rates=(3e-3,), l2s=(0.0,), first_steps=50, max_steps=max_steps, tolerance=0.02,
                      max_extensions=0)
   opts = engine.StaticOptions(num_classes=10, batch_size=64, lr_schedule='warmup_cosine')
   choice = tuning.choose(ds.x, ds.labels, train_idx, opts, ['joint'], grid, seeds)['joint']
@@ -75,7 +83,7 @@ def test_a_choice_on_the_edge_of_the_learning_rate_grid_extends_it():
   # for two doublings.
   ds = embedding_sets.synthetic_identities(8, per_class=64, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
-  grid = tuning.Grid(learning_rates=(1e-4, 3e-4), l2s=(0.0,), first_steps=50, max_steps=400, max_extensions=2)
+  grid = _grid(learning_rates=(1e-4, 3e-4), l2s=(0.0,), first_steps=50, max_steps=400, max_extensions=2)
   choice = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['single'], grid,
                          seeds)['single']
   # 3e-4 is far too small for 400 steps, so the largest rate wins and the grid grows above it, by its own
@@ -97,22 +105,22 @@ def test_a_head_stuck_on_the_largest_identity_has_not_converged():
   x = rng.normal(size=(400, 8)).astype(np.float32)  # no signal at all
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   train_idx = np.stack([splits.stratified_split(labels, 0.5, s)[0] for s in (0, 1)])
-  grid = tuning.Grid(learning_rates=(1e-2,), l2s=(0.0,), first_steps=50, max_steps=200, max_extensions=0)
+  grid = _grid(learning_rates=(1e-2,), l2s=(0.0,), first_steps=50, max_steps=200, max_extensions=0)
   choice = tuning.choose(x, labels, train_idx, engine.StaticOptions(num_classes=4), ['single'], grid, [0, 1])
   assert not choice['single'].converged
 
 
 def test_grid_budgets_double_up_to_the_maximum():
-  assert tuning.Grid(first_steps=250, max_steps=4000).budgets() == [250, 500, 1000, 2000, 4000]
-  assert tuning.Grid(first_steps=300, max_steps=1000).budgets() == [300, 600]
+  assert _grid(first_steps=250, max_steps=4000).budgets() == [250, 500, 1000, 2000, 4000]
+  assert _grid(first_steps=300, max_steps=1000).budgets() == [300, 600]
   with pytest.raises(ValueError, match='first_steps'):
-    tuning.Grid(first_steps=500, max_steps=100)
+    _grid(first_steps=500, max_steps=100)
 
 
 @pytest.mark.parametrize('prefer_converged', [True, False])
 def test_a_point_still_climbing_at_the_maximum_is_not_chosen_over_one_that_converged(prefer_converged):
   # lr 0.1 is still gaining at the 3,200-step maximum; lr 0.3 met the rule at 400 steps, 2 points lower.
-  grid = tuning.Grid(learning_rates=(0.1, 0.3), l2s=(0.0,), first_steps=400, max_steps=3200,
+  grid = _grid(learning_rates=(0.1, 0.3), l2s=(0.0,), first_steps=400, max_steps=3200,
                      prefer_converged=prefer_converged)
   acc = {('joint', 0.1, 0.0, 400): 0.80, ('joint', 0.1, 0.0, 800): 0.85, ('joint', 0.1, 0.0, 1600): 0.88,
          ('joint', 0.1, 0.0, 3200): 0.90, ('joint', 0.3, 0.0, 400): 0.88, ('joint', 0.3, 0.0, 800): 0.878}
@@ -133,7 +141,7 @@ def test_a_point_still_climbing_at_the_maximum_is_not_chosen_over_one_that_conve
 ])
 def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
   # A pause (0.59 -> 0.594) passes one doubling; a drop (0.993 -> 0.967) passes a one-sided rule.
-  grid = tuning.Grid(learning_rates=(0.1,), l2s=(0.0,), first_steps=250, max_steps=8000, prune_margin=1.0)
+  grid = _grid(learning_rates=(0.1,), l2s=(0.0,), first_steps=250, max_steps=8000, prune_margin=1.0)
   v = types.SimpleNamespace(acc={('joint', 0.1, 0.0, b): a for b, a in curve.items()}, grid=grid)
   v.floor = lambda schedule: 0.1
   v.holds = lambda p, s: tuning._Validator.holds(v, p, s)  # pylint: disable=protected-access
@@ -181,7 +189,7 @@ def _fake_accuracy(schedule, lr, l2, steps):
     ((0.0,), 0.0, ()),  # no non-zero L2 to go below: the choice is reported as not converged
 ])
 def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, chosen_l2, extended):
-  grid = tuning.Grid(learning_rates=(0.01,), l2s=l2s, first_steps=250, max_steps=8000, max_extensions=3)
+  grid = _grid(learning_rates=(0.01,), l2s=l2s, first_steps=250, max_steps=8000, max_extensions=3)
   choice = _choose_on_fake_curves(monkeypatch, _fake_accuracy, grid)
   assert choice.l2 == chosen_l2
   assert choice.converged == bool(extended)
@@ -190,7 +198,7 @@ def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, cho
 
 def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
   # Nothing ever settles: each extension is one more chance for noise to pass the rule, so they are capped.
-  grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000,
+  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000,
                      max_extensions=2)
   choice = _choose_on_fake_curves(monkeypatch, _drifting, grid)
   assert not choice.converged
@@ -200,7 +208,7 @@ def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
 
 def test_a_choice_still_moving_at_the_maximum_budget_trains_on(monkeypatch):
   # Settles only after 4,000 steps; the maximum is 2,000, so the budget doubles until the rule can confirm it.
-  grid = tuning.Grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000,
+  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000,
                      max_extensions=3)
   choice = _choose_on_fake_curves(
       monkeypatch, lambda s, lr, l2, steps: 0.9 if steps >= 4000 else 0.3 + 0.1 * np.log2(steps / 250), grid)

@@ -15,7 +15,7 @@ def get_config():
   config = reproduce.get_config()
   config.backbones = 'dlib-resnet'
   config.lfw.subset = 'min_images10'
-  config.num_seeds = 3
+  config.train.num_seeds = 3
   # One test image of 2,162 is 0.046 pp. The runs are deterministic on one machine; another CPU may sum in
   # another order, so a few images may flip; more than ~10 is a change in what is computed.
   config.regression_tolerance_pp = 0.5

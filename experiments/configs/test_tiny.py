@@ -10,5 +10,4 @@ def get_config():
   config.train.num_seeds = 2
   config.train.steps = 200
   config.train.learning_rate = 1e-2
-  config.train.log_every = 10
   return config

@@ -7,7 +7,9 @@ import pytest
 
 from mir_jax import embedding_sets
 from mir_jax import engine
-from mir_jax import heads
+from mir_jax import choice_store
+from mir_jax import readings
+from mir_jax import train
 from mir_jax import protocols
 from mir_jax import tuning
 
@@ -19,13 +21,13 @@ def task():
 
 
 def test_readings():
-  lit = heads.literal_reading(steps=300)
+  lit = readings.literal_reading(steps=300)
   assert lit.name == 'paper-literal'
   assert {s: (v.learning_rate, v.l2, v.steps) for s, v in lit.settings.items()} == {
       s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES}
   choice = tuning.Choice('joint', 0.03, 1e-4, 200, 0.9, {})
-  tuned = heads.tuned_reading({'joint': choice}, 'x.json', 'warmup_cosine')
-  assert tuned.setting('joint') == heads.Setting(0.03, 1e-4, 200)
+  tuned = readings.tuned_reading({'joint': choice}, 'x.json', 'warmup_cosine')
+  assert tuned.setting('joint') == readings.Setting(0.03, 1e-4, 200)
   assert tuned.lr_schedule == 'warmup_cosine' and lit.lr_schedule == 'constant'
   assert tuned.converged == {'joint': True} and lit.converged == {}  # the literal one was not checked
   with pytest.raises(KeyError, match="no setting for schedule 'single'"):
@@ -34,8 +36,8 @@ def test_readings():
 
 def test_train_classification_reports_per_schedule_and_seed(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  reading = heads.Reading('r', {'joint': heads.Setting(3e-2, 0.0, 60), 'single': heads.Setting(3e-2, 0.0, 40)})
-  runs = heads.train_classification(task, ['joint', 'single'], reading, opts)
+  reading = readings.Reading('r', {'joint': readings.Setting(3e-2, 0.0, 60), 'single': readings.Setting(3e-2, 0.0, 40)})
+  runs = train.train_heads(task, ['joint', 'single'], reading, opts)
   assert [(r.schedule, r.seed, r.steps) for r in runs.runs] == [
       ('joint', 0, 60), ('joint', 1, 60), ('single', 0, 40), ('single', 1, 40)]
   assert runs.opts.steps == 60
@@ -51,18 +53,18 @@ def test_train_classification_reports_per_schedule_and_seed(task):
 
 def test_character_features(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  reading = heads.literal_reading(steps=20)
-  runs = heads.train_classification(task, ['joint', 'single'], reading, opts)
-  single = heads.character_features(runs, 'single', task.x)
+  reading = readings.literal_reading(steps=20)
+  runs = train.train_heads(task, ['joint', 'single'], reading, opts)
+  single = train.character_features(runs, 'single', task.x)
   np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # single-task: c = x
-  joint = heads.character_features(runs, 'joint', task.x)
+  joint = train.character_features(runs, 'joint', task.x)
   out = engine.apply_runs(runs.result, task.x, runs.runs, runs.opts)
   np.testing.assert_allclose(joint, np.asarray(out.character[:2]), atol=1e-6)
   # c = x - y with a scalar y per face: every coordinate moves by the same amount.
   shift = task.x[None] - joint
   np.testing.assert_allclose(shift, np.broadcast_to(shift[..., :1], shift.shape), atol=1e-5)
   with pytest.raises(KeyError):
-    heads.character_features(runs, 'alternating', task.x)
+    train.character_features(runs, 'alternating', task.x)
 
 
 def test_stored_choices_roundtrip_and_context(tmp_path):
@@ -70,19 +72,19 @@ def test_stored_choices_roundtrip_and_context(tmp_path):
                                     False, 0.01, ('learning rate 0.3 added above 0.1',), 'the largest L2')}
   path = str(tmp_path / 'sub' / 'c.json')
   context = {'data': 'lfw', 'grid': {'lr': (0.1, 0.3)}}
-  heads.save_choices(path, choices, context)
-  assert heads.load_choices(path, context) == choices
-  assert heads.load_choices(path, {**context, 'data': 'ytf'}) is None  # made in another context
-  assert heads.load_choices(str(tmp_path / 'absent.json'), context) is None
-  assert dataclasses.asdict(heads.load_choices(path, context)['joint'])['steps'] == 300
+  choice_store.save(path, choices, context)
+  assert choice_store.load(path, context) == choices
+  assert choice_store.load(path, {**context, 'data': 'ytf'}) is None  # made in another context
+  assert choice_store.load(str(tmp_path / 'absent.json'), context) is None
+  assert dataclasses.asdict(choice_store.load(path, context)['joint'])['steps'] == 300
   # A file of another kind (a check of a fixed setting, or a choice from before the rule) is not read as one.
-  assert heads.load_choices(path, context, tuning.Check) is None
+  assert choice_store.load(path, context, tuning.Check) is None
 
 
 def test_train_classification_records_final_training_loss_and_accuracy(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  short = heads.train_classification(task, ['single'], heads.literal_reading(steps=5), opts)
-  long = heads.train_classification(task, ['single'], heads.Reading('r', {'single': heads.Setting(3e-2, 0.0, 300)}),
+  short = train.train_heads(task, ['single'], readings.literal_reading(steps=5), opts)
+  long = train.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}),
                                     opts)
   assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
   assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()

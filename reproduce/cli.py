@@ -1,0 +1,66 @@
+"""The command-line side every reproduce command shares: its flags, running it, timing it."""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mir_jax import paths
+from reproduce import context
+
+
+def define_flags(outputs: str, config: str = 'experiments/configs/reproduce.py'):
+  """The flags every reproduce command takes (defined only when run as a script)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file('config', config, 'Reproduction configuration.', lock_config=True)
+  flags.DEFINE_string('output_dir', paths.OUTPUT_DIR, f'Where {outputs} are written.')
+
+
+def quiet_logs():
+  """Orbax and TFDS log every file at INFO; the tables are the output. `-v 0` brings the logs back."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def run_command(name: str, body, argv):
+  """Runs body(ctx) -> lines to print for the command `name`, timing it into <output_dir>/<name>_timings.json."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  quiet_logs()
+  start = time.perf_counter()
+  ctx = context.Context(flags.FLAGS.config, flags.FLAGS.output_dir)
+  for line in body(ctx):
+    print(line)
+  total = time.perf_counter() - start
+  write_timings(ctx, name, total)
+  print(f'{name}: done in {total:.1f} s; outputs in {ctx.output_dir}')
+
+
+def table_command(name: str, build):
+  """main() of a command that builds one `report.Table`, writes it in every format and prints its summary."""
+  from mir_jax import report  # pylint: disable=g-import-not-at-top
+
+  def body(ctx):
+    table = build(ctx)
+    report.write_all(table, ctx.output_dir, name)
+    return [report.render_summary(table)]
+
+  return lambda argv: run_command(name, body, argv)
+
+
+def write_timings(ctx: context.Context, name: str, total: float):
+  os.makedirs(ctx.output_dir, exist_ok=True)
+  timings = ctx.timings
+  flops = ctx.heads.flops
+  with open(os.path.join(ctx.output_dir, f'{name}_timings.json'), 'w') as f:
+    train_seconds = sum(v for k, v in timings.items() if k.startswith('train '))
+    json.dump({'total_seconds': total, 'parts': timings,
+               # The heads' matmuls, forward and backward, of every update trained for the tables (not
+               # tuning), and their rate over the training calls: to compare with a matmul peak
+               # (`python -m benchmarks.train_speed` measures one).
+               'train_seconds': train_seconds, 'train_gflop': flops / 1e9,
+               'train_gflops_per_second': flops / 1e9 / train_seconds if train_seconds else None}, f, indent=1)
