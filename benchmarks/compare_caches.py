@@ -12,12 +12,12 @@ import sys
 from absl import app
 import numpy as np
 
-from mir_jax import cache
+from mir_jax.cache import reader
 
 
 def compare(a_dir: str, b_dir: str) -> dict:
-  xa, la, ma = cache.load_embeddings(a_dir)
-  xb, lb, mb = cache.load_embeddings(b_dir)
+  xa, la, ma = reader.load_embeddings(a_dir)
+  xb, lb, mb = reader.load_embeddings(b_dir)
   if list(ma['image_ids']) != list(mb['image_ids']):
     return {'same_images': False, 'rows': [len(xa), len(xb)]}
   rows_differing = (xa.view(np.uint32) != xb.view(np.uint32)).any(axis=1)

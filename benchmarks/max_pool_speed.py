@@ -33,8 +33,9 @@ _LAYER_SHAPES = [((16, 10, 148, 148), 2), ((16, 10, 105, 105), 2), ((500, 28, 22
 
 
 def _lfw_images(n):
-  from mir_jax import embed, images  # pylint: disable=g-import-not-at-top
-  records, _, _ = embed.select_records('lfw', embed.default_manual_dir('lfw'))
+  from mir_jax import images  # pylint: disable=g-import-not-at-top
+  from mir_jax.cache import selection  # pylint: disable=g-import-not-at-top
+  records, _, _ = selection.select_records('lfw', selection.default_manual_dir('lfw'))
   records = sorted(records, key=lambda r: r.image_id)
   step = max(1, len(records) // n)
   return [images.load_rgb(r.path) for r in records[::step][:n]]

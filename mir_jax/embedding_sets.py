@@ -23,17 +23,17 @@ def load(source: str) -> EmbeddingSet:
   if not source:
     raise ValueError('no embedding source given: set --config.data.source to an .npz file or a cache dir')
   if source.startswith('cache:'):
-    from mir_jax import embed  # pylint: disable=g-import-not-at-top  (TFDS, torch: only when used)
+    from mir_jax.cache import lookup  # pylint: disable=g-import-not-at-top  (TFDS, torch: only when used)
     dataset, _, backbone = source[len('cache:'):].partition('/')
     if not backbone:
       raise ValueError(f'a cache source reads cache:<dataset>/<backbone>, got {source!r}')
-    source = str(embed.find_cache(dataset, backbone))
+    source = str(lookup.find_cache(dataset, backbone))
   if not os.path.exists(source):
     raise FileNotFoundError(f'embedding source {source!r} does not exist')
   if source.endswith('.npz'):
     return _load_npz(source)
-  from mir_jax import cache  # pylint: disable=g-import-not-at-top  (TFDS import is slow; only when used)
-  x, labels, meta = cache.load_embeddings(source)
+  from mir_jax.cache import reader  # pylint: disable=g-import-not-at-top  (TFDS import is slow; only when used)
+  x, labels, meta = reader.load_embeddings(source)
   optional = lambda values: (np.asarray(['' if v is None else v for v in values])
                              if any(v is not None for v in values) else None)
   return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['names']),

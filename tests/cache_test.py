@@ -18,7 +18,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mir_jax import cache
+from mir_jax.cache import key
+from mir_jax.cache import pipeline as pipeline_lib
+from mir_jax.cache import reader
+from mir_jax.cache import workers
+from mir_jax.cache import writer
 from mir_jax.backbones.base import Detection
 from mir_jax.datasets.records import FaceRecord
 
@@ -91,15 +95,15 @@ def make_spec(**overrides):
   kw = dict(dataset='toy', reader_options={'subset': None}, backbone_config=FakeBackbone().config_key(),
             align_config=FakeAligner().config_key(), flip=False)
   kw.update(overrides)
-  return cache.CacheSpec(**kw)
+  return key.CacheSpec(**kw)
 
 
 def build(records, data_dir, *, flip=False, delay=0.0, log='', **kw):
-  pipeline = cache.Pipeline(backbone_factory=lambda: FakeBackbone(delay, log),
-                            aligner_factory=FakeAligner, flip=flip)
+  pipeline = pipeline_lib.Pipeline(backbone_factory=lambda: FakeBackbone(delay, log),
+                                   aligner_factory=FakeAligner, flip=flip)
   kw.setdefault('num_workers', 0)
   kw.setdefault('chunk_size', 4)
-  return cache.build(records, make_spec(flip=flip), pipeline, data_dir=data_dir, progress=False, **kw)
+  return writer.build(records, make_spec(flip=flip), pipeline, data_dir=data_dir, progress=False, **kw)
 
 
 def expected_embedding(path, detected=None):
@@ -128,13 +132,13 @@ def test_build_and_load_roundtrip(tmp_path):
   records = make_images(tmp_path / 'img')
   result = build(records, tmp_path / 'cache')
   d = result.directory
-  assert d == tmp_path / 'cache' / make_spec().name() / cache.VERSION
+  assert d == tmp_path / 'cache' / make_spec().name() / key.VERSION
   # 22 records in chunks of 4: six shards named the way TFDS expects.
   shards = sorted(p.name for p in d.glob('*.array_record-*'))
   assert shards == [f'{make_spec().name()}-full.array_record-{i:05d}-of-00006' for i in range(6)]
   assert result.chunks_computed == 6 and result.chunks_reused == 0
 
-  x, labels, meta = cache.load_embeddings(d)
+  x, labels, meta = reader.load_embeddings(d)
   good = sorted((r for r in records if not r.image_id.endswith('99')), key=lambda r: r.image_id)
   assert meta['image_ids'] == [r.image_id for r in good]  # each image exactly once, in image-id order
   assert x.dtype == np.float32 and x.shape == (20, _DIM)
@@ -171,23 +175,23 @@ def test_build_and_load_roundtrip(tmp_path):
   again = build(records, tmp_path / 'cache', log=os.fspath(tmp_path / 'log'))
   assert again.chunks_computed == 0 and not (tmp_path / 'log').exists()
   # Lookup by key and by name under the data dir.
-  assert cache.resolve(make_spec().key(), tmp_path / 'cache') == d
-  assert cache.resolve(make_spec().name(), tmp_path / 'cache') == d
+  assert reader.resolve(make_spec().key(), tmp_path / 'cache') == d
+  assert reader.resolve(make_spec().name(), tmp_path / 'cache') == d
 
 
 def test_grain_reads_the_cache(tmp_path):
   import grain
   records = make_images(tmp_path / 'img', bad=False)
   d = build(records, tmp_path / 'cache').directory
-  ds = (grain.MapDataset.source(cache.data_source(d))
+  ds = (grain.MapDataset.source(reader.data_source(d))
         .map(lambda ex: (ex['image_id'].decode(), ex['embedding'], ex['label'])))
   rows = list(ds)
   assert [r[0] for r in rows] == sorted(r.image_id for r in records)
-  x, labels, _ = cache.load_embeddings(d)
+  x, labels, _ = reader.load_embeddings(d)
   np.testing.assert_array_equal(np.stack([r[1] for r in rows]), x)
   assert [int(r[2]) for r in rows] == labels.tolist()
   # Batched the usual grain way.
-  batches = list(grain.MapDataset.source(cache.data_source(d)).batch(8))
+  batches = list(grain.MapDataset.source(reader.data_source(d)).batch(8))
   assert batches[0]['embedding'].shape == (8, _DIM)
 
 
@@ -195,7 +199,7 @@ def test_flip_embeddings_are_stored(tmp_path):
   records = make_images(tmp_path / 'img', bad=False)
   d = build(records, tmp_path / 'cache', flip=True).directory
   assert d.parent.name == make_spec(flip=True).name()
-  x, _, meta = cache.load_embeddings(d)
+  x, _, meta = reader.load_embeddings(d)
   xf = meta['embeddings_flip']
   assert xf.shape == x.shape
   # The fake embeds the first pixels, which mirroring changes.
@@ -215,23 +219,23 @@ def test_mirror_detection():
   det = Detection(box=np.array([10., 20., 50., 80.]),
                   landmarks=np.array([[20., 40.], [40., 40.], [30., 55.], [22., 70.], [38., 70.]]),
                   detected=True)
-  m = cache.mirror_detection(det, 100)
+  m = pipeline_lib.mirror_detection(det, 100)
   np.testing.assert_array_equal(m.box, [50., 20., 90., 80.])
   # Left eye of the mirrored face is the mirror of the right eye, and so on.
   np.testing.assert_array_equal(m.landmarks, [[60., 40.], [80., 40.], [70., 55.], [62., 70.], [78., 70.]])
-  back = cache.mirror_detection(m, 100)
+  back = pipeline_lib.mirror_detection(m, 100)
   np.testing.assert_array_equal(back.box, det.box)
   np.testing.assert_array_equal(back.landmarks, det.landmarks)
-  assert cache.mirror_detection(Detection(det.box, None, False), 100).landmarks is None
+  assert pipeline_lib.mirror_detection(Detection(det.box, None, False), 100).landmarks is None
 
 
 def test_torn_or_missing_chunk_is_recomputed_alone(tmp_path):
   records = make_images(tmp_path / 'img', bad=False)
   d = build(records, tmp_path / 'cache').directory
-  x0, _, meta0 = cache.load_embeddings(d)
+  x0, _, meta0 = reader.load_embeddings(d)
   # Make it look like a run that died while chunk 2 was being written: no TFDS metadata, chunk 2's shard
   # truncated, chunk 4's shard gone.
-  for f in ('dataset_info.json', cache._INFO):
+  for f in ('dataset_info.json', key.INFO_FILE):
     (d / f).unlink()
   shards = sorted(d.glob('*.array_record-*'))
   mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
@@ -246,7 +250,7 @@ def test_torn_or_missing_chunk_is_recomputed_alone(tmp_path):
   for p in sorted(d.glob('*.array_record-*')):
     if p.name not in (shards[2].name, shards[4].name):
       assert p.stat().st_mtime_ns == mtimes[p.name]
-  x1, _, meta1 = cache.load_embeddings(d)
+  x1, _, meta1 = reader.load_embeddings(d)
   assert meta1['image_ids'] == meta0['image_ids']
   np.testing.assert_array_equal(x1, x0)
 
@@ -254,7 +258,7 @@ def test_torn_or_missing_chunk_is_recomputed_alone(tmp_path):
 def test_changed_records_are_refused(tmp_path):
   records = make_images(tmp_path / 'img', bad=False)
   build(records, tmp_path / 'cache')
-  with pytest.raises(cache.CacheError, match='different list of images'):
+  with pytest.raises(key.CacheError, match='different list of images'):
     build(records[:-1], tmp_path / 'cache')
 
 
@@ -262,20 +266,20 @@ def test_incomplete_cache_is_not_read(tmp_path):
   records = make_images(tmp_path / 'img', bad=False)
   d = build(records, tmp_path / 'cache').directory
   (d / 'dataset_info.json').unlink()
-  with pytest.raises(cache.CacheError, match='incomplete'):
-    cache.load_embeddings(d)
-  with pytest.raises(cache.CacheError, match='no complete embedding cache'):
-    cache.load_embeddings(tmp_path / 'nowhere')
+  with pytest.raises(key.CacheError, match='incomplete'):
+    reader.load_embeddings(d)
+  with pytest.raises(key.CacheError, match='no complete embedding cache'):
+    reader.load_embeddings(tmp_path / 'nowhere')
 
 
 def test_worker_processes_give_the_same_cache(tmp_path):
   records = make_images(tmp_path / 'img')
   inline = build(records, tmp_path / 'a', num_workers=0).directory
-  pooled = cache.build(records, make_spec(),
-                       cache.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner),
-                       data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
-  xa, la, ma = cache.load_embeddings(inline)
-  xb, lb, mb = cache.load_embeddings(pooled.directory)
+  pooled = writer.build(records, make_spec(),
+                        pipeline_lib.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner),
+                        data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  xa, la, ma = reader.load_embeddings(inline)
+  xb, lb, mb = reader.load_embeddings(pooled.directory)
   assert ma['image_ids'] == mb['image_ids']
   np.testing.assert_array_equal(xa, xb)
   np.testing.assert_array_equal(ma['detected'], mb['detected'])
@@ -291,12 +295,13 @@ def test_backbone_that_embeds_in_workers_gives_the_same_cache(tmp_path):
   records = make_images(tmp_path / 'img')
   log = tmp_path / 'calls'
   inline = build(records, tmp_path / 'a', flip=True, num_workers=0).directory
-  pooled = cache.build(records, make_spec(flip=True),
-                       cache.Pipeline(backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
-                                      aligner_factory=FakeAligner, flip=True),
-                       data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
-  xa, _, ma = cache.load_embeddings(inline)
-  xb, _, mb = cache.load_embeddings(pooled.directory)
+  pooled = writer.build(records, make_spec(flip=True),
+                        pipeline_lib.Pipeline(
+                            backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
+                            aligner_factory=FakeAligner, flip=True),
+                        data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  xa, _, ma = reader.load_embeddings(inline)
+  xb, _, mb = reader.load_embeddings(pooled.directory)
   assert ma['image_ids'] == mb['image_ids']
   np.testing.assert_array_equal(xa, xb)
   assert ma['embeddings_flip'] is not None
@@ -314,7 +319,7 @@ def _child_build(img_dir, data_dir, log):
 def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
   img, data_dir, log = tmp_path / 'img', tmp_path / 'cache', tmp_path / 'log'
   records = make_images(img, bad=True)  # the child rewrites the same deterministic images
-  d = cache.cache_dir(data_dir, make_spec())
+  d = key.cache_dir(data_dir, make_spec())
   code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
           'cache_test._child_build(sys.argv[2], sys.argv[3], sys.argv[4])')
   child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
@@ -328,10 +333,10 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
   assert child.returncode == -signal.SIGKILL, 'the child finished before it could be killed'
   finished = sorted(d.glob('*.array_record-*'))
   assert 2 <= len(finished) < 6
-  assert not cache.is_complete(d)
+  assert not key.is_complete(d)
   mtimes = {p.name: p.stat().st_mtime_ns for p in finished}
-  with pytest.raises(cache.CacheError, match='incomplete'):
-    cache.load_embeddings(d)
+  with pytest.raises(key.CacheError, match='incomplete'):
+    reader.load_embeddings(d)
 
   log.unlink()
   result = build(records, data_dir, log=os.fspath(log))
@@ -343,14 +348,14 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
   plan = json.loads((d / '_work' / 'plan.json').read_text())
   ordered = sorted(records, key=lambda r: r.image_id)
   done_ids = {r.image_id for c in range(len(finished)) for r in ordered[c * 4:(c + 1) * 4]}
-  assert [p.name for p in finished] == [cache._shard_path(d, plan['name'], c, 6).name
+  assert [p.name for p in finished] == [key.shard_path(d, plan['name'], c, 6).name
                                         for c in range(len(finished))]
   redo = [r for r in ordered if r.image_id not in done_ids and not r.image_id.endswith('99')]
   assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == len(redo)
 
-  x, labels, meta = cache.load_embeddings(d)
+  x, labels, meta = reader.load_embeddings(d)
   ref = build(records, tmp_path / 'ref').directory
-  xr, lr, mr = cache.load_embeddings(ref)
+  xr, lr, mr = reader.load_embeddings(ref)
   assert meta['image_ids'] == mr['image_ids']
   assert len(set(meta['image_ids'])) == len(meta['image_ids']) == 20
   np.testing.assert_array_equal(x, xr)
@@ -362,9 +367,9 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
 def _child_build_pooled(img_dir, data_dir):
   """Entry point of the subprocess whose worker processes must not outlive it."""
   records = make_images(pathlib.Path(img_dir), bad=False)
-  pipeline = cache.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner)
-  cache.build(records, make_spec(), pipeline, data_dir=data_dir, backbone=FakeBackbone(delay=0.2),
-              num_workers=2, chunk_size=4, task_size=2, progress=False)
+  pipeline = pipeline_lib.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner)
+  writer.build(records, make_spec(), pipeline, data_dir=data_dir, backbone=FakeBackbone(delay=0.2),
+               num_workers=2, chunk_size=4, task_size=2, progress=False)
 
 
 def _children(pid):
@@ -392,29 +397,29 @@ def _alive(pid):
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
   img, data_dir = tmp_path / 'img', tmp_path / 'cache'
   make_images(img, bad=False)
-  d = cache.cache_dir(data_dir, make_spec())
+  d = key.cache_dir(data_dir, make_spec())
   code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
           'cache_test._child_build_pooled(sys.argv[2], sys.argv[3])')
   child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
                             os.fspath(data_dir)])
-  workers = []
+  worker_pids = []
   try:
     deadline = time.time() + 60
     while time.time() < deadline and not list(d.glob('*.array_record-*')) and child.poll() is None:
       time.sleep(0.05)
-    workers = [p for p in _children(child.pid)
-               if b'spawn_main' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()]
-    assert len(workers) == 2, 'the pooled build did not start its two workers'
+    worker_pids = [p for p in _children(child.pid)
+                   if b'spawn_main' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()]
+    assert len(worker_pids) == 2, 'the pooled build did not start its two workers'
     child.send_signal(signal.SIGKILL)
     child.wait()
     deadline = time.time() + 15
-    while time.time() < deadline and any(_alive(p) for p in workers):
+    while time.time() < deadline and any(_alive(p) for p in worker_pids):
       time.sleep(0.1)
-    assert not any(_alive(p) for p in workers), 'worker processes outlived their killed parent'
+    assert not any(_alive(p) for p in worker_pids), 'worker processes outlived their killed parent'
   finally:
     if child.poll() is None:
       child.kill()
-    for p in workers:
+    for p in worker_pids:
       if _alive(p):
         os.kill(p, signal.SIGKILL)
 
@@ -425,15 +430,16 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
 def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   records = make_images(tmp_path / 'img', bad=False)  # 20 images
   log = tmp_path / 'calls'
-  monkeypatch.setattr(cache, 'WORKER_MAX_TASKS', 2)
-  pooled = cache.build(records, make_spec(),
-                       cache.Pipeline(backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
-                                      aligner_factory=FakeAligner),
-                       data_dir=tmp_path / 'b', num_workers=2, task_size=1, chunk_size=5, progress=False)
+  monkeypatch.setattr(workers, 'WORKER_MAX_TASKS', 2)
+  pooled = writer.build(records, make_spec(),
+                        pipeline_lib.Pipeline(
+                            backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
+                            aligner_factory=FakeAligner),
+                        data_dir=tmp_path / 'b', num_workers=2, task_size=1, chunk_size=5, progress=False)
   calls = collections.Counter(int(line.split()[0]) for line in log.read_text().splitlines())
   assert sum(calls.values()) == 20  # one embed call per task
   assert os.getpid() not in calls
   # 20 tasks, 2 workers x 2 tasks per pool: five pools, none of whose processes ran more than its pool's 4.
   assert len(calls) >= 5 and max(calls.values()) <= 4, calls
   inline = build(records, tmp_path / 'a', num_workers=0).directory
-  np.testing.assert_array_equal(cache.load_embeddings(inline)[0], cache.load_embeddings(pooled.directory)[0])
+  np.testing.assert_array_equal(reader.load_embeddings(inline)[0], reader.load_embeddings(pooled.directory)[0])

@@ -1,0 +1,154 @@
+"""The cache a set of settings names: finding it complete (`find_cache`), or everything to build it (`prepare`).
+
+Settings are what `python -m mir_jax.embed` takes: a dataset and its images, the subset and limit that
+select them (`selection`), a backbone and its options, and whether mirrored faces are embedded too.
+"""
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from mir_jax import paths
+from mir_jax.cache import backbone_keys
+from mir_jax.cache import key
+from mir_jax.cache import pipeline as pipeline_lib
+from mir_jax.cache import reader
+from mir_jax.cache import selection
+from mir_jax.datasets.records import FaceRecord
+
+DATA_DIR_ENV = 'MIR_DATA_DIR'
+
+
+def default_data_dir() -> pathlib.Path:
+  """`$MIR_DATA_DIR`, else `<repo>/data_cache` (git-ignored)."""
+  env = os.environ.get(DATA_DIR_ENV)
+  return pathlib.Path(env).expanduser() if env else paths.repo_root() / 'data_cache'
+
+
+def backbone_name(name: Optional[str]) -> str:
+  """`name`, or the default backbone's when it is empty."""
+  if name:
+    return name
+  from mir_jax import backbones  # pylint: disable=g-import-not-at-top
+  return backbones.default_backbone_name()
+
+
+def make_backbone_factory(backbone: str, backbone_options: Dict[str, Any]):
+  from mir_jax import backbones  # pylint: disable=g-import-not-at-top
+  return functools.partial(backbones.get_backbone, backbone, **backbone_options)
+
+
+def make_aligner_factory(num_threads: Optional[int]):
+  from mir_jax import align  # pylint: disable=g-import-not-at-top
+  return functools.partial(align.Aligner, num_threads=num_threads)
+
+
+def cache_spec(dataset: str,
+               backbone: str,
+               *,
+               manual_dir: Optional[os.PathLike] = None,
+               subset: Optional[str] = None,
+               limit: Optional[int] = None,
+               pairs_file: Optional[os.PathLike] = None,
+               backbone_options: Optional[Dict[str, Any]] = None,
+               reader_kwargs: Optional[Dict[str, Any]] = None,
+               flip: bool = False) -> Tuple[List[FaceRecord], key.CacheSpec]:
+  """The records a cache of these settings holds and its spec, without building the backbone or aligner.
+
+  Raises:
+    selection.UsageError: the images are missing or a subset does not apply.
+  """
+  from mir_jax import align  # pylint: disable=g-import-not-at-top
+  manual_dir = manual_dir or selection.default_manual_dir(dataset)
+  records, reader_options, _ = selection.select_records(dataset, manual_dir, subset=subset, limit=limit,
+                                                        pairs_file=pairs_file, reader_kwargs=reader_kwargs)
+  backbone_config = backbone_keys.backbone_config_key(backbone, **dict(backbone_options or {}))
+  # The default aligner's settings, read without loading MTCNN's weights.
+  spec = key.CacheSpec(dataset=dataset, reader_options=reader_options, backbone_config=backbone_config,
+                       align_config=align.config_key(), flip=flip)
+  return records, spec
+
+
+def prepare(dataset: str,
+            backbone: str,
+            *,
+            manual_dir: Optional[os.PathLike] = None,
+            subset: Optional[str] = None,
+            limit: Optional[int] = None,
+            pairs_file: Optional[os.PathLike] = None,
+            backbone_options: Optional[Dict[str, Any]] = None,
+            reader_kwargs: Optional[Dict[str, Any]] = None,
+            flip: bool = False,
+            num_workers: int = 2):
+  """Everything needed to build a cache, without embedding anything: the backbone is built here.
+
+  Returns:
+    (records, spec, pipeline, backbone_instance).
+
+  Raises:
+    selection.UsageError: the images are missing or a subset does not apply.
+    RuntimeError: the built backbone's key is not the one `find_cache` computes for these settings, so the
+      cache would be built where no lookup finds it.
+  """
+  records, spec = cache_spec(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
+                             pairs_file=pairs_file, backbone_options=backbone_options,
+                             reader_kwargs=reader_kwargs, flip=flip)
+  backbone_factory = make_backbone_factory(backbone, dict(backbone_options or {}))
+  # Workers share the cores, so each pins torch to one thread; alone, this process may use them all.
+  aligner_factory = make_aligner_factory(1 if num_workers > 0 else None)
+  model = backbone_factory()
+  if key.canonical_config(model.config_key()) != key.canonical_config(spec.backbone_config):
+    raise RuntimeError(f'{backbone}: mir_jax.cache.backbone_keys computes {spec.backbone_config}, but the '
+                       f'backbone keys itself {model.config_key()}; make backbone_keys agree')
+  spec = dataclasses.replace(spec, backbone_config=model.config_key())
+  pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory,
+                                   flip=flip)
+  return records, spec, pipeline, model
+
+
+def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] = None, manual_dir=None,
+               subset=None, limit=None, pairs_file=None, backbone_options=None, flip=False,
+               reader_kwargs=None) -> pathlib.Path:
+  """The complete cache `python -m mir_jax.embed` builds for these settings.
+
+  Raises:
+    key.CacheError: it is missing or incomplete; the message holds the embed command that builds it.
+    selection.UsageError: the images are missing or a subset does not apply.
+  """
+  data_dir = pathlib.Path(data_dir) if data_dir else default_data_dir()
+  records, spec = cache_spec(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
+                             pairs_file=pairs_file, backbone_options=backbone_options, flip=flip,
+                             reader_kwargs=reader_kwargs)
+  directory = key.cache_dir(data_dir, spec)
+  if key.is_complete(directory):
+    # The key holds the settings, not where the images live: a cache of another copy with other images
+    # (a fixture, an older download) has the same key and must not stand in for this one.
+    if reader.read_info(directory).get('records_fingerprint') != key.records_fingerprint(records):
+      raise key.CacheError(f'the embedding cache {directory} was built from a different list of images than '
+                           f'{manual_dir or selection.default_manual_dir(dataset)} holds now; delete it or '
+                           'pass another --data_dir to rebuild')
+    return directory
+  command = embed_command(
+      dataset, backbone, subset=subset, limit=limit, flip=flip, manual_dir=manual_dir, pairs_file=pairs_file,
+      data_dir=None if data_dir == default_data_dir() else data_dir,
+      backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
+      reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()])
+  state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
+  raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
+
+
+def embed_command(dataset: str, backbone: str, **flags_: Any) -> str:
+  """The shell command that builds the cache for these settings (for error messages)."""
+  parts = [f'python -m mir_jax.embed --dataset={dataset} --backbone={backbone}']
+  for k, v in flags_.items():
+    if v in (None, False, '', [], ()):
+      continue
+    if isinstance(v, (list, tuple)):
+      parts += [f'--{k}={x}' for x in v]
+    elif v is True:
+      parts.append(f'--{k}')
+    else:
+      parts.append(f'--{k}={v}')
+  return ' '.join(parts)
