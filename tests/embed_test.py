@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 import fixtures
-from mir_jax import cache
-from mir_jax import embed
 from mir_jax import paths
+from mir_jax.cache import flags as cache_flags
+from mir_jax.cache import key
+from mir_jax.cache import lookup
+from mir_jax.cache import pipeline as pipeline_lib
+from mir_jax.cache import reader
+from mir_jax.cache import selection
+from mir_jax.cache import writer
 from mir_jax.datasets.records import FaceRecord
 
 LFW_DIR = fixtures.lfw_images_dir()
@@ -41,26 +46,26 @@ class _P:
 
 def test_pairs_subsets():
   pairs = [_P(f, f'x/{f}{i}a', f'x/{f}{i}b', i < 3) for f in range(3) for i in range(6)]
-  assert embed.pairs_subset_ids(pairs, 'pairs_fold1') == sorted(
+  assert selection.pairs_subset_ids(pairs, 'pairs_fold1') == sorted(
       {p.image_id_a for p in pairs[6:12]} | {p.image_id_b for p in pairs[6:12]})
-  head = embed.pairs_subset_ids(pairs, 'pairs_head1')
+  head = selection.pairs_subset_ids(pairs, 'pairs_head1')
   # One matched and one mismatched pair of each of the three folds.
   assert head == sorted(['x/00a', 'x/00b', 'x/03a', 'x/03b', 'x/10a', 'x/10b', 'x/13a', 'x/13b',
                          'x/20a', 'x/20b', 'x/23a', 'x/23b'])
-  assert len(embed.pairs_subset_ids(pairs, 'pairs')) == 36
-  with pytest.raises(embed.UsageError, match='no fold 7'):
-    embed.pairs_subset_ids(pairs, 'pairs_fold7')
-  with pytest.raises(embed.UsageError, match='unknown --subset'):
-    embed.pairs_subset_ids(pairs, 'fold1')
+  assert len(selection.pairs_subset_ids(pairs, 'pairs')) == 36
+  with pytest.raises(selection.UsageError, match='no fold 7'):
+    selection.pairs_subset_ids(pairs, 'pairs_fold7')
+  with pytest.raises(selection.UsageError, match='unknown --subset'):
+    selection.pairs_subset_ids(pairs, 'fold1')
 
 
 def test_limit_keeps_whole_identities():
   recs = [FaceRecord(f'/{n}/{i}', n, f'{n}/{i}') for n, k in (('b', 3), ('a', 2), ('c', 4)) for i in range(k)]
-  assert [r.image_id for r in embed.limit_records(recs, 6)] == ['a/0', 'a/1', 'b/0', 'b/1', 'b/2']
-  assert [r.identity for r in embed.limit_records(recs, 9)] == ['a'] * 2 + ['b'] * 3 + ['c'] * 4
-  assert [r.image_id for r in embed.limit_records(recs, 1)] == ['a/0']  # first identity too big: cut it
-  with pytest.raises(embed.UsageError):
-    embed.limit_records(recs, 0)
+  assert [r.image_id for r in selection.limit_records(recs, 6)] == ['a/0', 'a/1', 'b/0', 'b/1', 'b/2']
+  assert [r.identity for r in selection.limit_records(recs, 9)] == ['a'] * 2 + ['b'] * 3 + ['c'] * 4
+  assert [r.image_id for r in selection.limit_records(recs, 1)] == ['a/0']  # first identity too big: cut it
+  with pytest.raises(selection.UsageError):
+    selection.limit_records(recs, 0)
 
 
 def test_min_images_subset_keeps_identities_with_enough_images(tmp_path):
@@ -68,29 +73,29 @@ def test_min_images_subset_keeps_identities_with_enough_images(tmp_path):
     (tmp_path / name).mkdir()
     for i in range(k):
       (tmp_path / name / f'{name}_{i:04d}.jpg').write_bytes(b'')  # listing only; nothing is decoded
-  records, options, _ = embed.select_records('folder', tmp_path, subset='min_images2')
+  records, options, _ = selection.select_records('folder', tmp_path, subset='min_images2')
   assert sorted({r.identity for r in records}) == ['ann', 'cy'] and len(records) == 5
   assert options['subset'] == 'min_images2'  # part of the cache key
-  with pytest.raises(embed.UsageError, match='the selection is empty'):
-    embed.select_records('folder', tmp_path, subset='min_images4')
+  with pytest.raises(selection.UsageError, match='the selection is empty'):
+    selection.select_records('folder', tmp_path, subset='min_images4')
 
 
 @needs_lfw
 def test_min_images10_is_the_lfw_identity_protocol():
-  records, _, _ = embed.select_records('lfw', LFW_DIR, subset='min_images10')
+  records, _, _ = selection.select_records('lfw', LFW_DIR, subset='min_images10')
   assert len(records) == 4324 and len({r.identity for r in records}) == 158
 
 
 def test_parse_options():
-  assert embed.parse_options(['num_jitters=10', 'flip=true', 'padding=0.3', 'name=x', 'w=none']) == {
+  assert cache_flags.parse_options(['num_jitters=10', 'flip=true', 'padding=0.3', 'name=x', 'w=none']) == {
       'num_jitters': 10, 'flip': True, 'padding': 0.3, 'name': 'x', 'w': None}
-  with pytest.raises(embed.UsageError):
-    embed.parse_options(['oops'])
+  with pytest.raises(selection.UsageError):
+    cache_flags.parse_options(['oops'])
 
 
 def test_missing_manual_dir_says_what_to_put_where(tmp_path):
-  with pytest.raises(embed.UsageError, match=r'lfw-deepfunneled.*--manual_dir'):
-    embed.select_records('lfw', tmp_path / 'nothing')
+  with pytest.raises(selection.UsageError, match=r'lfw-deepfunneled.*--manual_dir'):
+    selection.select_records('lfw', tmp_path / 'nothing')
 
 
 @needs_lfw
@@ -108,21 +113,21 @@ def test_cli_missing_manual_dir_exits_with_message(tmp_path):
 def test_lfw_subset_end_to_end(tmp_path):
   import grain
   from mir_jax.datasets import lfw
-  from reproduce import lfw_verification
+  from mir_jax.evaluators import lfw_pairs
 
-  records, spec, pipeline, model = embed.prepare('lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET,
-                                                 pairs_file=PAIRS, num_workers=2)
+  records, spec, pipeline, model = lookup.prepare('lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET,
+                                                  pairs_file=PAIRS, num_workers=2)
   pairs = list(lfw.read_pairs(PAIRS))
-  wanted = embed.pairs_subset_ids(pairs, SUBSET)
+  wanted = selection.pairs_subset_ids(pairs, SUBSET)
   assert sorted(r.image_id for r in records) == wanted
   wanted_set = set(wanted)
-  result = cache.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=2,
-                       chunk_size=32, progress=False)
-  assert result.directory == cache.cache_dir(tmp_path, spec)
+  result = writer.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=2,
+                        chunk_size=32, progress=False)
+  assert result.directory == key.cache_dir(tmp_path, spec)
   assert result.directory.parent.name.startswith('lfw_dlib_resnet_')
 
   # Read back through tfds ...
-  x, labels, meta = cache.load_embeddings(result.directory)
+  x, labels, meta = reader.load_embeddings(result.directory)
   assert meta['image_ids'] == wanted
   assert x.shape == (len(wanted), 128) and x.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
@@ -134,14 +139,14 @@ def test_lfw_subset_end_to_end(tmp_path):
   # dlib-resnet runs in the worker processes (embed_in_workers); the same chips embedded here agree.
   assert model.embed_in_workers
   some = sorted(records, key=lambda r: r.image_id)[:4]
-  here = cache.Preparer(pipeline, backbone=model)(some)
+  here = pipeline_lib.RecordEmbedder(pipeline, backbone=model)(some)
   np.testing.assert_allclose(model.embed([p.inputs for p in here]), x[:4], atol=1e-6)
   # ... and through grain.
-  ds = grain.MapDataset.source(cache.data_source(result.directory)).map(lambda e: e['embedding'])
+  ds = grain.MapDataset.source(reader.data_source(result.directory)).map(lambda e: e['embedding'])
   np.testing.assert_array_equal(np.stack(list(ds)), x)
 
   # The same person's images are closer than different people's on the matched/mismatched pairs.
-  summary = lfw_verification.evaluate_cache(result.directory, pairs)
+  summary = lfw_pairs.evaluate_cache(result.directory, pairs)
   # Every pair whose two images the subset holds is evaluated: the 40 that chose it, plus any other pair
   # that happens to reuse those images.
   covered = sum(p.image_id_a in wanted_set and p.image_id_b in wanted_set for p in pairs)
@@ -181,16 +186,16 @@ def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
 def test_find_cache_refuses_a_cache_of_other_images(tmp_path, monkeypatch):
   ours = [FaceRecord('/a/1.jpg', 'a', 'a/1'), FaceRecord('/b/1.jpg', 'b', 'b/1')]
   theirs = ours[:1] + [FaceRecord('/c/1.jpg', 'c', 'c/1')]
-  spec = cache.CacheSpec(dataset='folder', reader_options={}, backbone_config={'backbone': 'x'}, align_config={})
-  directory = cache.cache_dir(tmp_path, spec)
+  spec = key.CacheSpec(dataset='folder', reader_options={}, backbone_config={'backbone': 'x'}, align_config={})
+  directory = key.cache_dir(tmp_path, spec)
   directory.mkdir(parents=True)
   (directory / 'dataset_info.json').write_text('{}')
-  info = {'records_fingerprint': cache.records_fingerprint(theirs)}
+  info = {'records_fingerprint': key.records_fingerprint(theirs)}
   (directory / 'mir_cache.json').write_text(json.dumps(info))
-  monkeypatch.setattr(cache, 'read_info', lambda d, data_dir=None: json.loads((d / 'mir_cache.json').read_text()))
-  monkeypatch.setattr(embed, 'prepare', lambda *a, **k: (ours, spec, None, None))
-  with pytest.raises(cache.CacheError, match='different list of images'):
-    embed.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path)
-  info['records_fingerprint'] = cache.records_fingerprint(ours)
+  monkeypatch.setattr(reader, 'read_info', lambda d, data_dir=None: json.loads((d / 'mir_cache.json').read_text()))
+  monkeypatch.setattr(lookup, 'cache_spec', lambda *a, **k: (ours, spec))
+  with pytest.raises(key.CacheError, match='different list of images'):
+    lookup.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path)
+  info['records_fingerprint'] = key.records_fingerprint(ours)
   (directory / 'mir_cache.json').write_text(json.dumps(info))
-  assert embed.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path) == directory
+  assert lookup.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path) == directory
