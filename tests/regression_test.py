@@ -14,8 +14,8 @@ import pytest
 
 import fixtures
 from experiments.configs import regression as regression_config
-from mir_jax import embed
 from mir_jax import paths
+from mir_jax.cache import lookup
 from reproduce import regression
 
 LFW_DIR = fixtures.lfw_images_dir()
@@ -26,7 +26,7 @@ EMBED = [sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', '--backbone=dli
 @pytest.fixture(scope='module')
 def numbers():
   try:
-    embed.find_cache('lfw', 'dlib-resnet', subset='min_images10')
+    lookup.find_cache('lfw', 'dlib-resnet', subset='min_images10')
   except Exception:  # pylint: disable=broad-except  (missing: build it, as the docstring says)
     proc = subprocess.run(EMBED, cwd=paths.repo_root(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_reproduced_accuracies_match_the_committed_baseline(numbers, baseline):
   # The baseline covers every schedule under every reading, for every seed of the configuration.
   config = regression_config.get_config()
   assert len(numbers) == 3 * len(config.readings.split(','))
-  assert all(len(v['values']) == config.num_seeds for v in numbers.values())
+  assert all(len(v['values']) == config.train.num_seeds for v in numbers.values())
 
 
 @needs_lfw

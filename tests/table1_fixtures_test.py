@@ -18,14 +18,16 @@ import pytest
 
 import fixtures
 from experiments.configs import reproduce as reproduce_config
-from mir_jax import cache
 from mir_jax import embedding_sets
-from mir_jax import embed
 from mir_jax import protocols
+from mir_jax.cache import lookup
+from mir_jax.cache import reader
+from mir_jax.cache import writer
 from mir_jax.evaluators import verification
 from mir_jax.datasets import ytf as ytf_reader
 from mir_jax.evaluators import identification
-from reproduce import common
+from mir_jax.evaluators import ytf_pairs
+from reproduce import context
 from reproduce import table1
 
 BACKBONE = 'dlib-resnet'
@@ -70,15 +72,15 @@ def _write_official_count_splits(pairs, path):
 def _embed(dataset, manual_dir, data_dir, reader_kwargs=None):
   """What `python -m mir_jax.embed --dataset=<dataset> --backbone=dlib-resnet --manual_dir=<dir>
   --data_dir=<dir> [--reader_option=k=v]` does (in this process, without worker processes)."""
-  records, spec, pipeline, model = embed.prepare(dataset, BACKBONE, manual_dir=manual_dir,
-                                                 reader_kwargs=reader_kwargs, num_workers=0)
-  result = cache.build(records, spec, pipeline, data_dir=data_dir, backbone=model, num_workers=0,
-                       progress=False, description=f'{dataset} fixture embedded with {BACKBONE}')
-  info = cache.read_info(result.directory)
+  records, spec, pipeline, model = lookup.prepare(dataset, BACKBONE, manual_dir=manual_dir,
+                                                  reader_kwargs=reader_kwargs, num_workers=0)
+  result = writer.build(records, spec, pipeline, data_dir=data_dir, backbone=model, num_workers=0,
+                        progress=False, description=f'{dataset} fixture embedded with {BACKBONE}')
+  info = reader.read_info(result.directory)
   assert info['num_bad_images'] == 0 and info['num_embedded'] == len(records)
   # The reproduce commands find the cache from the same flags.
-  assert embed.find_cache(dataset, BACKBONE, data_dir=data_dir, manual_dir=manual_dir,
-                          reader_kwargs=reader_kwargs) == result.directory
+  assert lookup.find_cache(dataset, BACKBONE, data_dir=data_dir, manual_dir=manual_dir,
+                           reader_kwargs=reader_kwargs) == result.directory
   return result.directory
 
 
@@ -86,9 +88,9 @@ def _config(tmp, data_dir, ytf_dir, megaface_dir, head_dir):
   config = reproduce_config.get_config()
   config.backbones = BACKBONE
   config.readings = READING
-  config.num_seeds = len(SEEDS)
+  config.train.num_seeds = len(SEEDS)
   config.lfw_distractors.num_seeds = len(SEEDS)
-  config.literal.steps = 50
+  config.train.steps = 50
   config.tuned_dir = str(tmp / 'tuned_fixture')  # not read under paper-literal; never the repo's
   config.data_dir = str(data_dir)
   config.ytf.manual_dir = str(ytf_dir)
@@ -103,7 +105,7 @@ def _config(tmp, data_dir, ytf_dir, megaface_dir, head_dir):
 def _table_cells(config):
   """The YTF, YTF-pairs and MegaFace cells of dlib's (b) and (a) rows, as `table1.measured_rows` fills
   them (the LFW and LFW-distractors columns are left out: they need the LFW cache)."""
-  ctx = common.Context(config, output_dir=str(config.tuned_dir) + '_out')
+  ctx = context.Context(config, output_dir=str(config.tuned_dir) + '_out')
   cells, paper = {'b': {}, 'a': {}}, {'b': {}, 'a': {}}
   table1._ytf(ctx, BACKBONE, READING, cells, paper)  # pylint: disable=protected-access
   table1._megaface(ctx, BACKBONE, READING, cells, paper)  # pylint: disable=protected-access
@@ -141,7 +143,7 @@ def built(tmp_path_factory):
       'megaface': _embed('megaface', megaface.root, data_dir, {'set_size': MEGAFACE_SET_SIZE}),
       'folder': _embed('folder', head_dir, data_dir),
   }
-  assert embed.find_cache('ytf', BACKBONE, data_dir=data_dir, manual_dir=ytf.root) == directories['ytf']
+  assert lookup.find_cache('ytf', BACKBONE, data_dir=data_dir, manual_dir=ytf.root) == directories['ytf']
   config = _config(tmp, data_dir, official, megaface.root, head_dir)
   return {'tmp': tmp, 'ytf': ytf, 'ytf_official': official, 'megaface': megaface, 'head_dir': head_dir,
           'data_dir': data_dir, 'directories': directories, 'config': config, 'cells': _table_cells(config)}
@@ -231,7 +233,7 @@ def test_without_caches_the_note_holds_the_exact_embed_command(built):
 
 def test_builder_splits_file_is_accepted(built):
   ytf = built['ytf']
-  assert common.ytf_splits_file(str(ytf.root)) == str(ytf.splits_path)
+  assert ytf_pairs.splits_file(str(ytf.root)) == str(ytf.splits_path)
   # The builder's splits file is valid YTF format with its own counts ...
   assert len(ytf_reader.read_splits(ytf.splits_path, root=ytf.root, num_folds=ytf.num_folds,
                                     same_per_fold=ytf.same_per_fold)) == len(ytf.pairs)
