@@ -267,8 +267,8 @@ def _in_run_order(parts):
   return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *[result for _, result in parts])
 
 
-# XLA:CPU maps each compiled training program's code into ~322 memory regions (measured:
-# `python -m benchmarks.compiled_maps`), and Linux allows a process 65,530 (vm.max_map_count). Tuning
+# XLA:CPU maps each compiled training program's code into hundreds of memory regions
+# (`python -m benchmarks.compiled_maps` counts them), and Linux allows a process vm.max_map_count (65,530). Tuning
 # compiles one program per (schedule, budget, shapes), so a process that tunes many heads (the test suite,
 # `reproduce.all`) would pass the limit, and LLVM then aborts the process ("Cannot allocate memory"). So
 # at most this many stay compiled (of each jitted function here); one dropped is compiled again if it is

@@ -1,10 +1,9 @@
 """A faster stand-in, with the same outputs, for the max pooling layers inside facenet-pytorch's MTCNN.
 
-Profiling `mir_jax.embed` on LFW (one process, one torch thread, 320 images) put 4.8 s of MTCNN's
-11.8 s in `torch.max_pool2d`: more than all of its convolutions. torch's CPU kernel for contiguous NCHW
-input is slow for MTCNN's shapes, while a window maximum written as `k` strided `torch.maximum`s per axis
-(first along the width, then the height) is 3.7-10x faster on MTCNN's layer shapes, and MTCNN as a whole
-needs 1.22x less CPU (`benchmarks/results/max_pool_speed.json`).
+Profiling `mir_jax.embed` on LFW put more of MTCNN's time in `torch.max_pool2d` than in all of its
+convolutions: torch's CPU kernel for contiguous NCHW input is slow for MTCNN's shapes, while a window
+maximum written as `k` strided `torch.maximum`s per axis (first along the width, then the height) is
+several times faster on them (`python -m benchmarks.max_pool_speed`; DEVELOPING.md has the figures).
 
 A maximum is exact whatever the order of comparison, so the output holds the same values as torch's, in
 the same memory layout, and the cache key need not change. (The one freedom: a window whose maximum is a

@@ -13,9 +13,9 @@ head alike:
 
 The first half keeps a head that has not started to learn (stuck on the largest identity, or too slow to
 move from where it started, where doubling changes little) from passing as converged. Two doublings, not
-one, because a head can pause on the way: measured here, the joint LFW head at lr 0.1 sits at 59.2%
-after 250 steps and 59.4% after 500, then climbs to 99.4% by 4,000. Both directions, because a setting whose accuracy drops when it trains longer
-(lr 0.333: 99.3% at 500 steps, 96.7% at 1,000) has found a lucky budget, not a resting point.
+one, because a head can pause on the way: a plateau over one doubling, then a climb (the stored curves
+of experiments/tuned/ show such heads; DEVELOPING.md quotes them). Both directions, because a setting
+whose accuracy drops when it trains longer has found a lucky budget, not a resting point.
 Validation cross-entropy is not part of the rule: on unit-norm embeddings it keeps falling long after
 the accuracy has settled, as the logits grow.
 
@@ -40,8 +40,7 @@ Tuning, for each schedule separately:
      meeting it, the grid also gains an L2 below the smallest non-zero one (same ratio, up to
      `max_extensions` times): without L2 a softmax on separable embeddings has no finite minimum, its
      weights grow for ever and its validation accuracy keeps drifting, while the grid's smallest L2 may
-     hold it far from fitting (measured on the LFW-distractors head: L2 0 still gains 1 point from
-     16,000 to 32,000 steps, L2 1e-4 stays at 14%). Last, a choice that has not converged and sits on
+     hold it far from fitting (the LFW-distractors head's stored curves show both). Last, a choice that has not converged and sits on
      the largest budget doubles the schedule's `max_steps` (up to `max_extensions` times): the points
      still climbing there train on, the rest keep their curves;
   5. the caller retrains on the whole training split with the chosen values and scores the test split.

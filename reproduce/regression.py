@@ -77,7 +77,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  config_flags.DEFINE_config_file('config', 'experiments/configs/regression.py', 'The fixed configuration.')
+  config_flags.DEFINE_config_file('config', 'experiments/configs/regression.py', 'The fixed configuration.',
+                                  lock_config=True)
   flags.DEFINE_bool('write', False, 'Overwrite the baseline with the numbers computed now.')
   flags.DEFINE_string('baseline', None, 'Baseline JSON (default: experiments/baselines/lfw_dlib_resnet.json).')
 
