@@ -3,8 +3,9 @@ r"""Table I: original features (b) against MIR character features (a), per backb
   python -m reproduce.table1 [--config=experiments/configs/reproduce.py] [--output_dir=outputs/reproduce]
 
 Rows: for each backbone of `config.backbones` and each training reading (tuned, paper-literal), "(b)" and
-"(a)"; then the paper's own rows (DeepID2+, FaceNet, DeepFace, BaiDu), printed as claims because no public
-weights for them exist here. Columns:
+"(a)", then two sanity anchors on the LFW column (cosine 1-NN and logistic regression on the original
+embeddings, same splits and seeds: `mir_jax.evaluators.anchors`); then the paper's own rows (DeepID2+,
+FaceNet, DeepFace, BaiDu), printed as claims because no public weights for them exist here. Columns:
 
   LFW              Ac = TP/AP of a softmax head, protocol `lfw_identity` (>= 10 images, half split):
                    (b) the single-task head on the original embedding, (a) the jointly trained MIR head.
@@ -30,6 +31,7 @@ from absl import app
 from experiments import paper_claims
 from mir_jax import protocols
 from mir_jax import report
+from mir_jax.evaluators import anchors
 from mir_jax.evaluators import open_set
 from mir_jax.evaluators import ytf_pairs
 from reproduce import cli
@@ -103,6 +105,26 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
                                               note=f'MIR heads on the head set: {heads.describe("joint")}.',
                                               flag=heads.flag('joint'))
   return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
+
+
+def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
+  """Sanity rows: cosine 1-NN and logistic regression on the original embeddings, on the LFW column's
+  splits and seeds (none when the cache is missing: the measured rows say why)."""
+  try:
+    lfw = ctx.lfw_identity(backbone)
+  except embedding_store.Unavailable:
+    return []
+  c, scores = anchors.choose_c(lfw, ctx.config.anchors.logistic_cs, ctx.config.tune.val_fraction)
+  values = anchors.run(lfw, c)
+  chosen = (f'C = {c:g} chosen on a validation split of seed {lfw.seeds[0]}\'s training split (validation Ac '
+            + ', '.join(f'{s:.2f} at C = {k:g}' for k, s in scores.items()) + ')')
+  how = {'cosine 1-NN': 'nearest training embedding by cosine similarity',
+         'logistic regression': f'scikit-learn LogisticRegression (lbfgs, L2, {chosen})'}
+  return [report.Row(f'{backbone} (b) features, {name} (anchor)',
+                     {'LFW': report.Cell(values[name], lfw.seeds, f'{_AC} ({lfw.name})',
+                                         note=f'{lfw.name}: {how[name]}; no head, no training reading.')},
+                     note='A sanity anchor, not a paper row: a (b) head below it would be under-fitted.')
+          for name in anchors.ANCHORS]
 
 
 def _open_set_rank1(ctx, task, key, reading):
@@ -197,6 +219,7 @@ def build(ctx: context.Context) -> report.Table:
       b, a = measured_rows(ctx, backbone, reading)
       rows += [b, a]
       directions += [report.Direction(a.name, b.name, c) for c in COLUMNS]
+    rows += anchor_rows(ctx, backbone)
   claims = paper_claims.claims_only_table('I')
   rows += claims.rows
   directions += claims.directions

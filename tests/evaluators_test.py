@@ -272,3 +272,29 @@ def test_separation_invariances_and_pca():
   assert separation.separation(np.array([[0.0, 0], [0, 0], [1, 1]]), np.array([0, 0, 1])).ratio == math.inf
   with pytest.raises(ValueError):
     separation.separation(x, np.zeros(10))
+
+
+def _anchor_task():
+  from mir_jax import embedding_sets  # pylint: disable=g-import-not-at-top
+  from mir_jax import protocols  # pylint: disable=g-import-not-at-top
+
+  ds = embedding_sets.synthetic_identities(num_classes=6, per_class=12, dim=16, seed=4, spread=1.0)
+  return protocols.lfw_identity(ds, seeds=[0, 1], min_images=10)
+
+
+def test_anchor_c_is_the_best_on_validation_and_anchors_pair_by_seed():
+  from mir_jax import tuning  # pylint: disable=g-import-not-at-top
+  from mir_jax.evaluators import anchors  # pylint: disable=g-import-not-at-top
+
+  task = _anchor_task()
+  c, scores = anchors.choose_c(task, (0.01, 1.0, 100.0), val_fraction=0.25)
+  fit, val = tuning.validation_split(task.labels, task.train_idx[0], task.seeds[0], 0.25)
+  for k, s in scores.items():  # each score is logistic regression at that C on seed 0's validation split
+    assert s == pytest.approx(100 * np.mean(identification.logistic_regression_predict(
+        task.x[fit], task.labels[fit], task.x[val], c=k) == task.labels[val]))
+  assert scores[c] == max(scores.values()) and c == min(k for k, s in scores.items() if s == scores[c])
+  values = anchors.run(task, c)
+  for s, (tr, te) in enumerate(zip(task.train_idx, task.test_idx)):
+    nn = neighbors.KNeighborsClassifier(1, metric='cosine').fit(task.x[tr], task.labels[tr])
+    assert values['cosine 1-NN'][s] == pytest.approx(100 * nn.score(task.x[te], task.labels[te]))
+  assert len(values['logistic regression']) == len(task.seeds)

@@ -122,6 +122,19 @@ def test_table2_direction_claims_and_mcnemar(built):
       assert s['n'] == 3 and s['verdict'] in (report.REPRODUCED, report.NOT_REPRODUCED)
 
 
+def test_table1_anchor_rows_for_the_measured_backbone_only(built):
+  _, tables, _, _ = built
+  t = tables['table1']
+  anchors = [r for r in t.rows if r.name.endswith('(anchor)')]
+  assert [r.name for r in anchors] == ['fake (b) features, cosine 1-NN (anchor)',
+                                       'fake (b) features, logistic regression (anchor)']
+  single = _cell(t, 'fake (b) [tuned]', 'LFW')
+  for r in anchors:
+    assert list(r.cells) == ['LFW'] and r.cells['LFW'].seeds == single.seeds and len(r.cells['LFW'].values) == 3
+  assert 'chosen on a validation split' in anchors[1].cells['LFW'].note
+  assert not any(d.better.endswith('(anchor)') or d.worse.endswith('(anchor)') for d in t.directions)
+
+
 def test_tuning_is_stored_and_reused(built):
   ctx, tables, _, tmp_path = built
   stored = sorted(os.listdir(tmp_path / 'tuned'))

@@ -45,6 +45,9 @@ def get_config():
       'manual_dir': '', 'set_size': 1000000,
       'head_dataset': 'lfw', 'head_manual_dir': '', 'head_subset': '', 'head_limit': 0})
 
+  # Table I's sanity anchors on the original embeddings (mir_jax/evaluators/anchors.py): logistic
+  # regression's inverse L2 strength is chosen from these on validation data, as the heads' settings are.
+  config.anchors = ml_collections.ConfigDict({'logistic_cs': (1.0, 10.0, 100.0, 1000.0, 10000.0)})
   # Readings (mir_jax/readings.py): 'tuned' (chosen on validation, per schedule) and 'paper-literal'.
   config.readings = 'tuned,paper-literal'
   # The ablations vary the model one choice at a time; under the paper-literal reading every variant is
