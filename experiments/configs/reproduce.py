@@ -1,5 +1,6 @@
 """What `python -m reproduce.{table1,table2,ablations,pca_figure,all}` compute: backbones, protocols, seeds,
-the MIR head read literally, and the two training readings shown side by side (BUILD.md, "Reproduction").
+the MIR head read literally, and the two training readings shown side by side (BUILD.md, "Reproduction
+commands and their outputs").
 
 Every value here is a stated choice where the paper is silent; override any of them on the command line,
 e.g. `--config.train.num_seeds=3` or `--config.backbones=dlib-resnet`.

@@ -85,7 +85,7 @@ def _work(records: Sequence[FaceRecord]) -> List[pipeline_lib.Prepared]:
   # without bound over a long run. Trimming holds it near its working set, but the pages it returns are
   # faulted in again by the next batch, so it runs only once the worker has grown past TRIM_ABOVE_MIB
   # rather than after every task. (On LFW, MTCNN's working set lifts a worker past the threshold after
-  # most tasks anyway; BUILD.md has the measurements.)
+  # most tasks anyway; DEVELOPING.md, "Embedding speed and memory", has the measurements.)
   if _resident_mib() > TRIM_ABOVE_MIB:
     _TRIM()
   return out
@@ -108,7 +108,7 @@ def prepared_stream(records: Sequence[FaceRecord], pipeline: pipeline_lib.Pipeli
     for t in tasks:
       yield from embedder(t)
     return
-  # A worker's resident memory creeps up over thousands of MTCNN batches (BUILD.md), so the workers are
+  # A worker's resident memory creeps up over thousands of MTCNN batches (DEVELOPING.md), so the workers are
   # replaced after about WORKER_MAX_TASKS tasks each. Replacement is by whole pools, one after another:
   # ProcessPoolExecutor(max_tasks_per_child=...) deadlocks on Python 3.11 (fixed only in later releases)
   # once a worker retires with tasks still queued (CPython gh-115634), and a drained pool's workers are
