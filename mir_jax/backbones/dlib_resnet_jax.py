@@ -465,6 +465,18 @@ def compiled_apply(dtype: str = 'float32', stem_chunk: int = 0, space_to_depth: 
   return jax.jit(apply)
 
 
+def _check_dtype(dtype: str) -> None:
+  if dtype not in DTYPES:
+    raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+
+
+def _dot_stages(dtype: str, dot_stages: Optional[Sequence[int]]) -> Tuple[int, ...]:
+  """The stages whose convs run as dots, sorted; None = stages 1-4 for bfloat16 (its fastest), none for float32."""
+  if dot_stages is None:
+    dot_stages = (1, 2, 3, 4) if dtype == 'bfloat16' else ()
+  return tuple(sorted(int(s) for s in dot_stages))
+
+
 class DlibResNetJax(base.Backbone):
   """dlib's 128-D ResNet in JAX: same chips and same numbers as `dlib-resnet`, batched under jit.
 
@@ -500,8 +512,7 @@ class DlibResNetJax(base.Backbone):
       cache_dir: parsed-params cache (see `load_params`).
       landmark_box: as for `dlib-resnet` ('mtcnn' or 'dlib').
     """
-    if dtype not in DTYPES:
-      raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+    _check_dtype(dtype)
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.weights_path = pathlib.Path(weights) if weights else default_weights()
@@ -511,26 +522,32 @@ class DlibResNetJax(base.Backbone):
     self.fold = bool(fold)
     self.stem_chunk = int(stem_chunk)
     self.space_to_depth = bool(space_to_depth)
-    if dot_stages is None:
-      dot_stages = (1, 2, 3, 4) if dtype == 'bfloat16' else ()
-    self.dot_stages = tuple(sorted(int(s) for s in dot_stages))
+    self.dot_stages = _dot_stages(dtype, dot_stages)
     self._params = jax.device_put(fold_affines(params) if fold else params)
     self._apply = compiled_apply(dtype, self.stem_chunk, self.space_to_depth, self.dot_stages)
     # The C++ backbone's alignment, so both backbones cut identical chips.
     self.aligner = dlib_resnet.DlibAligner(shape_predictor, padding=padding, landmark_box=landmark_box)
 
-  def config_key(self) -> dict:
+  @classmethod
+  def key_from_arguments(cls, *, weights, shape_predictor, padding, landmark_box, dtype, dot_stages,
+                         **unused) -> dict:
+    # batch_size, fold, stem_chunk, space_to_depth and cache_dir change how the network is run, not its
+    # function, so they stay out of the key.
+    del unused
+    _check_dtype(dtype)
     key = {
-        'backbone': self.name,
-        'dim': self.dim,
-        'weights': backbones.file_fingerprint(self.weights_path),
-        **self.aligner.config_key(),
-        'dtype': self.dtype,
+        **dlib_resnet.network_key(cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor,
+                                  padding=padding, landmark_box=landmark_box),
+        'dtype': dtype,
     }
-    if self.dtype != 'float32':
+    if dtype != 'float32':
       # Where bfloat16 rounds depends on how the convs run; float32 agrees to rounding either way.
-      key['dot_stages'] = list(self.dot_stages)
+      key['dot_stages'] = list(_dot_stages(dtype, dot_stages))
     return key
+
+  def config_key(self) -> dict:
+    return self.key_from_arguments(weights=self.weights_path, dtype=self.dtype, dot_stages=self.dot_stages,
+                                   **self.aligner.arguments())
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip (the C++ backbone's)."""

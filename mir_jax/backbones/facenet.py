@@ -88,6 +88,11 @@ def find_weights(variant: str, weights: Optional[os.PathLike] = None) -> pathlib
   return path
 
 
+def _variant(variant: str) -> str:
+  """A variant, also given by its registry name."""
+  return variant if variant in VARIANTS else NAME_TO_VARIANT.get(variant, variant)
+
+
 def has_local_weights(variant: str) -> bool:
   """True when `find_weights(variant)` would succeed without an explicit path."""
   return cached_weights_path(variant).is_file()
@@ -126,9 +131,7 @@ class FaceNet(base.Backbone):
     Raises:
       WeightsNotFoundError: no weights file (see `find_weights`).
     """
-    if variant not in VARIANTS:
-      # Accept the registry names too.
-      variant = NAME_TO_VARIANT.get(variant, variant)
+    variant = _variant(variant)
     self.variant = variant
     self.weights_path = find_weights(variant, weights)
     self.name = VARIANTS[variant][0]
@@ -154,17 +157,25 @@ class FaceNet(base.Backbone):
     model.load_state_dict(state, strict=True)
     self.model = model.eval().to(self.device)
 
-  def config_key(self) -> dict:
+  @classmethod
+  def key_from_arguments(cls, *, variant, weights, image_size, margin, flip, **unused) -> dict:
+    del unused  # device, batch_size, num_threads: where and how fast it runs, not what it computes
+    variant = _variant(variant)
+    weights = find_weights(variant, weights)
     return {
-        'backbone': self.name,
-        'dim': self.dim,
-        'weights': backbones.file_fingerprint(self.weights_path),
-        'image_size': self.image_size,
-        'margin': self.margin,
+        'backbone': VARIANTS[variant][0],
+        'dim': cls.dim,
+        'weights': backbones.file_fingerprint(weights),
+        'image_size': int(image_size),
+        'margin': int(margin),
         'standardization': 'fixed:(x-127.5)/128',
         'resize': 'bilinear',
-        'flip': self.flip,
+        'flip': bool(flip),
     }
+
+  def config_key(self) -> dict:
+    return self.key_from_arguments(variant=self.variant, weights=self.weights_path, image_size=self.image_size,
+                                   margin=self.margin, flip=self.flip)
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> float32 (3, 160, 160) standardised crop."""

@@ -10,8 +10,8 @@ import os
 import pathlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from mir_jax import backbones
 from mir_jax import paths
-from mir_jax.cache import backbone_keys
 from mir_jax.cache import key
 from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import reader
@@ -31,12 +31,10 @@ def backbone_name(name: Optional[str]) -> str:
   """`name`, or the default backbone's when it is empty."""
   if name:
     return name
-  from mir_jax import backbones  # pylint: disable=g-import-not-at-top
   return backbones.default_backbone_name()
 
 
 def make_backbone_factory(backbone: str, backbone_options: Dict[str, Any]):
-  from mir_jax import backbones  # pylint: disable=g-import-not-at-top
   return functools.partial(backbones.get_backbone, backbone, **backbone_options)
 
 
@@ -64,25 +62,20 @@ def cache_spec(dataset: str,
   manual_dir = manual_dir or selection.default_manual_dir(dataset)
   records, reader_options, _ = selection.select_records(dataset, manual_dir, subset=subset, limit=limit,
                                                         pairs_file=pairs_file, reader_kwargs=reader_kwargs)
-  backbone_config = backbone_keys.backbone_config_key(backbone, **dict(backbone_options or {}))
+  backbone_config = backbones.config_key(backbone, **dict(backbone_options or {}))
   # The default aligner's settings, read without loading MTCNN's weights.
   spec = key.CacheSpec(dataset=dataset, reader_options=reader_options, backbone_config=backbone_config,
                        align_config=align.config_key(), flip=flip)
   return records, spec
 
 
-def prepare(dataset: str,
-            backbone: str,
-            *,
-            manual_dir: Optional[os.PathLike] = None,
-            subset: Optional[str] = None,
-            limit: Optional[int] = None,
-            pairs_file: Optional[os.PathLike] = None,
-            backbone_options: Optional[Dict[str, Any]] = None,
-            reader_kwargs: Optional[Dict[str, Any]] = None,
-            flip: bool = False,
-            num_workers: int = 2):
+def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: Any):
   """Everything needed to build a cache, without embedding anything: the backbone is built here.
+
+  Args:
+    dataset, backbone: as for `cache_spec`.
+    num_workers: the pipeline's worker processes (0 = none).
+    **settings: the other keyword arguments of `cache_spec` (manual_dir, subset, backbone_options, flip, ...).
 
   Returns:
     (records, spec, pipeline, backbone_instance).
@@ -92,19 +85,17 @@ def prepare(dataset: str,
     RuntimeError: the built backbone's key is not the one `find_cache` computes for these settings, so the
       cache would be built where no lookup finds it.
   """
-  records, spec = cache_spec(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
-                             pairs_file=pairs_file, backbone_options=backbone_options,
-                             reader_kwargs=reader_kwargs, flip=flip)
-  backbone_factory = make_backbone_factory(backbone, dict(backbone_options or {}))
+  records, spec = cache_spec(dataset, backbone, **settings)
+  backbone_factory = make_backbone_factory(backbone, dict(settings.get('backbone_options') or {}))
   # Workers share the cores, so each pins torch to one thread; alone, this process may use them all.
   aligner_factory = make_aligner_factory(1 if num_workers > 0 else None)
   model = backbone_factory()
   if key.canonical_config(model.config_key()) != key.canonical_config(spec.backbone_config):
-    raise RuntimeError(f'{backbone}: mir_jax.cache.backbone_keys computes {spec.backbone_config}, but the '
-                       f'backbone keys itself {model.config_key()}; make backbone_keys agree')
+    raise RuntimeError(f'{backbone}: its key_from_arguments computes {spec.backbone_config}, but the built '
+                       f'backbone keys itself {model.config_key()}; make the two agree')
   spec = dataclasses.replace(spec, backbone_config=model.config_key())
   pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory,
-                                   flip=flip)
+                                   flip=spec.flip)
   return records, spec, pipeline, model
 
 
