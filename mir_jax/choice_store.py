@@ -54,13 +54,6 @@ def load(path: str, context: dict, kind=tuning.Choice) -> Optional[Dict[str, obj
     return None
 
 
-def _stored_variant(variant: options.Variant) -> dict:
-  # The stored files spell commonality_dim as the int of the old schema (1, or 0 for "d").
-  fields = dataclasses.asdict(variant)
-  fields['commonality_dim'] = 0 if variant.commonality_dim == 'd' else 1
-  return fields
-
-
 class ChoiceStore:
   """The readings of a config's train and tune blocks, stored under `directory` (relative: to the repo)."""
 
@@ -82,7 +75,7 @@ class ChoiceStore:
     if name == 'paper-literal':
       variant = dataclasses.replace(variant, lr_schedule='constant')
     seeds = options.seeds(t)
-    context = {'data': data, 'task': task.description, 'variant': _stored_variant(variant),
+    context = {'data': data, 'task': task.description, 'variant': dataclasses.asdict(variant),
                'train': {k: t[k] for k in TRAINING_FIELDS}, 'grid': dataclasses.asdict(grid),
                'tuning_seeds': seeds[:grid.tuning_seeds], 'schedules': sorted(schedules)}
     if name == 'paper-literal':
