@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: env test reproduce baseline benchmarks clean-env
+.PHONY: env lint format test reproduce baseline benchmarks clean-env
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,17 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 
 env: $(VENV)/.installed
 
-test: env
+# Style first, in seconds (pyproject.toml configures ruff): a lint error fails `make test`, hence CI, before
+# any test runs. `make format` fixes what the formatter and the import sorter can.
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: env
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 # The main job: embed all of LFW with the offline dlib backbone (resumable; skipped when cached), LFW pair
