@@ -16,8 +16,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from mir_jax.backbones import dlib_resnet_jax
 from benchmarks import machine
+from mir_jax.backbones import dlib_resnet_jax
 
 _MAKE_CHIPS = flags.DEFINE_string('make_chips', None, 'Write chips + C++ descriptors to this .npz and exit.')
 _NUM_FACES = flags.DEFINE_integer('num_faces', 256, 'Faces for --make_chips (every 13th LFW image).')
@@ -29,9 +29,12 @@ _OUT = flags.DEFINE_string('out', 'outputs/accelerator_dlib_jax.json', 'Where to
 
 def make_chips(path, num_faces):
   import dlib  # pylint: disable=g-import-not-at-top
-  from mir_jax import images, paths  # pylint: disable=g-import-not-at-top
-  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   from benchmarks import dlib_cxx  # pylint: disable=g-import-not-at-top
+  from mir_jax import images  # pylint: disable=g-import-not-at-top
+  from mir_jax import paths  # pylint: disable=g-import-not-at-top
+  from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   root = paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled'
   files = sorted(root.rglob('*.jpg'))[::13][:num_faces]
   chips, _ = dlib_cxx.dlib_chips([images.load_rgb(f) for f in files])
@@ -48,13 +51,21 @@ def main(argv):
   with np.load(_CHIPS.value) as f:
     chips, cpp = f['chips'], f['cpp']
   params, _ = dlib_resnet_jax.load_params(_WEIGHTS.value, use_cache=False)
-  report = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
-            'jax': jax.__version__, 'num_faces': int(len(chips)), 'dtypes': {}}
+  report = {
+    'device': str(jax.devices()[0].device_kind),
+    'backend': jax.default_backend(),
+    'jax': jax.__version__,
+    'num_faces': int(len(chips)),
+    'dtypes': {},
+  }
   for dtype in ('float32', 'bfloat16'):
     apply = dlib_resnet_jax.compiled_apply(dtype)
     desc = np.asarray(apply(params, chips), np.float32)
-    entry = {'max_abs_vs_dlib_cpp': float(np.abs(desc - cpp).max()),
-             'mean_abs_vs_dlib_cpp': float(np.abs(desc - cpp).mean()), 'faces_per_s': {}}
+    entry = {
+      'max_abs_vs_dlib_cpp': float(np.abs(desc - cpp).max()),
+      'mean_abs_vs_dlib_cpp': float(np.abs(desc - cpp).mean()),
+      'faces_per_s': {},
+    }
     for bs in map(int, _BATCH_SIZES.value):
       batch = np.resize(chips, (bs,) + chips.shape[1:])  # repeat the real chips to fill the batch
       apply(params, batch).block_until_ready()

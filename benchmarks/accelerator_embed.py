@@ -19,11 +19,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import machine
 from mir_jax import align
 from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
-from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/accelerator_embed.json', 'Where to write the JSON.')
 _IMAGE_DIR = flags.DEFINE_string('image_dir', None, 'Folder-per-identity images (default: shared LFW).')
@@ -52,15 +52,23 @@ def _timed(fn, sync):
 
 def main(argv):
   del argv
-  import torch  # pylint: disable=g-import-not-at-top
   from facenet_pytorch import InceptionResnetV1  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
   files = _files(_NUM_IMAGES.value)
   imgs = [images.load_rgb(f) for f in files]
   devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-  report = {'machine': {'platform': platform.platform(), 'torch': torch.__version__,
-                        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                        'cpus': os.cpu_count()},
-            'num_images': len(imgs), 'batch_size': _BATCH_SIZE.value, 'devices': {}}
+  report = {
+    'machine': {
+      'platform': platform.platform(),
+      'torch': torch.__version__,
+      'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+      'cpus': os.cpu_count(),
+    },
+    'num_images': len(imgs),
+    'batch_size': _BATCH_SIZE.value,
+    'devices': {},
+  }
   with tempfile.TemporaryDirectory() as tmp:
     weights = os.path.join(tmp, 'random_facenet.pt')
     torch.manual_seed(0)
@@ -70,24 +78,26 @@ def main(argv):
       sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
       aligner = align.Aligner(device=device, batch_size=_BATCH_SIZE.value)
       dets, t_detect = _timed(lambda a=aligner: a.detect_batch(imgs), sync)
-      net = backbones.get_backbone('facenet-vggface2', weights=weights, device=device,
-                                   batch_size=_BATCH_SIZE.value)
+      net = backbones.get_backbone('facenet-vggface2', weights=weights, device=device, batch_size=_BATCH_SIZE.value)
       inputs = [net.preprocess(im, d) for im, d in zip(imgs, dets)]
       emb, t_embed = _timed(lambda n=net, x=inputs: n.embed(x), sync)
       embeddings[device], boxes[device] = emb, np.stack([d.box for d in dets])
       report['devices'][device] = {
-          'mtcnn_images_per_s': len(imgs) / t_detect,
-          'facenet_images_per_s': len(imgs) / t_embed,
-          'detection_fallbacks': int(sum(not d.detected for d in dets)),
+        'mtcnn_images_per_s': len(imgs) / t_detect,
+        'facenet_images_per_s': len(imgs) / t_embed,
+        'detection_fallbacks': int(sum(not d.detected for d in dets)),
       }
-      print(f'{device}: MTCNN {len(imgs) / t_detect:.1f} img/s, FaceNet (random weights) '
-            f'{len(imgs) / t_embed:.1f} img/s', flush=True)
+      print(
+        f'{device}: MTCNN {len(imgs) / t_detect:.1f} img/s, FaceNet (random weights) {len(imgs) / t_embed:.1f} img/s',
+        flush=True,
+      )
   if 'cuda' in embeddings:
     report['cuda_vs_cpu'] = {
-        'max_abs_box_diff_px': float(np.abs(boxes['cuda'] - boxes['cpu']).max()),
-        'max_abs_embedding_diff': float(np.abs(embeddings['cuda'] - embeddings['cpu']).max()),
-        'speedup_mtcnn': report['devices']['cuda']['mtcnn_images_per_s'] / report['devices']['cpu']['mtcnn_images_per_s'],
-        'speedup_facenet': report['devices']['cuda']['facenet_images_per_s'] / report['devices']['cpu']['facenet_images_per_s'],
+      'max_abs_box_diff_px': float(np.abs(boxes['cuda'] - boxes['cpu']).max()),
+      'max_abs_embedding_diff': float(np.abs(embeddings['cuda'] - embeddings['cpu']).max()),
+      'speedup_mtcnn': report['devices']['cuda']['mtcnn_images_per_s'] / report['devices']['cpu']['mtcnn_images_per_s'],
+      'speedup_facenet': report['devices']['cuda']['facenet_images_per_s']
+      / report['devices']['cpu']['facenet_images_per_s'],
     }
     print('cuda vs cpu:', json.dumps(report['cuda_vs_cpu']))
   machine.write_json(_OUT.value, report)

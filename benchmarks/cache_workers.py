@@ -43,8 +43,12 @@ _LIMIT = flags.DEFINE_integer('limit', 512, 'LFW images to embed per run; 0 = al
 _WORKER_COUNTS = flags.DEFINE_list('worker_counts', ['1', '2'], 'Values of --num_workers to run.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
 _BACKBONE = flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
-_KEEP = flags.DEFINE_string('keep_cache', None, 'Build the cache here and keep it, e.g. to compare its embeddings '
-                             'with another build (one run only); default: a temporary directory, deleted.')
+_KEEP = flags.DEFINE_string(
+  'keep_cache',
+  None,
+  'Build the cache here and keep it, e.g. to compare its embeddings '
+  'with another build (one run only); default: a temporary directory, deleted.',
+)
 _PSS_EVERY = flags.DEFINE_float('pss_every', 5.0, 'Seconds between PSS samples (RSS: every 0.2 s).')
 
 
@@ -84,8 +88,15 @@ def run_once(num_workers: int) -> dict:
     data_dir = _KEEP.value or scratch
     if _KEEP.value and os.path.exists(data_dir):
       raise FileExistsError(f'--keep_cache={data_dir} exists; a fresh directory is needed for a full build')
-    cmd = [sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', f'--backbone={_BACKBONE.value}',
-           f'--num_workers={num_workers}', f'--data_dir={data_dir}']
+    cmd = [
+      sys.executable,
+      '-m',
+      'mir_jax.embed',
+      '--dataset=lfw',
+      f'--backbone={_BACKBONE.value}',
+      f'--num_workers={num_workers}',
+      f'--data_dir={data_dir}',
+    ]
     if _LIMIT.value:
       cmd.append(f'--limit={_LIMIT.value}')
     cpu_before, own_before = _children_cpu_seconds(), _own_cpu_seconds()
@@ -122,10 +133,19 @@ def run_once(num_workers: int) -> dict:
     with open(info_path) as f:
       info = json.load(f)
   seconds, n = info['seconds_embedding'], info['num_embedded']
-  return {'num_workers': num_workers, 'images': n, 'seconds': seconds, 'images_per_s': n / seconds,
-          'wall_seconds_incl_startup': wall, 'cpu_seconds': cpu, 'cores_busy': cpu / wall,
-          'peak_tree_rss_mib': peak['rss'], 'peak_tree_pss_mib': peak['pss'],
-          'peak_process_rss_mib': max(hwm.values(), default=0.0), 'sampler_cpu_seconds': sampler_cpu}
+  return {
+    'num_workers': num_workers,
+    'images': n,
+    'seconds': seconds,
+    'images_per_s': n / seconds,
+    'wall_seconds_incl_startup': wall,
+    'cpu_seconds': cpu,
+    'cores_busy': cpu / wall,
+    'peak_tree_rss_mib': peak['rss'],
+    'peak_tree_pss_mib': peak['pss'],
+    'peak_process_rss_mib': max(hwm.values(), default=0.0),
+    'sampler_cpu_seconds': sampler_cpu,
+  }
 
 
 def _own_cpu_seconds() -> float:
@@ -151,19 +171,25 @@ def main(argv):
       print(json.dumps(runs[-1]), flush=True)
   rate = {w: statistics.median(r['images_per_s'] for r in runs if r['num_workers'] == w) for w in counts}
   result = {
-      'command': ' '.join(sys.argv), 'machine': machine.basic_info(), 'load_before': load_before,
-      'load_after': os.getloadavg(), 'runs': runs, 'median_images_per_s': rate,
-      'peak_tree_rss_mib': max(r['peak_tree_rss_mib'] for r in runs),
-      'peak_tree_pss_mib': max(r['peak_tree_pss_mib'] for r in runs),
-      'peak_process_rss_mib': max(r['peak_process_rss_mib'] for r in runs),
+    'command': ' '.join(sys.argv),
+    'machine': machine.basic_info(),
+    'load_before': load_before,
+    'load_after': os.getloadavg(),
+    'runs': runs,
+    'median_images_per_s': rate,
+    'peak_tree_rss_mib': max(r['peak_tree_rss_mib'] for r in runs),
+    'peak_tree_pss_mib': max(r['peak_tree_pss_mib'] for r in runs),
+    'peak_process_rss_mib': max(r['peak_process_rss_mib'] for r in runs),
   }
   summary = ', '.join(f'{w} worker(s) {rate[w]:.2f} img/s' for w in counts)
   if 1 in rate and 2 in rate:
     result['second_core_speedup'] = rate[2] / rate[1]
     summary += f': {result["second_core_speedup"]:.2f}x'
   machine.write_json(_OUT.value, result)
-  print(f'{summary}; peak tree RSS {result["peak_tree_rss_mib"]:.0f} MiB, PSS {result["peak_tree_pss_mib"]:.0f} '
-        f'MiB -> {_OUT.value}')
+  print(
+    f'{summary}; peak tree RSS {result["peak_tree_rss_mib"]:.0f} MiB, PSS {result["peak_tree_pss_mib"]:.0f} '
+    f'MiB -> {_OUT.value}'
+  )
 
 
 if __name__ == '__main__':

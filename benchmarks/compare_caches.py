@@ -23,12 +23,13 @@ def compare(a_dir: str, b_dir: str) -> dict:
   rows_differing = (xa.view(np.uint32) != xb.view(np.uint32)).any(axis=1)
   boxes_differing = (ma['boxes'].view(np.uint32) != mb['boxes'].view(np.uint32)).any(axis=1)
   return {
-      'same_images': True, 'rows': len(xa),
-      'embedding_rows_differing': int(rows_differing.sum()),
-      'max_abs_embedding_difference': float(np.abs(xa - xb).max()) if len(xa) else 0.0,
-      'box_rows_differing': int(boxes_differing.sum()),
-      'labels_equal': bool(np.array_equal(la, lb)),
-      'detected_equal': bool(np.array_equal(ma['detected'], mb['detected'])),
+    'same_images': True,
+    'rows': len(xa),
+    'embedding_rows_differing': int(rows_differing.sum()),
+    'max_abs_embedding_difference': float(np.abs(xa - xb).max()) if len(xa) else 0.0,
+    'box_rows_differing': int(boxes_differing.sum()),
+    'labels_equal': bool(np.array_equal(la, lb)),
+    'detected_equal': bool(np.array_equal(ma['detected'], mb['detected'])),
   }
 
 
@@ -37,8 +38,13 @@ def main(argv):
     raise app.UsageError('usage: python -m benchmarks.compare_caches CACHE_DIR_A CACHE_DIR_B')
   result = compare(argv[1], argv[2])
   print(result)
-  identical = (result['same_images'] and not result['embedding_rows_differing'] and not result['box_rows_differing']
-               and result['labels_equal'] and result['detected_equal'])
+  identical = (
+    result['same_images']
+    and not result['embedding_rows_differing']
+    and not result['box_rows_differing']
+    and result['labels_equal']
+    and result['detected_equal']
+  )
   print('identical' if identical else 'DIFFERENT')
   sys.exit(0 if identical else 1)
 

@@ -18,10 +18,10 @@ from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import machine
 from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import splits
-from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/compiled_maps.json', 'Where to write the JSON.')
 _PROGRAMS = flags.DEFINE_integer('programs', 8, 'Distinct budgets (compiled programs) to train.')
@@ -54,11 +54,14 @@ def main(argv):
   with open('/proc/sys/vm/max_map_count') as f:
     limit = int(f.read())
   result = {
-      **machine.basic_info(), 'devices': [str(d) for d in jax.local_devices()],
-      'maps_after_each_program': counts, 'maps_after_dropping_them': dropped,
-      'maps_per_program_median': per_program, 'max_map_count': limit,
-      'programs_to_reach_the_limit': int((limit - counts[0]) / per_program),
-      'engine_max_compiled_programs': engine_limit,
+    **machine.basic_info(),
+    'devices': [str(d) for d in jax.local_devices()],
+    'maps_after_each_program': counts,
+    'maps_after_dropping_them': dropped,
+    'maps_per_program_median': per_program,
+    'max_map_count': limit,
+    'programs_to_reach_the_limit': int((limit - counts[0]) / per_program),
+    'engine_max_compiled_programs': engine_limit,
   }
   print(json.dumps(result, indent=1))
   machine.write_json(_OUT.value, result)

@@ -18,8 +18,7 @@ from mir_jax.backbones import base
 from mir_jax.backbones import dlib_resnet
 
 
-def dlib_chips(images: Sequence[np.ndarray], shape_predictor: Optional[os.PathLike] = None
-               ) -> Tuple[np.ndarray, int]:
+def dlib_chips(images: Sequence[np.ndarray], shape_predictor: Optional[os.PathLike] = None) -> Tuple[np.ndarray, int]:
   """Face chips cut by dlib alone, for checking against dlib without the project's aligner.
 
   dlib's frontal face detector (1 upsampling; the largest face; the centre half of the image when
@@ -29,9 +28,11 @@ def dlib_chips(images: Sequence[np.ndarray], shape_predictor: Optional[os.PathLi
     (uint8 (n, 150, 150, 3) chips, how many images fell back to the centre box).
   """
   import dlib  # pylint: disable=g-import-not-at-top
+
   detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(str(shape_predictor) if shape_predictor else str(
-      dlib_resnet.models_dir() / dlib_resnet.SHAPE_PREDICTOR_FILE))
+  predictor = dlib.shape_predictor(
+    str(shape_predictor) if shape_predictor else str(dlib_resnet.models_dir() / dlib_resnet.SHAPE_PREDICTOR_FILE)
+  )
   chips, fallbacks = [], 0
   for image in images:
     image = np.ascontiguousarray(image, dtype=np.uint8)
@@ -42,8 +43,7 @@ def dlib_chips(images: Sequence[np.ndarray], shape_predictor: Optional[os.PathLi
       fallbacks += 1
       h, w = image.shape[:2]
       box = dlib.rectangle(w // 4, h // 4, w - w // 4, h - h // 4)
-    chips.append(dlib.get_face_chip(image, predictor(image, box), size=dlib_resnet.CHIP_SIZE,
-                                    padding=0.25))
+    chips.append(dlib.get_face_chip(image, predictor(image, box), size=dlib_resnet.CHIP_SIZE, padding=0.25))
   return np.stack(chips), fallbacks
 
 
@@ -93,8 +93,11 @@ class DlibProcesses:
       # 'spawn', not fork: the parent usually has torch/JAX thread pools running, and forking a
       # multithreaded process can deadlock the child.
       self._executor = concurrent.futures.ProcessPoolExecutor(
-          max_workers=self.num_workers, mp_context=multiprocessing.get_context('spawn'),
-          initializer=_worker_init, initargs=(self._options,))
+        max_workers=self.num_workers,
+        mp_context=multiprocessing.get_context('spawn'),
+        initializer=_worker_init,
+        initargs=(self._options,),
+      )
     return self._executor
 
   def close(self) -> None:
@@ -118,13 +121,13 @@ class DlibProcesses:
     # Each row is normalised on its own, so the chunks' embeddings can simply be concatenated.
     n_chunks = min(len(chips), 4 * self.num_workers)
     bounds = np.linspace(0, len(chips), n_chunks + 1).astype(int)
-    futures = [self._pool().submit(_worker_embed, chips[a:b])
-               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    futures = [self._pool().submit(_worker_embed, chips[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     try:
       return np.concatenate([f.result() for f in futures])
     except concurrent.futures.process.BrokenProcessPool as e:
       self.close()
       raise RuntimeError(
-          'dlib worker processes died. The calling script needs an '
-          "`if __name__ == '__main__':` guard (workers are spawned and re-import it); otherwise "
-          'see the worker traceback above, or use num_workers=1.') from e
+        'dlib worker processes died. The calling script needs an '
+        "`if __name__ == '__main__':` guard (workers are spawned and re-import it); otherwise "
+        'see the worker traceback above, or use num_workers=1.'
+      ) from e

@@ -37,27 +37,32 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import dlib_cxx
+from benchmarks import machine
 from mir_jax import images
 from mir_jax import paths
 from mir_jax.backbones import dlib_resnet_jax
-from benchmarks import dlib_cxx
-from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/dlib_jax_speed.json', 'Where to write the JSON.')
 _CHECK_FACES = flags.DEFINE_integer('check_faces', 0, 'LFW faces for the equality check (0 = none).')
 _SPEED = flags.DEFINE_bool('speed', True, 'Run the speed benchmark.')
 _NUM_CHIPS = flags.DEFINE_integer('num_chips', 128, 'Chips for the speed benchmark.')
 _CXX_CHIPS = flags.DEFINE_integer('cxx_chips', 32, 'Chips per C++ timing (it is slow).')
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32', '64'],
-                                 'JAX batch sizes to time.')
-_STEMS = flags.DEFINE_list('stems', ['plain', 's2d', 's2d_chunk1'],
-                           'Stem settings: plain (whole batch, 7x7/2 conv), s2d (space-to-depth), '
-                           's2d_chunkK (space-to-depth, K faces at a time).')
-_BF16 = flags.DEFINE_bool('bf16', True, 'Also time and check bfloat16 compute (at the best float32 '
-                          'stem and batch size, with XLA convs and with convs as dots).')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32', '64'], 'JAX batch sizes to time.')
+_STEMS = flags.DEFINE_list(
+  'stems',
+  ['plain', 's2d', 's2d_chunk1'],
+  'Stem settings: plain (whole batch, 7x7/2 conv), s2d (space-to-depth), '
+  's2d_chunkK (space-to-depth, K faces at a time).',
+)
+_BF16 = flags.DEFINE_bool(
+  'bf16',
+  True,
+  'Also time and check bfloat16 compute (at the best float32 '
+  'stem and batch size, with XLA convs and with convs as dots).',
+)
 _MIN_SECONDS = flags.DEFINE_float('min_seconds', 2.0, 'Least time per JAX measurement.')
-_LFW_DIR = flags.DEFINE_string('lfw_dir', None,
-                               'LFW deep-funneled folder; default <shared data>/lfw/lfw-deepfunneled.')
+_LFW_DIR = flags.DEFINE_string('lfw_dir', None, 'LFW deep-funneled folder; default <shared data>/lfw/lfw-deepfunneled.')
 
 LFW_IMAGES = 13233
 
@@ -68,7 +73,7 @@ def _stem_config(name):
   if name == 's2d':
     return 0, True
   if name.startswith('s2d_chunk'):
-    return int(name[len('s2d_chunk'):]), True
+    return int(name[len('s2d_chunk') :]), True
   raise ValueError(f'unknown stem setting {name!r}')
 
 
@@ -76,8 +81,15 @@ def _machine():
   import dlib  # pylint: disable=g-import-not-at-top
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  info = {**machine.basic_info(), 'jax': jax.__version__, 'flax': flax.__version__, 'dlib': dlib.__version__,
-          'jax_backend': jax.default_backend(), 'XLA_FLAGS': os.environ.get('XLA_FLAGS', '')}
+
+  info = {
+    **machine.basic_info(),
+    'jax': jax.__version__,
+    'flax': flax.__version__,
+    'dlib': dlib.__version__,
+    'jax_backend': jax.default_backend(),
+    'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''),
+  }
   try:
     text = pathlib.Path('/proc/cpuinfo').read_text()
     for line in text.splitlines():
@@ -109,8 +121,7 @@ def _lfw_files(n):
     shared = paths.shared_data_dir()
     root = shared / 'lfw' / 'lfw-deepfunneled' if shared else None
   if root is None or not root.is_dir():
-    raise SystemExit(f'LFW images not found (looked in {root or paths.shared_data_location()}); '
-                     'pass --lfw_dir')
+    raise SystemExit(f'LFW images not found (looked in {root or paths.shared_data_location()}); pass --lfw_dir')
   files = sorted(root.glob('*/*.jpg'))
   step = max(1, len(files) // n)
   return files[::step][:n]
@@ -123,6 +134,7 @@ def make_chips(files):
 
 def _cxx_net():
   import dlib  # pylint: disable=g-import-not-at-top
+
   return dlib.face_recognition_model_v1(str(dlib_resnet_jax.default_weights()))
 
 
@@ -133,6 +145,7 @@ def _cxx_descriptors(net, chips):
 def check(n):
   """JAX vs dlib C++ raw descriptors on n LFW faces."""
   import jax  # pylint: disable=g-import-not-at-top
+
   files = _lfw_files(n)
   t = time.perf_counter()
   chips, fallbacks = make_chips(files)
@@ -140,39 +153,55 @@ def check(n):
   t = time.perf_counter()
   ref = _cxx_descriptors(_cxx_net(), chips)
   t_ref = time.perf_counter() - t
-  out = {'faces': len(chips), 'detector_fallbacks': fallbacks, 'files_first_last': [
-      str(files[0].relative_to(files[0].parents[1])), str(files[-1].relative_to(files[-1].parents[1]))],
-         'seconds_chips': t_chips, 'seconds_cxx': t_ref,
-         'descriptor_norms': {'min': float(np.linalg.norm(ref, axis=1).min()),
-                              'max': float(np.linalg.norm(ref, axis=1).max())}}
+  out = {
+    'faces': len(chips),
+    'detector_fallbacks': fallbacks,
+    'files_first_last': [
+      str(files[0].relative_to(files[0].parents[1])),
+      str(files[-1].relative_to(files[-1].parents[1])),
+    ],
+    'seconds_chips': t_chips,
+    'seconds_cxx': t_ref,
+    'descriptor_norms': {
+      'min': float(np.linalg.norm(ref, axis=1).min()),
+      'max': float(np.linalg.norm(ref, axis=1).max()),
+    },
+  }
 
   def compare(name, got):
     diff = np.abs(got.astype(np.float64) - ref)
     worst = int(diff.max(axis=1).argmax())
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
-    out[name] = {'max_abs': float(diff.max()), 'mean_abs': float(diff.mean()),
-                 'max_abs_unit_norm': float(np.abs(unit(got.astype(np.float64)) - unit(ref)).max()),
-                 'worst_face': str(files[worst].name)}
-    print(f'{name}: max abs {diff.max():.3g} mean abs {diff.mean():.3g} over {len(chips)} faces',
-          flush=True)
+    out[name] = {
+      'max_abs': float(diff.max()),
+      'mean_abs': float(diff.mean()),
+      'max_abs_unit_norm': float(np.abs(unit(got.astype(np.float64)) - unit(ref)).max()),
+      'worst_face': str(files[worst].name),
+    }
+    print(f'{name}: max abs {diff.max():.3g} mean abs {diff.mean():.3g} over {len(chips)} faces', flush=True)
 
   backbone = dlib_resnet_jax.DlibResNetJax()
-  out['backbone_config'] = {'batch_size': backbone.batch_size, 'stem_chunk': backbone.stem_chunk,
-                            'space_to_depth': backbone.space_to_depth, 'fold': backbone.fold,
-                            'dot_stages': list(backbone.dot_stages)}
+  out['backbone_config'] = {
+    'batch_size': backbone.batch_size,
+    'stem_chunk': backbone.stem_chunk,
+    'space_to_depth': backbone.space_to_depth,
+    'fold': backbone.fold,
+    'dot_stages': list(backbone.dot_stages),
+  }
   t = time.perf_counter()
   compare('jax_backbone_float32', backbone.descriptors(chips))
   out['seconds_jax'] = time.perf_counter() - t
   params, _ = dlib_resnet_jax.load_params()
   plain = jax.jit(dlib_resnet_jax.DlibFaceResNet().apply)
-  compare('jax_plain_float32', np.concatenate(
-      [np.asarray(plain({'params': params}, chips[i:i + 32])) for i in range(0, len(chips), 32)]))
+  compare(
+    'jax_plain_float32',
+    np.concatenate([np.asarray(plain({'params': params}, chips[i : i + 32])) for i in range(0, len(chips), 32)]),
+  )
   if _BF16.value:
     bf16 = dlib_resnet_jax.DlibResNetJax(dtype='bfloat16')
     got = bf16.descriptors(chips)
     compare('jax_backbone_bfloat16', got)
-    out['bfloat16_vs_float32_max_abs'] = float(
-        np.abs(got - backbone.descriptors(chips)).max())
+    out['bfloat16_vs_float32_max_abs'] = float(np.abs(got - backbone.descriptors(chips)).max())
   return out
 
 
@@ -202,20 +231,26 @@ def _rates(fn, n, min_seconds, min_repeats=3):
     fn()
     times.append(time.perf_counter() - t)
   cpu_per_face = (_cpu_seconds() - cpu) / (n * len(times))
-  return {'best': n / min(times), 'median': n / float(np.median(times)), 'repeats': len(times),
-          'cpu_s_per_face': cpu_per_face, 'faces_per_cpu_s': 1 / max(cpu_per_face, 1e-9)}
+  return {
+    'best': n / min(times),
+    'median': n / float(np.median(times)),
+    'repeats': len(times),
+    'cpu_s_per_face': cpu_per_face,
+    'faces_per_cpu_s': 1 / max(cpu_per_face, 1e-9),
+  }
 
 
 def _matmul_peak():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   out = {}
   for dtype in ('float32', 'bfloat16'):
     a = jnp.asarray(np.random.RandomState(0).randn(2048, 2048), dtype)
     mm = jax.jit(lambda a: a @ a)
     mm(a).block_until_ready()
     r = _rates(lambda: mm(a).block_until_ready(), 1, 1.0, 5)
-    out[f'{dtype}_gflops'] = {k: r[k] * 2 * 2048 ** 3 / 1e9 for k in ('best', 'median')}
+    out[f'{dtype}_gflops'] = {k: r[k] * 2 * 2048**3 / 1e9 for k in ('best', 'median')}
   return out
 
 
@@ -224,24 +259,23 @@ def _cxx_speed(chips):
   out = {}
   _cxx_descriptors(net, chips[:2])
   out['one_thread_per_chip'] = _rates(lambda: _cxx_descriptors(net, chips), len(chips), 0, 2)
-  out['one_thread_list_call'] = _rates(
-      lambda: net.compute_face_descriptor(list(chips)), len(chips), 0, 2)
+  out['one_thread_list_call'] = _rates(lambda: net.compute_face_descriptor(list(chips)), len(chips), 0, 2)
 
   nets = [net, _cxx_net()]
+
   def two_threads():
     half = len(chips) // 2
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       list(pool.map(_cxx_descriptors, nets, [chips[:half], chips[half:]]))
+
   out['two_threads_per_chip'] = _rates(two_threads, len(chips), 0, 2)
-  out['gil_released'] = (out['two_threads_per_chip']['best']
-                         > 1.5 * out['one_thread_per_chip']['best'])
+  out['gil_released'] = out['two_threads_per_chip']['best'] > 1.5 * out['one_thread_per_chip']['best']
   with dlib_cxx.DlibProcesses(num_workers=2) as backbone:
     backbone.embed(chips[:4])  # starts the workers
     out['dlib_resnet_backbone_2_processes'] = _rates(lambda: backbone.embed(chips), len(chips), 0, 2)
   out['best_two_cores'] = max(out[k]['best'] for k in out if isinstance(out[k], dict))
   # What two free cores would give: the best CPU cost per face, twice over.
-  out['two_free_cores_estimate'] = 2 * max(
-      out[k]['faces_per_cpu_s'] for k in out if isinstance(out[k], dict))
+  out['two_free_cores_estimate'] = 2 * max(out[k]['faces_per_cpu_s'] for k in out if isinstance(out[k], dict))
   return out
 
 
@@ -251,18 +285,29 @@ def _jax_speed(chips, peak):
 
   def time_run(dtype, stem, bs, dot_stages=()):
     chunk, s2d = _stem_config(stem)
-    backbone = dlib_resnet_jax.DlibResNetJax(batch_size=bs, dtype=dtype, stem_chunk=chunk,
-                                             space_to_depth=s2d, dot_stages=dot_stages)
+    backbone = dlib_resnet_jax.DlibResNetJax(
+      batch_size=bs, dtype=dtype, stem_chunk=chunk, space_to_depth=s2d, dot_stages=dot_stages
+    )
     t = time.perf_counter()
     backbone.descriptors(chips[:bs])
     compile_s = time.perf_counter() - t
     r = _rates(lambda: backbone.descriptors(chips), len(chips), _MIN_SECONDS.value)
-    run = {'dtype': dtype, 'stem': stem, 'batch_size': bs, 'dot_stages': list(dot_stages),
-           'faces_per_s': r, 'compile_s': compile_s, 'gflops_best': r['best'] * flops / 1e9,
-           'fraction_of_matmul_peak': r['best'] * flops / 1e9 / peak}
+    run = {
+      'dtype': dtype,
+      'stem': stem,
+      'batch_size': bs,
+      'dot_stages': list(dot_stages),
+      'faces_per_s': r,
+      'compile_s': compile_s,
+      'gflops_best': r['best'] * flops / 1e9,
+      'fraction_of_matmul_peak': r['best'] * flops / 1e9 / peak,
+    }
     out['runs'].append(run)
-    print(f'jax {dtype} {stem} batch {bs} dot_stages {list(dot_stages)}: {r["best"]:.1f} faces/s '
-          f'(median {r["median"]:.1f}), {run["gflops_best"]:.1f} GFLOP/s', flush=True)
+    print(
+      f'jax {dtype} {stem} batch {bs} dot_stages {list(dot_stages)}: {r["best"]:.1f} faces/s '
+      f'(median {r["median"]:.1f}), {run["gflops_best"]:.1f} GFLOP/s',
+      flush=True,
+    )
     return run
 
   for stem in _STEMS.value:
@@ -297,7 +342,7 @@ def main(argv):
     peak = result['speed']['matmul']['float32_gflops']['best']
     print(f'matmul float32 peak: {peak:.1f} GFLOP/s', flush=True)
     result['speed']['load_before_cxx'] = _load()
-    result['speed']['cxx'] = _cxx_speed(chips[:_CXX_CHIPS.value])
+    result['speed']['cxx'] = _cxx_speed(chips[: _CXX_CHIPS.value])
     print('cxx:', json.dumps(result['speed']['cxx']), flush=True)
     result['speed']['load_before_jax'] = _load()
     result['speed']['jax'] = _jax_speed(chips, peak)
@@ -308,12 +353,16 @@ def main(argv):
     for dtype in sorted({r['dtype'] for r in runs}):
       best = max((r for r in runs if r['dtype'] == dtype), key=lambda r: r['faces_per_s']['best'])
       summary[f'jax_{dtype}_best'] = {
-          'faces_per_s': best['faces_per_s']['best'], 'stem': best['stem'],
-          'batch_size': best['batch_size'], 'dot_stages': best['dot_stages'],
-          'speedup_vs_cxx': best['faces_per_s']['best'] / cxx,
-          'faces_per_cpu_s': best['faces_per_s']['faces_per_cpu_s'],
-          'speedup_vs_cxx_per_cpu_s': best['faces_per_s']['faces_per_cpu_s'] / (cxx_cpu / 2),
-          'gflops': best['gflops_best'], 'fraction_of_matmul_peak': best['fraction_of_matmul_peak']}
+        'faces_per_s': best['faces_per_s']['best'],
+        'stem': best['stem'],
+        'batch_size': best['batch_size'],
+        'dot_stages': best['dot_stages'],
+        'speedup_vs_cxx': best['faces_per_s']['best'] / cxx,
+        'faces_per_cpu_s': best['faces_per_s']['faces_per_cpu_s'],
+        'speedup_vs_cxx_per_cpu_s': best['faces_per_s']['faces_per_cpu_s'] / (cxx_cpu / 2),
+        'gflops': best['gflops_best'],
+        'fraction_of_matmul_peak': best['fraction_of_matmul_peak'],
+      }
     result['summary'] = summary
     print('summary:', json.dumps(summary, indent=1), flush=True)
   result['load_after'] = _load()

@@ -38,24 +38,22 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import dlib_cxx
+from benchmarks import machine
 from mir_jax import align
 from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
-from benchmarks import dlib_cxx
-from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/embed_speed.json', 'Where to write the JSON.')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'LFW images to time on.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per detection / embedding chunk.')
 _JITTER_IMAGES = flags.DEFINE_integer('jitter_images', 8, 'Images used to time num_jitters=10.')
-_NAIVE_IMAGES = flags.DEFINE_integer('naive_images', 50,
-                                     'Images for the naive facenet-pytorch loop.')
-_REPEATS = flags.DEFINE_integer('repeats', 3,
-                                'Alternating runs of dlib with 1 and 2 workers (fastest kept).')
-_LFW_DIR = flags.DEFINE_string('lfw_dir', None,
-                               'LFW deep-funneled folder; default: '
-                               '<shared data>/lfw/lfw-deepfunneled.')
+_NAIVE_IMAGES = flags.DEFINE_integer('naive_images', 50, 'Images for the naive facenet-pytorch loop.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating runs of dlib with 1 and 2 workers (fastest kept).')
+_LFW_DIR = flags.DEFINE_string(
+  'lfw_dir', None, 'LFW deep-funneled folder; default: <shared data>/lfw/lfw-deepfunneled.'
+)
 
 LFW_IMAGES = 13233
 
@@ -68,25 +66,30 @@ def _rss_mb():
   """
   own = machine.status_mib()['VmHWM']
   workers = sum(machine.status_mib(p)['VmHWM'] for p in machine.child_pids())
-  return {'main_peak_mb': round(own, 1), 'workers_peak_sum_mb': round(workers, 1),
-          'total_mb': round(own + workers, 1),
-          'getrusage_main_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  return {
+    'main_peak_mb': round(own, 1),
+    'workers_peak_sum_mb': round(workers, 1),
+    'total_mb': round(own + workers, 1),
+    'getrusage_main_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+  }
 
 
 def _machine():
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
   import dlib  # pylint: disable=g-import-not-at-top
   import facenet_pytorch  # pylint: disable=g-import-not-at-top,unused-import
   import torch  # pylint: disable=g-import-not-at-top
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
   return {
-      **machine.basic_info(),
-      'memory_gb': round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
-      'torch': torch.__version__,
-      'torch_default_threads': torch.get_num_threads(),
-      'cuda_available': torch.cuda.is_available(),
-      'dlib': dlib.__version__,
-      'facenet_pytorch': metadata.version('facenet-pytorch'),
-      'numpy': np.__version__,
+    **machine.basic_info(),
+    'memory_gb': round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
+    'torch': torch.__version__,
+    'torch_default_threads': torch.get_num_threads(),
+    'cuda_available': torch.cuda.is_available(),
+    'dlib': dlib.__version__,
+    'facenet_pytorch': metadata.version('facenet-pytorch'),
+    'numpy': np.__version__,
   }
 
 
@@ -116,9 +119,13 @@ def _rate(n, seconds):
   On a box shared with other jobs wall time depends on their load while CPU time per image mostly
   does not, so `cpu_s_per_image` is the number to compare across runs.
   """
-  return {'images': n, 'seconds': round(seconds, 3), 'images_per_s': round(n / seconds, 2),
-          'cpu_s_per_image': round(_LAST_CPU[0] / n, 4),
-          'cores_busy': round(_LAST_CPU[0] / seconds, 2)}
+  return {
+    'images': n,
+    'seconds': round(seconds, 3),
+    'images_per_s': round(n / seconds, 2),
+    'cpu_s_per_image': round(_LAST_CPU[0] / n, 4),
+    'cores_busy': round(_LAST_CPU[0] / seconds, 2),
+  }
 
 
 def _timed(fn):
@@ -130,7 +137,7 @@ def _timed(fn):
 
 
 def _chunks(seq, size):
-  return [seq[i:i + size] for i in range(0, len(seq), size)]
+  return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
 def _pick_files(lfw_dir, n):
@@ -197,12 +204,13 @@ def _dlib_pipeline_multiprocess(files, num_workers, chunk_size):
   """
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import multiprocessing  # pylint: disable=g-import-not-at-top
+
   with concurrent.futures.ProcessPoolExecutor(
-      num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_mp_init) as pool:
+    num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_mp_init
+  ) as pool:
     # Warm-up: start every worker (model loading) outside the timed run.
     _, startup = _timed(lambda: list(pool.map(_mp_chunk, [files[:1]] * num_workers)))
-    emb, seconds = _timed(
-        lambda: np.concatenate(list(pool.map(_mp_chunk, _chunks(files, chunk_size)))))
+    emb, seconds = _timed(lambda: np.concatenate(list(pool.map(_mp_chunk, _chunks(files, chunk_size)))))
     cpu = _LAST_CPU[0]
     rss = _rss_mb()
   return emb, startup, seconds, cpu, rss
@@ -210,10 +218,10 @@ def _dlib_pipeline_multiprocess(files, num_workers, chunk_size):
 
 def main(argv):
   del argv
-  import torch  # pylint: disable=g-import-not-at-top
-  from facenet_pytorch import InceptionResnetV1  # pylint: disable=g-import-not-at-top
   from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
+  from facenet_pytorch import InceptionResnetV1  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
 
   if _LFW_DIR.value:
     lfw_dir = pathlib.Path(_LFW_DIR.value)
@@ -225,8 +233,13 @@ def main(argv):
   files = _pick_files(lfw_dir, _NUM_IMAGES.value)
   n, bs = len(files), _BATCH_SIZE.value
   default_threads = torch.get_num_threads()
-  report = {'machine': _machine(), 'load_average_before': os.getloadavg(), 'num_images': n,
-            'batch_size': bs, 'lfw_dir': str(lfw_dir)}
+  report = {
+    'machine': _machine(),
+    'load_average_before': os.getloadavg(),
+    'num_images': n,
+    'batch_size': bs,
+    'lfw_dir': str(lfw_dir),
+  }
   results = report['results'] = {}
 
   def log(key, value):
@@ -246,8 +259,10 @@ def main(argv):
     torch.set_num_threads(threads)
     before = aligner.num_fallbacks
     dets, t = _timed(lambda: aligner.detect_batch(imgs))
-    log(f'align_mtcnn_batched_threads{threads}',
-        {**_rate(n, t), 'torch_threads': threads, 'fallbacks': aligner.num_fallbacks - before})
+    log(
+      f'align_mtcnn_batched_threads{threads}',
+      {**_rate(n, t), 'torch_threads': threads, 'fallbacks': aligner.num_fallbacks - before},
+    )
   torch.set_num_threads(default_threads)
 
   # --- dlib-resnet ------------------------------------------------------------------------------
@@ -267,25 +282,29 @@ def main(argv):
   (t1, _LAST_CPU[0], emb1) = min(runs[1], key=lambda r: r[0])
   log('dlib_embed_workers1', {**_rate(n, t1), 'all_seconds': [round(r[0], 2) for r in runs[1]]})
   (t2, _LAST_CPU[0], emb2) = min(runs[2], key=lambda r: r[0])
-  log('dlib_embed_workers2', {**_rate(n, t2), 'all_seconds': [round(r[0], 2) for r in runs[2]],
-                              'worker_startup_s': round(t_start, 2),
-                              'speedup_vs_1_worker': round(t1 / t2, 2),
-                              # What two free cores would give: the work per image stays the same
-                              # (compare cpu_s_per_image), so the speed-up is 2 x cpu1 / cpu2.
-                              'speedup_estimate_if_2_cores_free': round(
-                                  2 * results['dlib_embed_workers1']['cpu_s_per_image'] /
-                                  (_LAST_CPU[0] / n), 2),
-                              'max_abs_diff_vs_1_worker': float(np.abs(emb1 - emb2).max())})
+  log(
+    'dlib_embed_workers2',
+    {
+      **_rate(n, t2),
+      'all_seconds': [round(r[0], 2) for r in runs[2]],
+      'worker_startup_s': round(t_start, 2),
+      'speedup_vs_1_worker': round(t1 / t2, 2),
+      # What two free cores would give: the work per image stays the same
+      # (compare cpu_s_per_image), so the speed-up is 2 x cpu1 / cpu2.
+      'speedup_estimate_if_2_cores_free': round(
+        2 * results['dlib_embed_workers1']['cpu_s_per_image'] / (_LAST_CPU[0] / n), 2
+      ),
+      'max_abs_diff_vs_1_worker': float(np.abs(emb1 - emb2).max()),
+    },
+  )
   nj = _JITTER_IMAGES.value
   for name, options in (('num_jitters10', {'num_jitters': 10}), ('flip', {'flip': True})):
     with dlib_cxx.DlibProcesses(num_workers=2, **options) as tta:
       tta.embed(chips[:2])
       _, t = _timed(lambda: tta.embed(chips[:nj]))  # pylint: disable=cell-var-from-loop
-    log(f'dlib_embed_workers2_{name}',
-        {**_rate(nj, t), 'cost_vs_plain': round((t / nj) / (t2 / n), 1)})
+    log(f'dlib_embed_workers2_{name}', {**_rate(nj, t), 'cost_vs_plain': round((t / nj) / (t2 / n), 1)})
   per_image_plain = t2 / n
-  results['dlib_embed_workers2_num_jitters100_lfw_hours_estimate'] = round(
-      100 * per_image_plain * LFW_IMAGES / 3600, 2)
+  results['dlib_embed_workers2_num_jitters100_lfw_hours_estimate'] = round(100 * per_image_plain * LFW_IMAGES / 3600, 2)
 
   # --- whole dlib pipeline (files -> embeddings) --------------------------------------------------
   for overlap in (False, True):
@@ -294,32 +313,45 @@ def main(argv):
     _dlib_pipeline(files[:4], aligner, dlib2, bs, overlap)  # Warm-up at this thread count.
     (emb, _), t = _timed(functools.partial(_dlib_pipeline, files, aligner, dlib2, bs, overlap))
     name = 'dlib_pipeline_overlapped' if overlap else 'dlib_pipeline_sequential'
-    log(name, {**_rate(n, t), 'mtcnn_torch_threads': threads, 'dlib_workers': 2,
-               'lfw_13233_minutes_extrapolated': round(LFW_IMAGES * t / n / 60, 1),
-               'max_abs_diff_vs_stagewise': float(np.abs(emb - emb2).max()),
-               'rss': _rss_mb()})
+    log(
+      name,
+      {
+        **_rate(n, t),
+        'mtcnn_torch_threads': threads,
+        'dlib_workers': 2,
+        'lfw_13233_minutes_extrapolated': round(LFW_IMAGES * t / n / 60, 1),
+        'max_abs_diff_vs_stagewise': float(np.abs(emb - emb2).max()),
+        'rss': _rss_mb(),
+      },
+    )
   torch.set_num_threads(default_threads)
   dlib2.close()
   emb, startup, t, cpu, rss = _dlib_pipeline_multiprocess(files, 2, 16)
   _LAST_CPU[0] = cpu
-  log('dlib_pipeline_multiprocess', {
-      **_rate(n, t), 'workers': 2, 'note': 'each worker: load + MTCNN (1 torch thread) + dlib',
+  log(
+    'dlib_pipeline_multiprocess',
+    {
+      **_rate(n, t),
+      'workers': 2,
+      'note': 'each worker: load + MTCNN (1 torch thread) + dlib',
       'worker_startup_s': round(startup, 2),
       'lfw_13233_minutes_extrapolated': round(LFW_IMAGES * t / n / 60, 1),
       # MTCNN batches of 16 here vs 64 above move some boxes by ~1e-4 px, which can flip the
       # integer rounding of dlib's rectangle: a few embeddings differ slightly.
-      'max_abs_diff_vs_stagewise': float(np.abs(emb - emb2).max()), 'rss': rss})
+      'max_abs_diff_vs_stagewise': float(np.abs(emb - emb2).max()),
+      'rss': rss,
+    },
+  )
   # CPU-bound estimate: what the best pipeline needs on an otherwise idle box with every core busy.
   cores = len(os.sched_getaffinity(0))
-  cpu_per_image = min(results[k]['cpu_s_per_image'] for k in
-                      ('dlib_pipeline_sequential', 'dlib_pipeline_overlapped',
-                       'dlib_pipeline_multiprocess'))
-  results['dlib_lfw_minutes_if_cpu_bound_on_idle_box'] = round(
-      LFW_IMAGES * cpu_per_image / cores / 60, 1)
+  cpu_per_image = min(
+    results[k]['cpu_s_per_image']
+    for k in ('dlib_pipeline_sequential', 'dlib_pipeline_overlapped', 'dlib_pipeline_multiprocess')
+  )
+  results['dlib_lfw_minutes_if_cpu_bound_on_idle_box'] = round(LFW_IMAGES * cpu_per_image / cores / 60, 1)
 
   # --- facenet, random weights --------------------------------------------------------------------
-  tmp = (pathlib.Path(os.environ.get('TMPDIR', '/tmp')) /
-         f'embed_speed_random_facenet_{os.getpid()}.pt')
+  tmp = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / f'embed_speed_random_facenet_{os.getpid()}.pt'
   torch.manual_seed(0)
   torch.save(InceptionResnetV1(pretrained=None, classify=False).state_dict(), tmp)
   try:
@@ -328,8 +360,10 @@ def main(argv):
     log('facenet_random_weights_preprocess', _rate(n, t))
     facenet.embed(inputs[:2])
     _, t = _timed(lambda: facenet.embed(inputs))
-    log('facenet_random_weights_embed', {**_rate(n, t), 'device': str(facenet.device),
-                                         'note': 'random weights: throughput only'})
+    log(
+      'facenet_random_weights_embed',
+      {**_rate(n, t), 'device': str(facenet.device), 'note': 'random weights: throughput only'},
+    )
   finally:
     tmp.unlink(missing_ok=True)
 
@@ -346,11 +380,12 @@ def main(argv):
         resnet(face.unsqueeze(0))
 
   _, t_naive = _timed(naive)
-  log('naive_facenet_pytorch_loop', {**_rate(nn_, t_naive), 'note': 'random weights; grad enabled, '
-                                     'one image per MTCNN and per network call'})
+  log(
+    'naive_facenet_pytorch_loop',
+    {**_rate(nn_, t_naive), 'note': 'random weights; grad enabled, one image per MTCNN and per network call'},
+  )
   fn_rate = results['facenet_random_weights_embed']['images_per_s']
-  al_rate = max(results[f'align_mtcnn_batched_threads{t}']['images_per_s']
-               for t in {default_threads, 1})
+  al_rate = max(results[f'align_mtcnn_batched_threads{t}']['images_per_s'] for t in {default_threads, 1})
   pre_rate = results['facenet_random_weights_preprocess']['images_per_s']
   # Stages run one after another, so per-image times add.
   ours = 1 / (1 / al_rate + 1 / fn_rate + 1 / pre_rate)
@@ -365,19 +400,25 @@ def main(argv):
   targets = report['targets'] = {}
   chosen = results['dlib_pipeline_overlapped']
   targets['lfw_dlib_minutes<=15'] = {
-      'pipeline': 'dlib_pipeline_overlapped', 'value': chosen['lfw_13233_minutes_extrapolated'],
-      'met': chosen['lfw_13233_minutes_extrapolated'] <= 15,
-      'idle_box_cpu_bound_estimate': results['dlib_lfw_minutes_if_cpu_bound_on_idle_box'],
-      'load_average_during_run': report['load_average_after']}
+    'pipeline': 'dlib_pipeline_overlapped',
+    'value': chosen['lfw_13233_minutes_extrapolated'],
+    'met': chosen['lfw_13233_minutes_extrapolated'] <= 15,
+    'idle_box_cpu_bound_estimate': results['dlib_lfw_minutes_if_cpu_bound_on_idle_box'],
+    'load_average_during_run': report['load_average_after'],
+  }
   rss_gb = chosen['rss']['total_mb'] / 1024
-  targets['peak_rss_gb<3'] = {'pipeline': 'dlib_pipeline_overlapped (main + dlib workers)',
-                              'value': round(rss_gb, 2), 'met': rss_gb < 3}
+  targets['peak_rss_gb<3'] = {
+    'pipeline': 'dlib_pipeline_overlapped (main + dlib workers)',
+    'value': round(rss_gb, 2),
+    'met': rss_gb < 3,
+  }
   speedup = results['dlib_embed_workers2']['speedup_vs_1_worker']
   targets['second_core_speedup>=1.7'] = {
-      'value': speedup, 'met': speedup >= 1.7,
-      'estimate_if_2_cores_free':
-          results['dlib_embed_workers2']['speedup_estimate_if_2_cores_free'],
-      'cores_busy_with_2_workers': results['dlib_embed_workers2']['cores_busy']}
+    'value': speedup,
+    'met': speedup >= 1.7,
+    'estimate_if_2_cores_free': results['dlib_embed_workers2']['speedup_estimate_if_2_cores_free'],
+    'cores_busy_with_2_workers': results['dlib_embed_workers2']['cores_busy'],
+  }
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2))

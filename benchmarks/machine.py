@@ -20,9 +20,13 @@ def cpu_model() -> str:
 
 def basic_info() -> dict:
   """Platform, Python, CPU and core counts; benchmarks add their libraries' versions."""
-  return {'platform': platform.platform(), 'python': platform.python_version(), 'cpu_model': cpu_model(),
-          'cpu_count': os.cpu_count(),
-          'usable_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None}
+  return {
+    'platform': platform.platform(),
+    'python': platform.python_version(),
+    'cpu_model': cpu_model(),
+    'cpu_count': os.cpu_count(),
+    'usable_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+  }
 
 
 def child_pids() -> List[int]:

@@ -24,16 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import machine
 from mir_jax import engine
 from mir_jax import splits
-from benchmarks import machine
 
 _OUT = flags.DEFINE_string('out', 'outputs/train_speed.json', 'Where to write the JSON.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Full-batch steps per run.')
 _SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds per schedule.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions of the engine and GEMM (median reported).')
 _TORCH_REPEATS = flags.DEFINE_integer('torch_repeats', 1, 'Timed repetitions of the whole PyTorch grid.')
-_TORCH_DEVICE = flags.DEFINE_string('torch_device', 'auto', "PyTorch device: 'auto' (cuda when available), 'cpu', 'cuda'.")
+_TORCH_DEVICE = flags.DEFINE_string(
+  'torch_device', 'auto', "PyTorch device: 'auto' (cuda when available), 'cpu', 'cuda'."
+)
 
 NUM_CLASSES, DIM, NUM_EXAMPLES, MIN_PER_CLASS = 158, 128, 4324, 10
 LEARNING_RATE, L2, LAMBDA = 1e-3, 1e-3, 1.0
@@ -66,8 +68,9 @@ def matmul_peak(repeats, torch_device):
   2048^3 on a CPU; 8192^3 on an accelerator, where a smaller one would not fill the chip.
   """
   import torch  # pylint: disable=g-import-not-at-top
+
   n = 2048 if jax.default_backend() == 'cpu' else 8192
-  flops = 2 * n ** 3
+  flops = 2 * n**3
   a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
   ja = jnp.asarray(a)
   jdot = jax.jit(lambda m: m @ m)
@@ -75,8 +78,11 @@ def matmul_peak(repeats, torch_device):
   ta = torch.from_numpy(a).to(torch_device)
   sync = torch.cuda.synchronize if torch_device == 'cuda' else lambda: None
   results = {}
-  for name, fn in (('jax', lambda: jdot(ja).block_until_ready()), ('numpy', lambda: a @ a),
-                   ('torch', lambda: (ta @ ta, sync()))):
+  for name, fn in (
+    ('jax', lambda: jdot(ja).block_until_ready()),
+    ('numpy', lambda: a @ a),
+    ('torch', lambda: (ta @ ta, sync())),
+  ):
     fn()
     med, _ = timed(lambda f=fn: [f() for _ in range(5)], repeats)
     results[name] = 5 * flops / med / 1e9
@@ -87,6 +93,7 @@ def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
   """The same runs as the engine's grid, one after another in PyTorch eager mode. Returns test accuracies."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count() or 1)
   xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device)
   accs = []
@@ -94,10 +101,13 @@ def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
     for seed, (tr, te) in enumerate(zip(train_idx, test_idx)):
       torch.manual_seed(seed)
       xb, yb = xt[tr], yt[tr]
-      hidden, common, classifier = (nn.Linear(DIM, DIM).to(device), nn.Linear(DIM, 1).to(device),
-                                    nn.Linear(DIM, NUM_CLASSES).to(device))
+      hidden, common, classifier = (
+        nn.Linear(DIM, DIM).to(device),
+        nn.Linear(DIM, 1).to(device),
+        nn.Linear(DIM, NUM_CLASSES).to(device),
+      )
       branch = list(hidden.parameters()) + list(common.parameters())
-      l2 = lambda *layers: sum(0.5 * (m.weight ** 2).sum() for m in layers)
+      l2 = lambda *layers: sum(0.5 * (m.weight**2).sum() for m in layers)
       ones = torch.ones(len(tr), 1, device=device)
 
       def forward(inputs):
@@ -108,9 +118,11 @@ def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
         opt = torch.optim.Adam(branch + list(classifier.parameters()), lr=LEARNING_RATE)
         for _ in range(steps):
           y_logit, logits = forward(xb)
-          loss = (nn.functional.cross_entropy(logits, yb)
-                  + LAMBDA * nn.functional.binary_cross_entropy_with_logits(y_logit, ones)
-                  + L2 * l2(hidden, common, classifier))
+          loss = (
+            nn.functional.cross_entropy(logits, yb)
+            + LAMBDA * nn.functional.binary_cross_entropy_with_logits(y_logit, ones)
+            + L2 * l2(hidden, common, classifier)
+          )
           opt.zero_grad()
           loss.backward()
           opt.step()
@@ -146,6 +158,7 @@ def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
 
 def sklearn_single_task(x, labels, train_idx, test_idx):
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+
   accs = []
   for tr, te in zip(train_idx, test_idx):
     clf = LogisticRegression(max_iter=1000).fit(x[tr], labels[tr])
@@ -157,11 +170,15 @@ def main(argv):
   del argv
   import sklearn  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   x, labels = lfw_like_embeddings()
   seeds = list(range(_SEEDS.value))
   train_idx, test_idx = map(np.stack, zip(*[splits.stratified_split(labels, 0.5, s) for s in seeds]))
-  runs = [engine.Run(schedule=s, seed=seed, learning_rate=LEARNING_RATE, l2=L2, commonality_weight=LAMBDA)
-          for s in engine.SCHEDULES for seed in seeds]
+  runs = [
+    engine.Run(schedule=s, seed=seed, learning_rate=LEARNING_RATE, l2=L2, commonality_weight=LAMBDA)
+    for s in engine.SCHEDULES
+    for seed in seeds
+  ]
   run_train = np.concatenate([train_idx] * len(engine.SCHEDULES))
   run_test = np.concatenate([test_idx] * len(engine.SCHEDULES))
   opts = engine.StaticOptions(num_classes=NUM_CLASSES, steps=_STEPS.value, log_every=_STEPS.value)
@@ -178,7 +195,8 @@ def main(argv):
   result = jax.block_until_ready(engine.train(x, labels, opts, runs, run_train))
   engine_first = time.perf_counter() - start
   engine_median, engine_times = timed(
-      lambda: jax.block_until_ready(engine.train(x, labels, opts, runs, run_train)), _REPEATS.value)
+    lambda: jax.block_until_ready(engine.train(x, labels, opts, runs, run_train)), _REPEATS.value
+  )
   logits = np.asarray(engine.apply_runs(result, x, runs, opts).logits)
   correct = logits.argmax(-1) == labels[None]
   engine_acc = np.take_along_axis(correct, run_test, axis=1).mean(1)
@@ -204,50 +222,72 @@ def main(argv):
 
   best_peak = max(peak.values())
   report = {
-      'command': 'python -m benchmarks.train_speed ' + ' '.join(f'--{k}={v}' for k, v in (
-          ('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))),
-      'machine': {**machine.basic_info(),
-                  'jax_backend': jax.default_backend(), 'jax_device': str(jax.devices()[0].device_kind),
-                  'jax_devices': len(jax.local_devices()),
-                  'torch_device': torch_device, 'jax': jax.__version__, 'torch': torch.__version__,
-                  'sklearn': sklearn.__version__},
-      'grid': {'runs': len(runs), 'schedules': list(engine.SCHEDULES), 'seeds': len(seeds),
-               'steps_per_run': _STEPS.value, 'num_train': int(n_train), 'num_test': int(test_idx.shape[1]),
-               'num_classes': NUM_CLASSES, 'dim': DIM},
-      'matmul_peak_gflops': peak,
-      'engine': {
-          'seconds_median': engine_median, 'seconds_all': engine_times,
-          'seconds_first_call_incl_compile': engine_first,
-          'model_gflop': flops / 1e9,
-          'achieved_gflops': flops / engine_median / 1e9,
-          'fraction_of_matmul_peak': flops / engine_median / 1e9 / best_peak,
-          'test_accuracy': by_schedule(engine_acc),
-      },
-      'pytorch_eager': {
-          'seconds_median': torch_median, 'seconds_all': torch_times,
-          'test_accuracy': by_schedule(torch_accs[-1]),
-      },
-      'sklearn_logistic_regression': {
-          'seconds': sk_median, 'runs': len(seeds),
-          'test_accuracy': {'mean': float(np.mean(sk_accs[-1])), 'std': float(np.std(sk_accs[-1]))},
-      },
-      'speedup_engine_vs_pytorch': torch_median / engine_median,
-      'speedup_engine_incl_compile_vs_pytorch': torch_median / engine_first,
+    'command': 'python -m benchmarks.train_speed '
+    + ' '.join(
+      f'--{k}={v}' for k, v in (('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))
+    ),
+    'machine': {
+      **machine.basic_info(),
+      'jax_backend': jax.default_backend(),
+      'jax_device': str(jax.devices()[0].device_kind),
+      'jax_devices': len(jax.local_devices()),
+      'torch_device': torch_device,
+      'jax': jax.__version__,
+      'torch': torch.__version__,
+      'sklearn': sklearn.__version__,
+    },
+    'grid': {
+      'runs': len(runs),
+      'schedules': list(engine.SCHEDULES),
+      'seeds': len(seeds),
+      'steps_per_run': _STEPS.value,
+      'num_train': int(n_train),
+      'num_test': int(test_idx.shape[1]),
+      'num_classes': NUM_CLASSES,
+      'dim': DIM,
+    },
+    'matmul_peak_gflops': peak,
+    'engine': {
+      'seconds_median': engine_median,
+      'seconds_all': engine_times,
+      'seconds_first_call_incl_compile': engine_first,
+      'model_gflop': flops / 1e9,
+      'achieved_gflops': flops / engine_median / 1e9,
+      'fraction_of_matmul_peak': flops / engine_median / 1e9 / best_peak,
+      'test_accuracy': by_schedule(engine_acc),
+    },
+    'pytorch_eager': {
+      'seconds_median': torch_median,
+      'seconds_all': torch_times,
+      'test_accuracy': by_schedule(torch_accs[-1]),
+    },
+    'sklearn_logistic_regression': {
+      'seconds': sk_median,
+      'runs': len(seeds),
+      'test_accuracy': {'mean': float(np.mean(sk_accs[-1])), 'std': float(np.std(sk_accs[-1]))},
+    },
+    'speedup_engine_vs_pytorch': torch_median / engine_median,
+    'speedup_engine_incl_compile_vs_pytorch': torch_median / engine_first,
   }
   machine.write_json(_OUT.value, report)
   e = report['engine']
   print(f'matmul peak {best_peak:.1f} GFLOP/s ({", ".join(f"{k} {v:.1f}" for k, v in peak.items())})')
-  print(f'engine: {len(runs)} runs x {_STEPS.value} steps in {engine_median:.2f} s (median; first call incl. '
-        f'compile {engine_first:.2f} s), {e["achieved_gflops"]:.1f} GFLOP/s = '
-        f'{100 * e["fraction_of_matmul_peak"]:.0f}% of peak')
-  print(f'pytorch eager loop: {torch_median:.2f} s -> engine is {report["speedup_engine_vs_pytorch"]:.2f}x faster '
-        f'({report["speedup_engine_incl_compile_vs_pytorch"]:.2f}x including compilation)')
-  print(f'sklearn LogisticRegression, {len(seeds)} single-task fits: {sk_median:.2f} s, test accuracy '
-        f'{100 * report["sklearn_logistic_regression"]["test_accuracy"]["mean"]:.2f}%')
+  print(
+    f'engine: {len(runs)} runs x {_STEPS.value} steps in {engine_median:.2f} s (median; first call incl. '
+    f'compile {engine_first:.2f} s), {e["achieved_gflops"]:.1f} GFLOP/s = '
+    f'{100 * e["fraction_of_matmul_peak"]:.0f}% of peak'
+  )
+  print(
+    f'pytorch eager loop: {torch_median:.2f} s -> engine is {report["speedup_engine_vs_pytorch"]:.2f}x faster '
+    f'({report["speedup_engine_incl_compile_vs_pytorch"]:.2f}x including compilation)'
+  )
+  print(
+    f'sklearn LogisticRegression, {len(seeds)} single-task fits: {sk_median:.2f} s, test accuracy '
+    f'{100 * report["sklearn_logistic_regression"]["test_accuracy"]["mean"]:.2f}%'
+  )
   for name in ('engine', 'pytorch_eager'):
     accs = report[name]['test_accuracy']
     print(f'{name} test accuracy: ' + ', '.join(f'{s} {100 * a["mean"]:.2f}%' for s, a in accs.items()))
-
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 r"""Writes a synthetic embedding set (Gaussian identities plus a shared offset) as an .npz for the trainer.
 
-  python -m experiments.make_synthetic_npz --out=/tmp/synthetic.npz --num_classes=158 --per_class=27
+python -m experiments.make_synthetic_npz --out=/tmp/synthetic.npz --num_classes=158 --per_class=27
 """
 
 from absl import app
@@ -17,8 +17,9 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 def main(argv):
   del argv
-  embedding_sets.save_npz(_OUT.value, embedding_sets.synthetic_identities(_NUM_CLASSES.value, _PER_CLASS.value, _DIM.value,
-                                                      _SEED.value))
+  embedding_sets.save_npz(
+    _OUT.value, embedding_sets.synthetic_identities(_NUM_CLASSES.value, _PER_CLASS.value, _DIM.value, _SEED.value)
+  )
   print(f'wrote {_OUT.value}')
 
 

@@ -22,6 +22,7 @@ COLUMNS = ('LFW', 'YTF', 'MegaFace')
 @dataclasses.dataclass(frozen=True)
 class Published:
   """A published number that a paper claim coincides with."""
+
   value: float
   metric: str
   source: str
@@ -53,50 +54,61 @@ _NOTES = 'protocols.md'
 # The paper's four backbones. mir_jax.backbones registers dlib-resnet, facenet-vggface2 and facenet-casia
 # only; none of them is one of these, so every Table I row is a claim this suite can show, not re-measure.
 PAPER_BACKBONES: Dict[str, Backbone] = {
-    'DeepID2+': Backbone(
-        'DeepID2+', '[7]', False,
-        'No weights in this suite. The paper cites [7] for this row, but its reference [7] is Haddadnia et '
-        'al., an RBF-network paper, not DeepID2+.'),
-    'FaceNet': Backbone(
-        'FaceNet', '[6] Schroff et al. 2015', False,
-        'No weights in this suite for the FaceNet of [6] (128-D). The suite\'s facenet-vggface2 and '
-        'facenet-casia are the facenet-pytorch Inception-ResNet-v1 models (512-D), a different network '
-        'and training set, so they stand in for FaceNet only as labelled substitutes.'),
-    'DeepFace': Backbone('DeepFace', '[2] Taigman et al. 2014', False, 'No weights in this suite.'),
-    'BaiDu': Backbone('BaiDu', '[20] Liu et al. 2015', False, 'No weights in this suite.'),
+  'DeepID2+': Backbone(
+    'DeepID2+',
+    '[7]',
+    False,
+    'No weights in this suite. The paper cites [7] for this row, but its reference [7] is Haddadnia et '
+    'al., an RBF-network paper, not DeepID2+.',
+  ),
+  'FaceNet': Backbone(
+    'FaceNet',
+    '[6] Schroff et al. 2015',
+    False,
+    "No weights in this suite for the FaceNet of [6] (128-D). The suite's facenet-vggface2 and "
+    'facenet-casia are the facenet-pytorch Inception-ResNet-v1 models (512-D), a different network '
+    'and training set, so they stand in for FaceNet only as labelled substitutes.',
+  ),
+  'DeepFace': Backbone('DeepFace', '[2] Taigman et al. 2014', False, 'No weights in this suite.'),
+  'BaiDu': Backbone('BaiDu', '[20] Liu et al. 2015', False, 'No weights in this suite.'),
 }
 
-_MEGAFACE_NOTE = ('The paper does not say which MegaFace protocol, distractor-set size or probe set gives this '
-                  'number, nor how Ac = TP/AP applies to it.')
+_MEGAFACE_NOTE = (
+  'The paper does not say which MegaFace protocol, distractor-set size or probe set gives this '
+  'number, nor how Ac = TP/AP applies to it.'
+)
 
 
 def _table_i() -> List[Claim]:
   rows = {
-      'DeepID2+ (b)': (98.70, 93.2, 64.21),
-      'DeepID2+ (a)': (99.15, 93.86, 66.23),
-      'FaceNet (b)': (99.65, 95.1, 54.85),
-      'FaceNet (a)': (99.68, 96.72, 55.75),
-      'DeepFace (b)': (97.35, 91.4, 65.21),
-      'DeepFace (a)': (97.85, 92.34, 66.78),
-      'BaiDu (b)': (99.13, 95.6, 67.21),
-      'BaiDu (a)': (99.18, 96.13, 68.35),
+    'DeepID2+ (b)': (98.70, 93.2, 64.21),
+    'DeepID2+ (a)': (99.15, 93.86, 66.23),
+    'FaceNet (b)': (99.65, 95.1, 54.85),
+    'FaceNet (a)': (99.68, 96.72, 55.75),
+    'DeepFace (b)': (97.35, 91.4, 65.21),
+    'DeepFace (a)': (97.85, 92.34, 66.78),
+    'BaiDu (b)': (99.13, 95.6, 67.21),
+    'BaiDu (a)': (99.18, 96.13, 68.35),
   }
   published = {
-      ('FaceNet (b)', 'YTF'): Published(95.12, _YTF_VERIF, f'FaceNet [6], via {_NOTES}'),
-      ('DeepFace (b)', 'LFW'): Published(97.35, _LFW_VERIF, f'DeepFace [2], via {_NOTES}'),
-      ('DeepFace (b)', 'YTF'): Published(91.4, _YTF_VERIF, f'DeepFace [2], via {_NOTES}'),
+    ('FaceNet (b)', 'YTF'): Published(95.12, _YTF_VERIF, f'FaceNet [6], via {_NOTES}'),
+    ('DeepFace (b)', 'LFW'): Published(97.35, _LFW_VERIF, f'DeepFace [2], via {_NOTES}'),
+    ('DeepFace (b)', 'YTF'): Published(91.4, _YTF_VERIF, f'DeepFace [2], via {_NOTES}'),
   }
   notes = {
-      ('FaceNet (b)', 'LFW'): (
-          'Printed as "% 99.65" (a typo); recorded as 99.65. FaceNet\'s published LFW verification accuracy '
-          'is 99.63 (protocols.md), not 99.65; 99.65 is the LFW verification accuracy protocols.md lists '
-          'for the facenet-pytorch VGGFace2 model, a different network.'),
-      ('BaiDu (b)', 'LFW'): (
-          'Does not equal Baidu\'s published LFW verification accuracy, 99.77 (protocols.md; the paper\'s own '
-          'related-work section also quotes 0.9977 for [19]).'),
-      ('DeepID2+ (a)', 'LFW'): (
-          'The paper\'s related-work section gives "about 99.15%" on LFW for DeepID2, the same number; '
-          'protocols.md records no published DeepID2+ number.'),
+    ('FaceNet (b)', 'LFW'): (
+      'Printed as "% 99.65" (a typo); recorded as 99.65. FaceNet\'s published LFW verification accuracy '
+      'is 99.63 (protocols.md), not 99.65; 99.65 is the LFW verification accuracy protocols.md lists '
+      'for the facenet-pytorch VGGFace2 model, a different network.'
+    ),
+    ('BaiDu (b)', 'LFW'): (
+      "Does not equal Baidu's published LFW verification accuracy, 99.77 (protocols.md; the paper's own "
+      'related-work section also quotes 0.9977 for [19]).'
+    ),
+    ('DeepID2+ (a)', 'LFW'): (
+      'The paper\'s related-work section gives "about 99.15%" on LFW for DeepID2, the same number; '
+      'protocols.md records no published DeepID2+ number.'
+    ),
   }
   claims = []
   for row, values in rows.items():
@@ -115,10 +127,12 @@ def _table_ii() -> List[Claim]:
   claims = []
   for row, values in rows.items():
     for column, value in zip(COLUMNS, values):
-      note = ('Equals Table I FaceNet (a), so Table II is taken to be the FaceNet backbone.'
-              if row == 'Multi-Task' else
-              'Single task: the paper trains the classifier directly on the FaceNet features, without '
-              'the commonality task.')
+      note = (
+        'Equals Table I FaceNet (a), so Table II is taken to be the FaceNet backbone.'
+        if row == 'Multi-Task'
+        else 'Single task: the paper trains the classifier directly on the FaceNet features, without '
+        'the commonality task.'
+      )
       if column == 'MegaFace':
         note += ' ' + _MEGAFACE_NOTE
       claims.append(Claim('II', row, column, value, note=note))
@@ -129,7 +143,8 @@ CLAIMS: Tuple[Claim, ...] = tuple(_table_i() + _table_ii())
 
 # What the paper claims about directions: (table, better row, worse row) for every column.
 DIRECTION_CLAIMS: Tuple[Tuple[str, str, str], ...] = tuple(
-    [('I', f'{b} (a)', f'{b} (b)') for b in PAPER_BACKBONES] + [('II', 'Multi-Task', 'Single-Task')])
+  [('I', f'{b} (a)', f'{b} (b)') for b in PAPER_BACKBONES] + [('II', 'Multi-Task', 'Single-Task')]
+)
 
 
 def claim(table: str, row: str, column: str) -> Claim:
@@ -168,13 +183,16 @@ def claims_only_table(table: str):
       note = c.note
       if c.published is not None:
         same = 'Equals' if c.value == c.published.value else 'Rounds'
-        note = (f'{note} {same} the published {c.published.metric}, {c.published.value:g} '
-                f'({c.published.source}).').strip()
+        note = (
+          f'{note} {same} the published {c.published.metric}, {c.published.value:g} ({c.published.source}).'
+        ).strip()
       cells[column] = report.Cell(paper=c.value, paper_metric=c.metric, reason=reason, note=note)
     table_rows.append(report.Row(row, cells, claim_only=True))
-  directions = [report.Direction(better, worse, column)
-                for t, better, worse in DIRECTION_CLAIMS if t == table for column in COLUMNS]
-  title = {'I': 'Table I: original features (b) vs MIR character features (a)',
-           'II': 'Table II: multi-task vs single-task (FaceNet)'}[table]
-  return report.Table(title, list(COLUMNS), table_rows, directions,
-                      notes=[f'Paper metric: {PAPER_METRIC}.'])
+  directions = [
+    report.Direction(better, worse, column) for t, better, worse in DIRECTION_CLAIMS if t == table for column in COLUMNS
+  ]
+  title = {
+    'I': 'Table I: original features (b) vs MIR character features (a)',
+    'II': 'Table II: multi-task vs single-task (FaceNet)',
+  }[table]
+  return report.Table(title, list(COLUMNS), table_rows, directions, notes=[f'Paper metric: {PAPER_METRIC}.'])

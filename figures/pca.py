@@ -50,18 +50,27 @@ def choose_identities(labels, seed: int, k: int = 2, photos: int = 5, pool: str 
     raise ValueError(f'only {eligible.size} identities have >= {photos} examples; {k} are needed')
   rng = np.random.default_rng(seed)
   identities = rng.choice(eligible, size=k, replace=False)
-  indices = np.stack([np.sort(rng.choice(np.flatnonzero(labels == c), size=photos, replace=False))
-                      for c in identities])
-  rule = (f'{k} identities drawn uniformly without replacement (np.random.default_rng({seed})) from the '
-          f'{eligible.size} with >= {photos} {pool} images, then {photos} images of each by the same generator')
+  indices = np.stack([np.sort(rng.choice(np.flatnonzero(labels == c), size=photos, replace=False)) for c in identities])
+  rule = (
+    f'{k} identities drawn uniformly without replacement (np.random.default_rng({seed})) from the '
+    f'{eligible.size} with >= {photos} {pool} images, then {photos} images of each by the same generator'
+  )
   return Selection(identities, indices, rule)
 
 
 def _panel(ax, points, labels, names, title, sep_pca, sep_full):
   for i, c in enumerate(dict.fromkeys(labels.tolist())):
     at = labels == c
-    ax.scatter(points[at, 0], points[at, 1], s=60, marker=_MARKERS[i % len(_MARKERS)], color=f'C{i}',
-               edgecolor='black', linewidth=0.5, label=str(names[c]))
+    ax.scatter(
+      points[at, 0],
+      points[at, 1],
+      s=60,
+      marker=_MARKERS[i % len(_MARKERS)],
+      color=f'C{i}',
+      edgecolor='black',
+      linewidth=0.5,
+      label=str(names[c]),
+    )
   ax.set_title(title)
   ax.set_xlabel('PC 1')
   ax.set_ylabel('PC 2')
@@ -69,10 +78,15 @@ def _panel(ax, points, labels, names, title, sep_pca, sep_full):
   ax.legend(loc='best', fontsize=8)
   # Equal axes: a distance on the page is a distance in PCA space, which is what the ratio measures.
   ax.set_aspect('equal', adjustable='datalim')
-  ax.text(0.02, 0.02, f'between/within = {sep_pca.ratio:.2f} (2-D PCA)\n'
-          f'between/within = {sep_full.ratio:.2f} (full space)',
-          transform=ax.transAxes, fontsize=8, va='bottom',
-          bbox=dict(boxstyle='round', facecolor='white', alpha=0.8, linewidth=0.5))
+  ax.text(
+    0.02,
+    0.02,
+    f'between/within = {sep_pca.ratio:.2f} (2-D PCA)\nbetween/within = {sep_full.ratio:.2f} (full space)',
+    transform=ax.transAxes,
+    fontsize=8,
+    va='bottom',
+    bbox=dict(boxstyle='round', facecolor='white', alpha=0.8, linewidth=0.5),
+  )
 
 
 def pca_figure(original, mir, labels, names, out_stem: str, caption: str) -> Dict[str, object]:
@@ -94,10 +108,13 @@ def pca_figure(original, mir, labels, names, out_stem: str, caption: str) -> Dic
   mir = np.asarray(mir)
   labels = np.asarray(labels)
   if original.shape[0] != labels.shape[0] or mir.shape[0] != labels.shape[0]:
-    raise ValueError(f'original {original.shape}, mir {mir.shape} and labels {labels.shape} must have '
-                     'the same number of rows')
-  seps = {'original': separation.between_within_ratio(original, labels),
-          'mir': separation.between_within_ratio(mir, labels)}
+    raise ValueError(
+      f'original {original.shape}, mir {mir.shape} and labels {labels.shape} must have the same number of rows'
+    )
+  seps = {
+    'original': separation.between_within_ratio(original, labels),
+    'mir': separation.between_within_ratio(mir, labels),
+  }
   panels = (('original', original, 'original features'), ('mir', mir, 'MIR character features'))
 
   fig = mpl_figure.Figure(figsize=(10, 5.4))
@@ -114,4 +131,3 @@ def pca_figure(original, mir, labels, names, out_stem: str, caption: str) -> Dic
   # No creation date in the PDF, so that the same inputs give the same file.
   fig.savefig(paths['pdf'], metadata={'CreationDate': None})
   return {**paths, 'caption': caption, 'separation': seps}
-

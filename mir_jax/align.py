@@ -41,8 +41,7 @@ from mir_jax.backbones.base import Detection
 FALLBACK_FRACTIONS = (0.37, 0.50)
 
 
-def center_box(image_shape: Sequence[int],
-               fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:
+def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:
   """The centred box used when MTCNN finds no face.
 
   Args:
@@ -122,6 +121,7 @@ def use_full_float32(torch, device) -> None:
 @dataclasses.dataclass(frozen=True)
 class AlignerConfig:
   """MTCNN settings; defaults are facenet-pytorch's (and Sandberg's: 20 px, [.6, .7, .7], .709)."""
+
   min_face_size: int = 20
   thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7)
   factor: float = 0.709
@@ -148,8 +148,15 @@ class Aligner:
     num_fallbacks: how many images so far got the centre-box fallback (for reporting).
   """
 
-  def __init__(self, config: Optional[AlignerConfig] = None, *, device: Optional[str] = None,
-               num_threads: Optional[int] = None, batch_size: int = 32, fast_max_pool: bool = True):
+  def __init__(
+    self,
+    config: Optional[AlignerConfig] = None,
+    *,
+    device: Optional[str] = None,
+    num_threads: Optional[int] = None,
+    batch_size: int = 32,
+    fast_max_pool: bool = True,
+  ):
     """Builds the detector.
 
     Args:
@@ -163,8 +170,9 @@ class Aligner:
     """
     # torch is imported here, not at module import, so that modules that only need `crop` or the
     # selection rule (and subprocess workers) stay light.
-    import torch  # pylint: disable=g-import-not-at-top
     from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+
     self.config = config or AlignerConfig()
     if num_threads is not None:
       torch.set_num_threads(num_threads)
@@ -175,12 +183,17 @@ class Aligner:
     self.batch_size = batch_size
     self.num_fallbacks = 0
     self._torch = torch
-    self._mtcnn = MTCNN(min_face_size=self.config.min_face_size,
-                        thresholds=list(self.config.thresholds), factor=self.config.factor,
-                        device=device, keep_all=True)
+    self._mtcnn = MTCNN(
+      min_face_size=self.config.min_face_size,
+      thresholds=list(self.config.thresholds),
+      factor=self.config.factor,
+      device=device,
+      keep_all=True,
+    )
     self._mtcnn.eval()
     if fast_max_pool and str(device) == 'cpu':
       from mir_jax import max_pool  # pylint: disable=g-import-not-at-top
+
       max_pool.replace_max_pools(self._mtcnn)
 
   def config_key(self) -> dict:
@@ -190,8 +203,7 @@ class Aligner:
   def _to_detection(self, boxes, points, image_shape) -> Detection:
     if boxes is None:
       self.num_fallbacks += 1
-      return Detection(box=center_box(image_shape, self.config.fallback_fractions),
-                       landmarks=None, detected=False)
+      return Detection(box=center_box(image_shape, self.config.fallback_fractions), landmarks=None, detected=False)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
     i = select_face(boxes, image_shape) if len(boxes) > 1 else 0
@@ -229,9 +241,8 @@ class Aligner:
       by_shape.setdefault(image.shape, []).append(i)
     for indices in by_shape.values():
       for start in range(0, len(indices), self.batch_size):
-        chunk = indices[start:start + self.batch_size]
+        chunk = indices[start : start + self.batch_size]
         stack = np.stack([images[i] for i in chunk])
         for i, det in zip(chunk, self._detect_stack(stack)):
           out[i] = det
     return out
-

@@ -21,10 +21,10 @@ def save(directory: str, result: engine.TrainResult, opts: engine.StaticOptions,
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(directory, 'params'), tree, force=True)
   meta = {
-      'dim': int(result.input_mean.shape[-1]),
-      'options': dataclasses.asdict(opts),
-      'runs': [dataclasses.asdict(r) for r in runs],
-      'class_names': list(class_names) if class_names is not None else None,
+    'dim': int(result.input_mean.shape[-1]),
+    'options': dataclasses.asdict(opts),
+    'runs': [dataclasses.asdict(r) for r in runs],
+    'class_names': list(class_names) if class_names is not None else None,
   }
   with open(os.path.join(directory, _META), 'w') as f:
     json.dump(meta, f, indent=1)
@@ -51,6 +51,8 @@ def predict(directory: str, x):
   result, opts, runs, meta = restore(directory)
   x = np.asarray(x)
   if x.ndim != 2 or x.shape[1] != meta['dim']:
-    raise ValueError(f'embeddings have shape {x.shape}; the checkpoint in {directory} was trained on '
-                     f'{meta["dim"]}-D embeddings (another backbone?)')
+    raise ValueError(
+      f'embeddings have shape {x.shape}; the checkpoint in {directory} was trained on '
+      f'{meta["dim"]}-D embeddings (another backbone?)'
+    )
   return engine.apply_runs(result, x, runs, opts).logits

@@ -25,16 +25,28 @@ from mir_jax import tuning
 READINGS = ('tuned', 'paper-literal')
 # The train-block fields that change what a tuned head learns. The rest are the runner's (schedules, seeds)
 # or what tuning chooses (learning rate, L2, steps; the paper-literal check records those in 'literal').
-TRAINING_FIELDS = ('optimizer', 'l2_form', 'l2_params', 'batch_size', 'commonality_weight', 'alternate_every',
-                   'lr_schedule', 'warmup_fraction')
+TRAINING_FIELDS = (
+  'optimizer',
+  'l2_form',
+  'l2_params',
+  'batch_size',
+  'commonality_weight',
+  'alternate_every',
+  'lr_schedule',
+  'warmup_fraction',
+)
 
 
 def save(path: str, records: Dict[str, object], context: dict):
   """Writes tuning choices (or convergence checks) with the context they were made in."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
-    json.dump({'context': context, 'choices': {s: dataclasses.asdict(c) for s, c in records.items()}}, f,
-              indent=1, sort_keys=True)
+    json.dump(
+      {'context': context, 'choices': {s: dataclasses.asdict(c) for s, c in records.items()}},
+      f,
+      indent=1,
+      sort_keys=True,
+    )
     f.write('\n')
 
 
@@ -48,8 +60,9 @@ def load(path: str, context: dict, kind=tuning.Choice) -> Optional[Dict[str, obj
   if stored.get('context') != json.loads(json.dumps(context)):
     return None
   try:
-    return {s: kind(**{k: tuple(v) if k == 'extended' else v for k, v in c.items()})
-            for s, c in stored['choices'].items()}
+    return {
+      s: kind(**{k: tuple(v) if k == 'extended' else v for k, v in c.items()}) for s, c in stored['choices'].items()
+    }
   except TypeError:
     return None
 
@@ -62,8 +75,15 @@ class ChoiceStore:
     self.directory = directory if os.path.isabs(directory) else os.path.join(paths.repo_root(), directory)
     self.timings: Dict[str, float] = {}
 
-  def reading(self, name: str, task: protocols.Classification, data, data_key: str, schedules: Sequence[str],
-              variant: options.Variant) -> readings.Reading:
+  def reading(
+    self,
+    name: str,
+    task: protocols.Classification,
+    data,
+    data_key: str,
+    schedules: Sequence[str],
+    variant: options.Variant,
+  ) -> readings.Reading:
     """The named reading with its convergence verdict. 'tuned' loads the stored choice or tunes and stores
     it; 'paper-literal' loads or makes the stored check of the paper's setting. `data` describes what made
     the embeddings (a cache's spec), `data_key` names them in the file name."""
@@ -75,9 +95,15 @@ class ChoiceStore:
     if name == 'paper-literal':
       variant = dataclasses.replace(variant, lr_schedule='constant')
     seeds = options.seeds(t)
-    context = {'data': data, 'task': task.description, 'variant': dataclasses.asdict(variant),
-               'train': {k: t[k] for k in TRAINING_FIELDS}, 'grid': dataclasses.asdict(grid),
-               'tuning_seeds': seeds[:grid.tuning_seeds], 'schedules': sorted(schedules)}
+    context = {
+      'data': data,
+      'task': task.description,
+      'variant': dataclasses.asdict(variant),
+      'train': {k: t[k] for k in TRAINING_FIELDS},
+      'grid': dataclasses.asdict(grid),
+      'tuning_seeds': seeds[: grid.tuning_seeds],
+      'schedules': sorted(schedules),
+    }
     if name == 'paper-literal':
       context['literal'] = dataclasses.asdict(literal)
     digest = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()[:10]
@@ -88,8 +114,10 @@ class ChoiceStore:
     if records is None:
       what = 'checking the paper-literal setting' if name == 'paper-literal' else 'tuning'
       logging.warning('No stored %s for %s; making it now (slow) and writing %s', what, task.name, path)
-      print(f'{what} {sorted(schedules)} on {task.name} ({variant.label()}): nothing stored, this takes a '
-            'while; it is written to ' + os.path.relpath(path, paths.repo_root()))
+      print(
+        f'{what} {sorted(schedules)} on {task.name} ({variant.label()}): nothing stored, this takes a '
+        'while; it is written to ' + os.path.relpath(path, paths.repo_root())
+      )
       start = time.perf_counter()
       opts = options.static_options(t, variant, len(task.class_names), task.x.shape[1])
       if name == 'paper-literal':

@@ -51,16 +51,28 @@ def main(argv: Sequence[str]) -> None:
   except selection.UsageError as e:
     sys.exit(f'error: {e}')
   print(f'{len(records)} images of {FLAGS.dataset} -> {key.cache_dir(data_dir, spec)}', flush=True)
-  result = writer.build(records, spec, pipeline, data_dir=data_dir, backbone=model,
-                        chunk_size=FLAGS.chunk_size, batch_size=FLAGS.batch_size, num_workers=FLAGS.num_workers,
-                        description=f'{FLAGS.dataset} embedded with {args["backbone"]}')
+  result = writer.build(
+    records,
+    spec,
+    pipeline,
+    data_dir=data_dir,
+    backbone=model,
+    chunk_size=FLAGS.chunk_size,
+    batch_size=FLAGS.batch_size,
+    num_workers=FLAGS.num_workers,
+    description=f'{FLAGS.dataset} embedded with {args["backbone"]}',
+  )
   info = reader.read_info(result.directory)
-  rate = (f', {result.chunks_computed} chunks in {result.seconds:.0f} s' if result.chunks_computed else
-          ' (already complete)')
-  print(f'cache: {result.directory}{rate}\n'
-        f'  embedded {info["num_embedded"]} of {info["num_records"]} images; '
-        f'{info["num_bad_images"]} unreadable; {info["num_detection_fallbacks"]} without a detected face '
-        f'(centre-box fallback); key {info["key"]}', flush=True)
+  rate = (
+    f', {result.chunks_computed} chunks in {result.seconds:.0f} s' if result.chunks_computed else ' (already complete)'
+  )
+  print(
+    f'cache: {result.directory}{rate}\n'
+    f'  embedded {info["num_embedded"]} of {info["num_records"]} images; '
+    f'{info["num_bad_images"]} unreadable; {info["num_detection_fallbacks"]} without a detected face '
+    f'(centre-box fallback); key {info["key"]}',
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

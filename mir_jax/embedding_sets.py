@@ -24,7 +24,8 @@ def load(source: str) -> EmbeddingSet:
     raise ValueError('no embedding source given: set --config.data.source to an .npz file or a cache dir')
   if source.startswith('cache:'):
     from mir_jax.cache import lookup  # pylint: disable=g-import-not-at-top  (TFDS, torch: only when used)
-    dataset, _, backbone = source[len('cache:'):].partition('/')
+
+    dataset, _, backbone = source[len('cache:') :].partition('/')
     if not backbone:
       raise ValueError(f'a cache source reads cache:<dataset>/<backbone>, got {source!r}')
     source = str(lookup.find_cache(dataset, backbone))
@@ -33,11 +34,19 @@ def load(source: str) -> EmbeddingSet:
   if source.endswith('.npz'):
     return _load_npz(source)
   from mir_jax.cache import reader  # pylint: disable=g-import-not-at-top  (TFDS import is slow; only when used)
+
   x, labels, meta = reader.load_embeddings(source)
-  optional = lambda values: (np.asarray(['' if v is None else v for v in values])
-                             if any(v is not None for v in values) else None)
-  return EmbeddingSet(np.asarray(x, np.float32), np.asarray(labels, np.int32), list(meta['names']),
-                      np.asarray(meta['image_ids']), optional(meta['video_ids']), optional(meta['roles']))
+  optional = lambda values: (
+    np.asarray(['' if v is None else v for v in values]) if any(v is not None for v in values) else None
+  )
+  return EmbeddingSet(
+    np.asarray(x, np.float32),
+    np.asarray(labels, np.int32),
+    list(meta['names']),
+    np.asarray(meta['image_ids']),
+    optional(meta['video_ids']),
+    optional(meta['roles']),
+  )
 
 
 def _load_npz(path: str) -> EmbeddingSet:
@@ -56,8 +65,9 @@ def _load_npz(path: str) -> EmbeddingSet:
   return EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names, image_ids, video_ids, roles)
 
 
-def synthetic_identities(num_classes: int, per_class: int, dim: int, seed: int = 0, spread: float = 1.0,
-                         shared_offset: float = 2.0) -> EmbeddingSet:
+def synthetic_identities(
+  num_classes: int, per_class: int, dim: int, seed: int = 0, spread: float = 1.0, shared_offset: float = 2.0
+) -> EmbeddingSet:
   """Gaussian identity clusters plus one offset shared by every face, L2-normalised like FaceNet/dlib output.
 
   The shared offset is the "commonality" the paper's head is meant to remove.

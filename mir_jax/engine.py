@@ -43,6 +43,7 @@ GROUPS = {'commonality': model_lib.COMMONALITY_PARAMS, 'classifier': model_lib.C
 @dataclasses.dataclass(frozen=True)
 class StaticOptions:
   """What fixes shapes or the compiled program; runs in one `train` call share these."""
+
   num_classes: int
   commonality_dim: int = 1
   subtract_from: str = 'input'
@@ -76,6 +77,7 @@ class StaticOptions:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run: what may differ between runs trained together."""
+
   schedule: str = 'joint'
   seed: int = 0
   learning_rate: float = 1e-3
@@ -94,6 +96,7 @@ class Run:
 
 class RunArrays(NamedTuple):
   """What differs between the runs of one program, as per-run arrays (leading axis R) for `vmap`."""
+
   key: jax.Array
   bce_weight: jax.Array
   learning_rate: jax.Array
@@ -104,16 +107,17 @@ class RunArrays(NamedTuple):
 def run_arrays(runs: Sequence[Run]) -> RunArrays:
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return RunArrays(
-      key=jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in runs]),
-      bce_weight=f32([r.commonality_weight for r in runs]),
-      learning_rate=f32([r.learning_rate for r in runs]),
-      l2=f32([r.l2 for r in runs]),
-      steps=jnp.asarray([r.steps for r in runs], jnp.int32),
+    key=jnp.stack([jax.random.key_data(jax.random.key(r.seed)) for r in runs]),
+    bce_weight=f32([r.commonality_weight for r in runs]),
+    learning_rate=f32([r.learning_rate for r in runs]),
+    l2=f32([r.l2 for r in runs]),
+    steps=jnp.asarray([r.steps for r in runs], jnp.int32),
   )
 
 
 class Program(NamedTuple):
   """What fixes a run's compiled step, beyond `StaticOptions`: runs that share it train in one program."""
+
   schedule: str
   alternate_every: int = 0  # alternating only: steps per phase
 
@@ -124,10 +128,10 @@ def program_of(run: Run) -> Program:
 
 # What one update trains (parameter groups) and which losses it computes; 'single' also skips the branch.
 UPDATES = {
-    'joint': (('commonality', 'classifier'), ('ce', 'bce')),
-    'single': (('classifier',), ('ce',)),
-    'commonality phase': (('commonality',), ('bce',)),
-    'classifier phase': (('classifier',), ('ce',)),
+  'joint': (('commonality', 'classifier'), ('ce', 'bce')),
+  'single': (('classifier',), ('ce',)),
+  'commonality phase': (('commonality',), ('bce',)),
+  'classifier phase': (('classifier',), ('ce',)),
 }
 
 
@@ -147,16 +151,15 @@ def _check_choice(name, value, choices):
 def _direction(optimizer: str) -> optax.GradientTransformation:
   """The optimizer without its learning rate, which is per run and applied in `_step`."""
   return {
-      'adam': optax.scale_by_adam(),
-      'sgd': optax.identity(),
-      'momentum': optax.trace(decay=0.9),
-      'rmsprop': optax.scale_by_rms(),
+    'adam': optax.scale_by_adam(),
+    'sgd': optax.identity(),
+    'momentum': optax.trace(decay=0.9),
+    'rmsprop': optax.scale_by_rms(),
   }[optimizer]
 
 
 def _l2_mask(params, which: str):
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: which == 'all' or path[-1].key == 'kernel', params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: which == 'all' or path[-1].key == 'kernel', params)
 
 
 def _l2_half_sum(params, mask):
@@ -208,8 +211,10 @@ def check_training_data(x, labels, num_classes: int):
     raise ValueError(f'labels must lie in [0, {num_classes}), got min {labels.min()} max {labels.max()}')
   missing = np.setdiff1d(np.arange(num_classes), labels)
   if missing.size:
-    raise ValueError(f'{missing.size} class(es) have no training example (e.g. {missing[:5].tolist()}); '
-                     'their logits would never be trained')
+    raise ValueError(
+      f'{missing.size} class(es) have no training example (e.g. {missing[:5].tolist()}); '
+      'their logits would never be trained'
+    )
 
 
 def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, eval_idx=None) -> TrainResult:
@@ -245,9 +250,20 @@ def train(x, labels, opts: StaticOptions, runs: Sequence[Run], train_idx=None, e
     eval_idx = jnp.asarray(eval_idx, jnp.int32)
   parts = []
   for program, members in _by_program(runs).items():
-    parts.append((members, _train_sharded(
-        x, labels, train_idx[members], None if eval_idx is None else eval_idx[members],
-        [runs[i] for i in members], opts, program)))
+    parts.append(
+      (
+        members,
+        _train_sharded(
+          x,
+          labels,
+          train_idx[members],
+          None if eval_idx is None else eval_idx[members],
+          [runs[i] for i in members],
+          opts,
+          program,
+        ),
+      )
+    )
   return _in_run_order(parts)
 
 
@@ -281,16 +297,24 @@ def _bound_compiled(fn):
     fn.clear_cache()
 
 
-def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions,
-                   program: Program) -> TrainResult:
+def _train_sharded(
+  x, labels, train_idx, eval_idx, runs: List[Run], opts: StaticOptions, program: Program
+) -> TrainResult:
   """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
   a multiple of the device count with copies of the last run, whose results are dropped."""
   _bound_compiled(_train_compiled)
   devices = jax.local_devices()
   count = len(runs)
   if len(devices) < 2 or count < 2:
-    return _train_compiled(jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32),
-                           jnp.asarray(train_idx, jnp.int32), eval_idx, run_arrays(runs), opts, program)
+    return _train_compiled(
+      jnp.asarray(x, jnp.float32),
+      jnp.asarray(labels, jnp.int32),
+      jnp.asarray(train_idx, jnp.int32),
+      eval_idx,
+      run_arrays(runs),
+      opts,
+      program,
+    )
   pad = -count % len(devices)
   runs = runs + [runs[-1]] * pad
   train_idx = np.concatenate([train_idx, np.repeat(train_idx[-1:], pad, axis=0)])
@@ -299,19 +323,26 @@ def _train_sharded(x, labels, train_idx, eval_idx, runs: List[Run], opts: Static
   everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if eval_idx is not None:
     eval_idx = jax.device_put(jnp.concatenate([eval_idx, jnp.repeat(eval_idx[-1:], pad, axis=0)]), by_run)
-  result = _train_compiled(jax.device_put(jnp.asarray(x, jnp.float32), everywhere),
-                           jax.device_put(jnp.asarray(labels, jnp.int32), everywhere),
-                           jax.device_put(jnp.asarray(train_idx, jnp.int32), by_run), eval_idx,
-                           jax.device_put(run_arrays(runs), by_run), opts, program)
+  result = _train_compiled(
+    jax.device_put(jnp.asarray(x, jnp.float32), everywhere),
+    jax.device_put(jnp.asarray(labels, jnp.int32), everywhere),
+    jax.device_put(jnp.asarray(train_idx, jnp.int32), by_run),
+    eval_idx,
+    jax.device_put(run_arrays(runs), by_run),
+    opts,
+    program,
+  )
   return jax.tree.map(lambda a: a[:count], result)
 
 
 @functools.partial(jax.jit, static_argnames=('opts', 'program'))
-def _train_compiled(x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions,
-                    program: Program) -> TrainResult:
+def _train_compiled(
+  x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions, program: Program
+) -> TrainResult:
   eval_axis = None if eval_idx is None else 0
   return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None, None))(
-      x, labels, train_idx, eval_idx, runs, opts, program)
+    x, labels, train_idx, eval_idx, runs, opts, program
+  )
 
 
 class TrainState(NamedTuple):
@@ -357,8 +388,7 @@ def _update(state: TrainState, xb, yb, lr, live, run: RunArrays, opts: StaticOpt
   names = [k for g in UPDATES[update][0] for k in GROUPS[g]]
   trained = {k: state.params[k] for k in names}
   frozen = {k: v for k, v in state.params.items() if k not in names}
-  (total, (ce, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained, frozen, xb, yb, run, opts,
-                                                                        update)
+  (total, (ce, bce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained, frozen, xb, yb, run, opts, update)
   tx = _direction(opts.optimizer)
   params, opt_state = dict(state.params), dict(state.opt_state)
   keep = lambda new, old: jnp.where(live, new, old)
@@ -366,8 +396,7 @@ def _update(state: TrainState, xb, yb, lr, live, run: RunArrays, opts: StaticOpt
     p = {k: state.params[k] for k in GROUPS[g]}
     direction, new_state = tx.update({k: grads[k] for k in GROUPS[g]}, state.opt_state[g], p)
     if opts.l2_form == 'decoupled':  # AdamW-style: decay applied beside, not through, the optimizer
-      direction = jax.tree.map(lambda d, w, m: d + run.l2 * w if m else d, direction, p,
-                               _l2_mask(p, opts.l2_params))
+      direction = jax.tree.map(lambda d, w, m: d + run.l2 * w if m else d, direction, p, _l2_mask(p, opts.l2_params))
     params.update(jax.tree.map(keep, jax.tree.map(lambda w, d: w - lr * d, p, direction), p))
     opt_state[g] = jax.tree.map(keep, new_state, state.opt_state[g])
   return TrainState(params, opt_state), jnp.stack([total, ce, bce])
@@ -382,13 +411,17 @@ def train_step(state: TrainState, xb, yb, step, budget, run: RunArrays, opts: St
     return _update(state, xb, yb, lr, live, run, opts, program.schedule)
   # The step counter is not batched over runs, so under vmap this stays a branch: each phase computes
   # only the loss of the task it trains.
-  return jax.lax.cond((step // program.alternate_every) % 2 == 0,
-                      lambda s: _update(s, xb, yb, lr, live, run, opts, 'commonality phase'),
-                      lambda s: _update(s, xb, yb, lr, live, run, opts, 'classifier phase'), state)
+  return jax.lax.cond(
+    (step // program.alternate_every) % 2 == 0,
+    lambda s: _update(s, xb, yb, lr, live, run, opts, 'commonality phase'),
+    lambda s: _update(s, xb, yb, lr, live, run, opts, 'classifier phase'),
+    state,
+  )
 
 
-def _train_one(x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions,
-               program: Program) -> TrainResult:
+def _train_one(
+  x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions, program: Program
+) -> TrainResult:
   x, labels = x_all[train_idx], labels_all[train_idx]
   input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
   x = x - input_mean
@@ -461,6 +494,5 @@ def apply_runs(result: TrainResult, x, runs: Sequence[Run], opts: StaticOptions)
     if members.size:
       params = jax.tree.map(lambda a, m=members: a[m], result.params)
       _bound_compiled(_apply_all)
-      parts.append((members, _apply_all(params, result.input_mean[members], jnp.asarray(x), opts.model(),
-                                        bool(flag))))
+      parts.append((members, _apply_all(params, result.input_mean[members], jnp.asarray(x), opts.model(), bool(flag))))
   return _in_run_order(parts)

@@ -67,8 +67,9 @@ def load_rgb(path: PathLike, *, exif_transpose: bool = False) -> np.ndarray:
   """
   if ImageFile.LOAD_TRUNCATED_IMAGES:
     raise RuntimeError(
-        'PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some imported code); load_rgb refuses to '
-        'run because truncated images would then decode as silently gray-padded faces.')
+      'PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some imported code); load_rgb refuses to '
+      'run because truncated images would then decode as silently gray-padded faces.'
+    )
   path = pathlib.Path(path)
   try:
     size = path.stat().st_size
@@ -117,8 +118,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
   if img.mode == 'F':
     raise ImageError('floating-point (mode F) images are not supported')
-  has_alpha = img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (
-      img.mode == 'P' and 'transparency' in img.info)
+  has_alpha = img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (img.mode == 'P' and 'transparency' in img.info)
   if has_alpha:
     rgba = img.convert('RGBA')
     black = Image.new('RGBA', rgba.size, (0, 0, 0, 255))

@@ -88,8 +88,9 @@ def replace_max_pools(module: nn.Module) -> int:
   for name, child in list(module.named_children()):
     if isinstance(child, nn.MaxPool2d):
       kernel, stride = _square(child.kernel_size), _square(child.stride)
-      if (kernel and stride and _square(child.padding) == 0 and _square(child.dilation) == 1
-          and not child.return_indices):
+      if (
+        kernel and stride and _square(child.padding) == 0 and _square(child.dilation) == 1 and not child.return_indices
+      ):
         setattr(module, name, MaxPool2d(kernel, stride, child.ceil_mode))
         swapped += 1
     else:

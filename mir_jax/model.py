@@ -36,6 +36,7 @@ class MIRHead(nn.Module):
     commonality_dim: 1 (the paper's W2 is 128x1, y a scalar broadcast over x) or d (one unit per feature).
     subtract_from: 'input' (c = x - y, the paper's text) or 'hidden' (c = h - y).
   """
+
   num_classes: int
   commonality_dim: int = 1
   subtract_from: str = 'input'

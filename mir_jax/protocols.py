@@ -36,6 +36,7 @@ from mir_jax import splits
 
 class Classification(NamedTuple):
   """A closed-set identification task: per seed, a head trains on train_idx and is scored on test_idx."""
+
   name: str
   x: np.ndarray  # (n, d) embeddings of the kept identities
   labels: np.ndarray  # (n,) int32, 0..K-1
@@ -52,6 +53,7 @@ class OpenSet(NamedTuple):
   The MIR head that maps features for the "(a)" rows is trained on `head_x`/`head_labels`, whose
   identities are disjoint from the probes' (a head trained on the probes would have seen the answer).
   """
+
   name: str
   probe_x: np.ndarray
   probe_labels: np.ndarray
@@ -65,32 +67,40 @@ class OpenSet(NamedTuple):
 def _filtered(ds: embedding_sets.EmbeddingSet, min_images: int):
   keep, labels, kept = splits.keep_identities_with_at_least(ds.labels, min_images)
   if kept.size < 2:
-    raise ValueError(f'fewer than 2 identities have >= {min_images} embeddings (of {len(ds.labels)} '
-                     f'embeddings, {len(ds.class_names)} identities)')
+    raise ValueError(
+      f'fewer than 2 identities have >= {min_images} embeddings (of {len(ds.labels)} '
+      f'embeddings, {len(ds.class_names)} identities)'
+    )
   return ds.x[keep], labels.astype(np.int32), [ds.class_names[k] for k in kept]
 
 
-def lfw_identity(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 10,
-                 train_fraction: float = 0.5) -> Classification:
+def lfw_identity(
+  ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 10, train_fraction: float = 0.5
+) -> Classification:
   x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.stratified_split(labels, train_fraction, s) for s in seeds])
-  desc = (f'identities with >= {min_images} images ({len(names)} identities, {len(labels)} images); per seed '
-          f'each identity\'s images split {train_fraction:g} train / rest test, at least one of each')
+  desc = (
+    f'identities with >= {min_images} images ({len(names)} identities, {len(labels)} images); per seed '
+    f"each identity's images split {train_fraction:g} train / rest test, at least one of each"
+  )
   return Classification('lfw_identity', x, labels, names, list(seeds), np.stack(train), np.stack(test), desc)
 
 
-def facenet_classifier(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 20,
-                       num_train: int = 10) -> Classification:
+def facenet_classifier(
+  ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_images: int = 20, num_train: int = 10
+) -> Classification:
   x, labels, names = _filtered(ds, min_images)
   train, test = zip(*[splits.fixed_count_split(labels, num_train, s) for s in seeds])
-  desc = (f'davidsandberg/facenet classifier split: identities with >= {min_images} images ({len(names)} '
-          f'identities, {len(labels)} images), {num_train} train images each, the rest test')
-  return Classification('facenet_classifier', x, labels, names, list(seeds), np.stack(train), np.stack(test),
-                        desc)
+  desc = (
+    f'davidsandberg/facenet classifier split: identities with >= {min_images} images ({len(names)} '
+    f'identities, {len(labels)} images), {num_train} train images each, the rest test'
+  )
+  return Classification('facenet_classifier', x, labels, names, list(seeds), np.stack(train), np.stack(test), desc)
 
 
-def ytf_frames(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_videos: int = 2,
-               frames_per_video: Optional[int] = None) -> Classification:
+def ytf_frames(
+  ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_videos: int = 2, frames_per_video: Optional[int] = None
+) -> Classification:
   """Frame classification with held-out videos: a face seen in training never appears in testing as the
   same video, so near-duplicate consecutive frames cannot leak across the split.
 
@@ -102,8 +112,9 @@ def ytf_frames(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_videos
       bound the cost on YTF's ~620k frames; None keeps all. Applied before the split.
   """
   if ds.video_ids is None:
-    raise ValueError('ytf_frames needs video ids (a YTF cache or an .npz with `video_ids`); this embedding '
-                     'set has none')
+    raise ValueError(
+      'ytf_frames needs video ids (a YTF cache or an .npz with `video_ids`); this embedding set has none'
+    )
   videos = np.asarray(ds.video_ids)
   rows = np.arange(len(videos))
   if frames_per_video is not None:
@@ -135,12 +146,22 @@ def ytf_frames(ds: embedding_sets.EmbeddingSet, seeds: Sequence[int], min_videos
   n_train, n_test = min(map(len, train)), min(map(len, test))
   train = [_even_subsample(t, n_train, s) for t, s in zip(train, seeds)]
   test = [_even_subsample(t, n_test, s) for t, s in zip(test, seeds)]
-  desc = (f'people with >= {min_videos} videos ({len(kept_people)} people, {len(labels)} frames'
-          f'{"" if frames_per_video is None else f", <= {frames_per_video} per video"}); per seed one video of '
-          f'each person held out for testing; train/test trimmed to the smallest seed\'s sizes '
-          f'({n_train} / {n_test} frames)')
-  return Classification('ytf_frames', x, labels, [ds.class_names[p] for p in kept_people], list(seeds),
-                        np.stack(train), np.stack(test), desc)
+  desc = (
+    f'people with >= {min_videos} videos ({len(kept_people)} people, {len(labels)} frames'
+    f'{"" if frames_per_video is None else f", <= {frames_per_video} per video"}); per seed one video of '
+    f"each person held out for testing; train/test trimmed to the smallest seed's sizes "
+    f'({n_train} / {n_test} frames)'
+  )
+  return Classification(
+    'ytf_frames',
+    x,
+    labels,
+    [ds.class_names[p] for p in kept_people],
+    list(seeds),
+    np.stack(train),
+    np.stack(test),
+    desc,
+  )
 
 
 def _natural(text) -> list:
@@ -153,26 +174,44 @@ def _even_subsample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
 
 
-def lfw_distractors(ds: embedding_sets.EmbeddingSet, probe_min_images: int = 10, distractor_max_images: int = 1,
-                    head_images: tuple = (2, 9)) -> OpenSet:
+def lfw_distractors(
+  ds: embedding_sets.EmbeddingSet,
+  probe_min_images: int = 10,
+  distractor_max_images: int = 1,
+  head_images: tuple = (2, 9),
+) -> OpenSet:
   if not distractor_max_images < head_images[0] <= head_images[1] < probe_min_images:
-    raise ValueError(f'the image-count ranges overlap: distractors <= {distractor_max_images}, head set '
-                     f'{head_images[0]}-{head_images[1]}, probes >= {probe_min_images}; an identity would be in two')
+    raise ValueError(
+      f'the image-count ranges overlap: distractors <= {distractor_max_images}, head set '
+      f'{head_images[0]}-{head_images[1]}, probes >= {probe_min_images}; an identity would be in two'
+    )
   counts = np.bincount(ds.labels, minlength=len(ds.class_names))[ds.labels]
   probe = counts >= probe_min_images
   distractor = counts <= distractor_max_images
   head = (counts >= head_images[0]) & (counts <= head_images[1])
   if not probe.any() or not distractor.any() or not head.any():
-    raise ValueError(f'lfw_distractors needs identities with >= {probe_min_images} images, with <= '
-                     f'{distractor_max_images}, and with {head_images[0]}-{head_images[1]}; this set lacks one')
+    raise ValueError(
+      f'lfw_distractors needs identities with >= {probe_min_images} images, with <= '
+      f'{distractor_max_images}, and with {head_images[0]}-{head_images[1]}; this set lacks one'
+    )
   _, head_labels, head_kept = splits.keep_identities_with_at_least(ds.labels[head], 1)
-  desc = (f'MegaFace challenge-1 protocol on LFW (offline stand-in, not MegaFace): probes = identities with '
-          f'>= {probe_min_images} images ({np.unique(ds.labels[probe]).size} identities, {probe.sum()} '
-          f'images), distractors = identities with <= {distractor_max_images} image ({distractor.sum()} '
-          f'images); the MIR head trains on the {head_kept.size} identities with {head_images[0]}-'
-          f'{head_images[1]} images ({head.sum()} images), disjoint from both')
-  return OpenSet('lfw_distractors', ds.x[probe], ds.labels[probe], ds.x[distractor], ds.x[head],
-                 head_labels.astype(np.int32), [ds.class_names[k] for k in head_kept], desc)
+  desc = (
+    f'MegaFace challenge-1 protocol on LFW (offline stand-in, not MegaFace): probes = identities with '
+    f'>= {probe_min_images} images ({np.unique(ds.labels[probe]).size} identities, {probe.sum()} '
+    f'images), distractors = identities with <= {distractor_max_images} image ({distractor.sum()} '
+    f'images); the MIR head trains on the {head_kept.size} identities with {head_images[0]}-'
+    f'{head_images[1]} images ({head.sum()} images), disjoint from both'
+  )
+  return OpenSet(
+    'lfw_distractors',
+    ds.x[probe],
+    ds.labels[probe],
+    ds.x[distractor],
+    ds.x[head],
+    head_labels.astype(np.int32),
+    [ds.class_names[k] for k in head_kept],
+    desc,
+  )
 
 
 def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet, head_min_images: int = 2) -> OpenSet:
@@ -186,8 +225,9 @@ def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet,
   roles = np.asarray(ds.roles)
   probe, distractor = roles == 'probe', roles == 'distractor'
   if not probe.any() or not distractor.any():
-    raise ValueError(f'the MegaFace set has {probe.sum()} probe and {distractor.sum()} distractor embeddings; '
-                     'both are needed')
+    raise ValueError(
+      f'the MegaFace set has {probe.sum()} probe and {distractor.sum()} distractor embeddings; both are needed'
+    )
   probe_names = {ds.class_names[k] for k in np.unique(ds.labels[probe])}
   keep, head_labels, kept = splits.keep_identities_with_at_least(head.labels, head_min_images)
   head_names = [head.class_names[k] for k in kept]
@@ -196,12 +236,24 @@ def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet,
   probe_norm = {norm(n) for n in probe_names}
   shared = sorted(n for n in head_names if norm(n) in probe_norm)
   if shared:
-    raise ValueError(f'{len(shared)} head-training identities are also probes (e.g. {shared[:3]}); remove '
-                     'them from the head set so the head never sees a probe identity')
-  desc = (f'MegaFace challenge 1: {probe.sum()} FaceScrub probe images of {len(probe_names)} identities, '
-          f'{distractor.sum()} distractors; the MIR head trains on {len(head_names)} other identities')
-  return OpenSet('megaface', ds.x[probe], ds.labels[probe], ds.x[distractor], head.x[keep],
-                 head_labels.astype(np.int32), head_names, desc)
+    raise ValueError(
+      f'{len(shared)} head-training identities are also probes (e.g. {shared[:3]}); remove '
+      'them from the head set so the head never sees a probe identity'
+    )
+  desc = (
+    f'MegaFace challenge 1: {probe.sum()} FaceScrub probe images of {len(probe_names)} identities, '
+    f'{distractor.sum()} distractors; the MIR head trains on {len(head_names)} other identities'
+  )
+  return OpenSet(
+    'megaface',
+    ds.x[probe],
+    ds.labels[probe],
+    ds.x[distractor],
+    head.x[keep],
+    head_labels.astype(np.int32),
+    head_names,
+    desc,
+  )
 
 
 def video_means(ds: embedding_sets.EmbeddingSet, x: Optional[np.ndarray] = None):

@@ -49,17 +49,23 @@ class VerdictRule:
   level: float = 0.95
 
   def describe(self) -> str:
-    ci = (f'the paper\'s number lies inside our {self.level:.0%} t-interval over seeds (>= 2 seeds) or '
-          if self.use_ci else '')
-    return (f'A cell is "{REPRODUCED}" when {ci}|our mean - paper| <= {self.tolerance:g} percentage points; '
-            f'else "{NOT_REPRODUCED}". A direction claim (a > b) is "{REPRODUCED}" when the {self.level:.0%} '
-            f'paired t-interval of the per-seed differences a - b lies above 0. '
-            f'"{NOT_HERE}": nothing measured, for the reason given.')
+    ci = (
+      f"the paper's number lies inside our {self.level:.0%} t-interval over seeds (>= 2 seeds) or "
+      if self.use_ci
+      else ''
+    )
+    return (
+      f'A cell is "{REPRODUCED}" when {ci}|our mean - paper| <= {self.tolerance:g} percentage points; '
+      f'else "{NOT_REPRODUCED}". A direction claim (a > b) is "{REPRODUCED}" when the {self.level:.0%} '
+      f'paired t-interval of the per-seed differences a - b lies above 0. '
+      f'"{NOT_HERE}": nothing measured, for the reason given.'
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One (row, dataset) entry. Numbers are percentages."""
+
   values: Tuple[float, ...] = ()  # our measurement, one per seed
   seeds: Tuple[int, ...] = ()  # optional, one per value; pairs cells by seed in direction tests
   metric: str = ''  # what `values` measure
@@ -150,11 +156,16 @@ def cell_verdict(cell: Cell, rule: VerdictRule) -> Tuple[str, str]:
   elif within_tol:
     verdict, reason = REPRODUCED, f'|diff| {abs(diff):.2f} <= tolerance {rule.tolerance:g} pp'
   else:
-    ci = (f'outside our {rule.level:.0%} CI and ' if rule.use_ci and s.ci_low is not None
-          else 'single seed (no CI); ' if rule.use_ci else '')
+    ci = (
+      f'outside our {rule.level:.0%} CI and '
+      if rule.use_ci and s.ci_low is not None
+      else 'single seed (no CI); '
+      if rule.use_ci
+      else ''
+    )
     verdict, reason = NOT_REPRODUCED, f'paper {cell.paper:.2f} {ci}|diff| {abs(diff):.2f} > {rule.tolerance:g} pp'
   if cell.metric and cell.paper_metric and cell.metric != cell.paper_metric:
-    reason += f'; compares our {cell.metric} with the paper\'s {cell.paper_metric}'
+    reason += f"; compares our {cell.metric} with the paper's {cell.paper_metric}"
   return verdict, reason
 
 
@@ -174,10 +185,20 @@ def _paired(a: Cell, b: Cell):
 def direction_summary(table: Table, d: Direction) -> dict:
   """The paper's and our evidence for `d.better` > `d.worse` on `d.column`, with a verdict."""
   a, b = table.cell(d.better, d.column), table.cell(d.worse, d.column)
-  out = {'claim': f'{d.better} > {d.worse}', 'better': d.better, 'worse': d.worse, 'column': d.column,
-         'paper_better': a.paper, 'paper_worse': b.paper,
-         'paper_holds': None if a.paper is None or b.paper is None else a.paper > b.paper,
-         'n': 0, 'mean_diff': None, 'ci_low': None, 'ci_high': None, 'p_greater': None}
+  out = {
+    'claim': f'{d.better} > {d.worse}',
+    'better': d.better,
+    'worse': d.worse,
+    'column': d.column,
+    'paper_better': a.paper,
+    'paper_worse': b.paper,
+    'paper_holds': None if a.paper is None or b.paper is None else a.paper > b.paper,
+    'n': 0,
+    'mean_diff': None,
+    'ci_low': None,
+    'ci_high': None,
+    'p_greater': None,
+  }
   if not a.values or not b.values:
     missing = d.better if not a.values else d.worse
     reason = table.cell(missing, d.column).reason
@@ -212,10 +233,24 @@ def summarize(table: Table) -> List[dict]:
       if column not in row.cells:
         continue
       cell = row.cells[column]
-      rec = {'row': row.name, 'column': column, 'claim_only': row.claim_only, 'metric': cell.metric,
-             'n': len(cell.values), 'mean': None, 'std': None, 'ci_low': None, 'ci_high': None,
-             'paper': cell.paper, 'paper_metric': cell.paper_metric, 'diff': None,
-             'values': list(cell.values), 'seeds': list(cell.seeds), 'note': cell.note, 'flag': cell.flag}
+      rec = {
+        'row': row.name,
+        'column': column,
+        'claim_only': row.claim_only,
+        'metric': cell.metric,
+        'n': len(cell.values),
+        'mean': None,
+        'std': None,
+        'ci_low': None,
+        'ci_high': None,
+        'paper': cell.paper,
+        'paper_metric': cell.paper_metric,
+        'diff': None,
+        'values': list(cell.values),
+        'seeds': list(cell.seeds),
+        'note': cell.note,
+        'flag': cell.flag,
+      }
       if cell.values:
         s = significance.mean_ci(cell.values, table.rule.level)
         rec.update(mean=s.mean, std=s.std, ci_low=s.ci_low, ci_high=s.ci_high)
@@ -263,25 +298,53 @@ def _md_escape(text: str) -> str:
 def render_markdown(table: Table) -> str:
   """The table as GitHub markdown: cells, then direction claims, then the rule and notes."""
   level = f'{table.rule.level:.0%}'
-  lines = [f'### {table.title}', '',
-           f'| Row | Dataset | Ours (mean ± std) | {level} CI | n | Paper | Diff | Verdict | Reason |',
-           '|---|---|---|---|---|---|---|---|---|']
+  lines = [
+    f'### {table.title}',
+    '',
+    f'| Row | Dataset | Ours (mean ± std) | {level} CI | n | Paper | Diff | Verdict | Reason |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
   records = summarize(table)
   for r in records:
-    cells = [r['row'], r['column'], _ours(r), _ci(r['ci_low'], r['ci_high']), str(r['n']), _f(r['paper']),
-             _f(r['diff'], sign=True), f'**{r["verdict"]}**', r['reason']]
+    cells = [
+      r['row'],
+      r['column'],
+      _ours(r),
+      _ci(r['ci_low'], r['ci_high']),
+      str(r['n']),
+      _f(r['paper']),
+      _f(r['diff'], sign=True),
+      f'**{r["verdict"]}**',
+      r['reason'],
+    ]
     lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
   if table.directions:
-    lines += ['', 'Direction claims (paired over seeds; p one-sided, H1: better > worse):', '',
-              f'| Claim | Dataset | Paper | Ours: mean diff | {level} CI | n | p | Verdict | Reason |',
-              '|---|---|---|---|---|---|---|---|---|']
+    lines += [
+      '',
+      'Direction claims (paired over seeds; p one-sided, H1: better > worse):',
+      '',
+      f'| Claim | Dataset | Paper | Ours: mean diff | {level} CI | n | p | Verdict | Reason |',
+      '|---|---|---|---|---|---|---|---|---|',
+    ]
     for d in table.directions:
       s = direction_summary(table, d)
-      cells = [s['claim'], s['column'], _paper_direction(s), _f(s['mean_diff'], sign=True),
-               _ci(s['ci_low'], s['ci_high'], sign=True), str(s['n']), _p(s), f'**{s["verdict"]}**', s['reason']]
+      cells = [
+        s['claim'],
+        s['column'],
+        _paper_direction(s),
+        _f(s['mean_diff'], sign=True),
+        _ci(s['ci_low'], s['ci_high'], sign=True),
+        str(s['n']),
+        _p(s),
+        f'**{s["verdict"]}**',
+        s['reason'],
+      ]
       lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
-  lines += ['', f'Verdict rule: {table.rule.describe()} Numbers are percentages; std is the sample std '
-            '(ddof=1) over seeds; "—" marks no measurement.']
+  lines += [
+    '',
+    f'Verdict rule: {table.rule.describe()} Numbers are percentages; std is the sample std '
+    '(ddof=1) over seeds; "—" marks no measurement.',
+  ]
   where = {}  # note -> the cells it belongs to; a row-wide note is listed once
   for r in records:
     if r['note']:
@@ -302,8 +365,12 @@ def render_summary(table: Table) -> str:
   `render_markdown` has every derived number; this is the part a reader compares with the paper."""
   records = {(r['row'], r['column']): r for r in summarize(table)}
   footnotes: Dict[str, int] = {}
-  lines = [f'### {table.title}', '', '| Row | ' + ' | '.join(table.columns) + ' |',
-           '|---|' + '---|' * len(table.columns)]
+  lines = [
+    f'### {table.title}',
+    '',
+    '| Row | ' + ' | '.join(table.columns) + ' |',
+    '|---|' + '---|' * len(table.columns),
+  ]
   for row in table.rows:
     cells = []
     for column in table.columns:
@@ -323,18 +390,27 @@ def render_summary(table: Table) -> str:
         extra.append(rec['flag'].upper())
       cells.append(text + (f' ({", ".join(extra)})' if extra else ''))
     lines.append('| ' + ' | '.join(_md_escape(c) for c in [row.name] + cells) + ' |')
-  measured = [d for d in table.directions
-              if table.cell(d.better, d.column).values and table.cell(d.worse, d.column).values]
+  measured = [
+    d for d in table.directions if table.cell(d.better, d.column).values and table.cell(d.worse, d.column).values
+  ]
   if measured:
-    lines += ['', 'Direction claims with measurements on both sides (paired over seeds):', '',
-              f'| Claim | Dataset | Paper | Ours: mean diff [{table.rule.level:.0%} CI] | p (one-sided) | Verdict |',
-              '|---|---|---|---|---|---|']
+    lines += [
+      '',
+      'Direction claims with measurements on both sides (paired over seeds):',
+      '',
+      f'| Claim | Dataset | Paper | Ours: mean diff [{table.rule.level:.0%} CI] | p (one-sided) | Verdict |',
+      '|---|---|---|---|---|---|',
+    ]
     for d in measured:
       s = direction_summary(table, d)
-      cells = [s['claim'], s['column'], _paper_direction(s),
-               f'{_f(s["mean_diff"], sign=True)} {_ci(s["ci_low"], s["ci_high"], sign=True)}', _p(s),
-               f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED or s.get('caveat')
-                                        else '')]
+      cells = [
+        s['claim'],
+        s['column'],
+        _paper_direction(s),
+        f'{_f(s["mean_diff"], sign=True)} {_ci(s["ci_low"], s["ci_high"], sign=True)}',
+        _p(s),
+        f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED or s.get('caveat') else ''),
+      ]
       lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
   if footnotes:
     lines += [''] + [f'[{n}] {_md_escape(reason)}' for reason, n in footnotes.items()]
@@ -346,29 +422,61 @@ def render_summary(table: Table) -> str:
 def to_json(table: Table) -> dict:
   """Inputs (enough to rebuild the table with `from_json`) plus every derived number, for readers."""
   return {
-      'title': table.title, 'columns': list(table.columns), 'rule': dataclasses.asdict(table.rule),
-      'notes': list(table.notes),
-      'rows': [{'name': r.name, 'claim_only': r.claim_only, 'note': r.note,
-                'cells': {c: dataclasses.asdict(cell) for c, cell in r.cells.items()}} for r in table.rows],
-      'directions': [dataclasses.asdict(d) for d in table.directions],
-      'rule_text': table.rule.describe(),
-      'summary': summarize(table),
-      'direction_summary': [direction_summary(table, d) for d in table.directions],
+    'title': table.title,
+    'columns': list(table.columns),
+    'rule': dataclasses.asdict(table.rule),
+    'notes': list(table.notes),
+    'rows': [
+      {
+        'name': r.name,
+        'claim_only': r.claim_only,
+        'note': r.note,
+        'cells': {c: dataclasses.asdict(cell) for c, cell in r.cells.items()},
+      }
+      for r in table.rows
+    ],
+    'directions': [dataclasses.asdict(d) for d in table.directions],
+    'rule_text': table.rule.describe(),
+    'summary': summarize(table),
+    'direction_summary': [direction_summary(table, d) for d in table.directions],
   }
 
 
 def from_json(data: dict) -> Table:
   """Rebuilds a `Table` from `to_json` output; derived fields are ignored (recomputed on render)."""
   return Table(
-      title=data['title'], columns=list(data['columns']),
-      rows=[Row(r['name'], {c: Cell(**cell) for c, cell in r['cells'].items()}, r['claim_only'], r['note'])
-            for r in data['rows']],
-      directions=[Direction(**d) for d in data['directions']],
-      rule=VerdictRule(**data['rule']), notes=list(data['notes']))
+    title=data['title'],
+    columns=list(data['columns']),
+    rows=[
+      Row(r['name'], {c: Cell(**cell) for c, cell in r['cells'].items()}, r['claim_only'], r['note'])
+      for r in data['rows']
+    ],
+    directions=[Direction(**d) for d in data['directions']],
+    rule=VerdictRule(**data['rule']),
+    notes=list(data['notes']),
+  )
 
 
-_CSV_FIELDS = ('row', 'column', 'claim_only', 'metric', 'n', 'mean', 'std', 'ci_low', 'ci_high', 'paper',
-               'paper_metric', 'diff', 'verdict', 'reason', 'values', 'seeds', 'note', 'flag')
+_CSV_FIELDS = (
+  'row',
+  'column',
+  'claim_only',
+  'metric',
+  'n',
+  'mean',
+  'std',
+  'ci_low',
+  'ci_high',
+  'paper',
+  'paper_metric',
+  'diff',
+  'verdict',
+  'reason',
+  'values',
+  'seeds',
+  'note',
+  'flag',
+)
 
 
 def _write_csv(table: Table, path: str):
@@ -382,10 +490,25 @@ def _write_csv(table: Table, path: str):
       w.writerow(rec)
 
 
-_TEX_SPECIAL = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '$': r'\$', '#': r'\#', '_': r'\_',
-                '{': r'\{', '}': r'\}', '~': r'\textasciitilde{}', '^': r'\textasciicircum{}',
-                '—': '---', '±': r'$\pm$', '≤': r'$\le$', '≥': r'$\ge$', '>': r'$>$', '<': r'$<$',
-                '|': r'$|$'}
+_TEX_SPECIAL = {
+  '\\': r'\textbackslash{}',
+  '&': r'\&',
+  '%': r'\%',
+  '$': r'\$',
+  '#': r'\#',
+  '_': r'\_',
+  '{': r'\{',
+  '}': r'\}',
+  '~': r'\textasciitilde{}',
+  '^': r'\textasciicircum{}',
+  '—': '---',
+  '±': r'$\pm$',
+  '≤': r'$\le$',
+  '≥': r'$\ge$',
+  '>': r'$>$',
+  '<': r'$<$',
+  '|': r'$|$',
+}
 
 
 def _tex(text) -> str:
@@ -395,23 +518,53 @@ def _tex(text) -> str:
 def render_latex(table: Table) -> str:
   """A booktabs `table` environment (needs \\usepackage{booktabs}); reasons go in a wrapped last column."""
   level = f'{table.rule.level:.0%}'
-  lines = [r'\begin{table}[t]', r'\centering', r'\small',
-           r'\begin{tabular}{llrrrrrlp{5cm}}', r'\toprule',
-           ' & '.join(_tex(h) for h in ('Row', 'Dataset', 'Ours (mean ± std)', f'{level} CI', 'n', 'Paper',
-                                        'Diff', 'Verdict', 'Reason')) + r' \\', r'\midrule']
+  lines = [
+    r'\begin{table}[t]',
+    r'\centering',
+    r'\small',
+    r'\begin{tabular}{llrrrrrlp{5cm}}',
+    r'\toprule',
+    ' & '.join(
+      _tex(h) for h in ('Row', 'Dataset', 'Ours (mean ± std)', f'{level} CI', 'n', 'Paper', 'Diff', 'Verdict', 'Reason')
+    )
+    + r' \\',
+    r'\midrule',
+  ]
   for r in summarize(table):
-    cells = [r['row'], r['column'], _ours(r), _ci(r['ci_low'], r['ci_high']), r['n'], _f(r['paper']),
-             _f(r['diff'], sign=True), r['verdict'], r['reason']]
+    cells = [
+      r['row'],
+      r['column'],
+      _ours(r),
+      _ci(r['ci_low'], r['ci_high']),
+      r['n'],
+      _f(r['paper']),
+      _f(r['diff'], sign=True),
+      r['verdict'],
+      r['reason'],
+    ]
     lines.append(' & '.join(_tex(c) for c in cells) + r' \\')
   if table.directions:
     lines += [r'\midrule', r'\multicolumn{9}{l}{\emph{' + _tex('Direction claims (paired over seeds)') + r'}} \\']
     for d in table.directions:
       s = direction_summary(table, d)
-      cells = [s['claim'], s['column'], _paper_direction(s), _f(s['mean_diff'], sign=True),
-               _ci(s['ci_low'], s['ci_high'], sign=True), s['n'], _p(s), s['verdict'], s['reason']]
+      cells = [
+        s['claim'],
+        s['column'],
+        _paper_direction(s),
+        _f(s['mean_diff'], sign=True),
+        _ci(s['ci_low'], s['ci_high'], sign=True),
+        s['n'],
+        _p(s),
+        s['verdict'],
+        s['reason'],
+      ]
       lines.append(' & '.join(_tex(c) for c in cells) + r' \\')
-  lines += [r'\bottomrule', r'\end{tabular}',
-            r'\caption{' + _tex(f'{table.title}. {table.rule.describe()}') + '}', r'\end{table}']
+  lines += [
+    r'\bottomrule',
+    r'\end{tabular}',
+    r'\caption{' + _tex(f'{table.title}. {table.rule.describe()}') + '}',
+    r'\end{table}',
+  ]
   return '\n'.join(lines) + '\n'
 
 

@@ -27,8 +27,10 @@ def stratified_split(labels, train_fraction: float, seed: int, min_train: int = 
 
   def num_train(label, count):
     if count < min_train + min_test:
-      raise ValueError(f'identity {label} has {count} example(s), fewer than min_train + min_test = '
-                       f'{min_train + min_test}; filter identities by image count first')
+      raise ValueError(
+        f'identity {label} has {count} example(s), fewer than min_train + min_test = '
+        f'{min_train + min_test}; filter identities by image count first'
+      )
     return int(np.clip(round(train_fraction * count), min_train, count - min_test))
 
   return _split_per_identity(labels, seed, num_train)

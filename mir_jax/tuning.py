@@ -63,6 +63,7 @@ from mir_jax import splits
 class Grid:
   """The grid and the rule's parameters; `options.grid` makes one from a config's tune block, whose values in
   experiments/configs/default.py are the one default."""
+
   learning_rates: Sequence[float]
   l2s: Sequence[float]
   first_steps: int  # the first budget; each next one doubles it
@@ -152,13 +153,14 @@ class _Validator:
 
   def later(self, point: tuple, steps: int) -> List[tuple]:
     """The (schedule, lr, l2, budget) keys the rule compares with `point` at `steps`."""
-    return [(*point, steps * 2 ** j) for j in range(1, self.grid.plateau_doublings + 1)]
+    return [(*point, steps * 2**j) for j in range(1, self.grid.plateau_doublings + 1)]
 
   def holds(self, point: tuple, steps: int) -> bool:
     """The rule at `steps`: beats `floor`, and every later budget stays within tolerance of it."""
     base = self.acc[(*point, steps)]
-    return (base > self.floor(point[0]) + self.grid.tolerance
-            and all(abs(self.acc[k] - base) <= self.grid.tolerance for k in self.later(point, steps)))
+    return base > self.floor(point[0]) + self.grid.tolerance and all(
+      abs(self.acc[k] - base) <= self.grid.tolerance for k in self.later(point, steps)
+    )
 
   def evaluate(self, points: Sequence[tuple]):
     """Trains every (schedule, lr, l2, steps) not yet known; one call per budget."""
@@ -168,8 +170,16 @@ class _Validator:
       runs, fit, val = [], [], []
       for schedule, lr, l2, _ in group:
         for t, seed in enumerate(self.seeds):
-          runs.append(engine.Run(schedule=schedule, seed=seed, learning_rate=lr, l2=l2,
-                                 commonality_weight=self.commonality_weight, alternate_every=self.alternate_every))
+          runs.append(
+            engine.Run(
+              schedule=schedule,
+              seed=seed,
+              learning_rate=lr,
+              l2=l2,
+              commonality_weight=self.commonality_weight,
+              alternate_every=self.alternate_every,
+            )
+          )
           fit.append(self.fit_val[t][0])
           val.append(self.fit_val[t][1])
       opts = dataclasses.replace(self.opts, steps=steps, log_every=steps)
@@ -190,7 +200,7 @@ def _climb_all(v: _Validator, points: Sequence[tuple], max_steps: int) -> Dict[t
     climbing = [p for p, s in state.items() if s is None]
     if not climbing:
       break
-    window = budgets[i:i + k + 1]
+    window = budgets[i : i + k + 1]
     v.evaluate([(*p, b) for p in climbing for b in window])
     for p in climbing:
       if v.holds(p, window[0]):
@@ -209,14 +219,22 @@ def _beyond(values: List[float], side: str) -> Optional[float]:
   vals = sorted(v for v in values if v > 0)
   if not vals:
     return None
-  ratio = vals[1] / vals[0] if side == 'low' and len(vals) > 1 else (
-      vals[-1] / vals[-2] if len(vals) > 1 else 10.0)
+  ratio = vals[1] / vals[0] if side == 'low' and len(vals) > 1 else (vals[-1] / vals[-2] if len(vals) > 1 else 10.0)
   ratio = min(ratio, 10.0)  # a sparse grid (1e-5, 3e-2) steps on by a decade, not by its own gap
   return float(f'{(vals[0] / ratio if side == "low" else vals[-1] * ratio):.3g}')
 
 
-def choose(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequence[str], grid: Grid,
-           seeds: Sequence[int], commonality_weight: float = 1.0, alternate_every: int = 1):
+def choose(
+  x,
+  labels,
+  train_idx,
+  base_opts: engine.StaticOptions,
+  schedules: Sequence[str],
+  grid: Grid,
+  seeds: Sequence[int],
+  commonality_weight: float = 1.0,
+  alternate_every: int = 1,
+):
   """Chooses (learning rate, L2, steps) per schedule by the rule above. Returns {schedule: Choice}.
 
   Args:
@@ -275,9 +293,12 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
     _, b_lr, b_l2, b_steps, b_value, _ = max(unconverged, key=lambda c: c[0][1:])
     better = {'learning_rate': b_lr, 'l2': b_l2, 'steps': b_steps, 'val_accuracy': b_value}
   doubled = v.acc.get((schedule, lr, l2, 2 * steps))
-  curve = {_key(a, b): {str(k[3]): round(acc, 4) for k, acc in sorted(v.acc.items(), key=lambda i: i[0][3])
-                        if k[:3] == (schedule, a, b)}
-           for a, b in itertools.product(lrs, l2s)}
+  curve = {
+    _key(a, b): {
+      str(k[3]): round(acc, 4) for k, acc in sorted(v.acc.items(), key=lambda i: i[0][3]) if k[:3] == (schedule, a, b)
+    }
+    for a, b in itertools.product(lrs, l2s)
+  }
   edges = []
   if lr == max(lrs):
     edges.append('the largest learning rate')
@@ -285,8 +306,19 @@ def _best(v: _Validator, schedule, lrs, l2s, climbed, extended) -> Choice:
     edges.append('the smallest learning rate')
   if l2 == max(l2s) and l2 > 0:
     edges.append('the largest L2')
-  return Choice(schedule, lr, l2, steps, value, curve, converged,
-                None if doubled is None else doubled - value, tuple(extended), ' and '.join(edges), better)
+  return Choice(
+    schedule,
+    lr,
+    l2,
+    steps,
+    value,
+    curve,
+    converged,
+    None if doubled is None else doubled - value,
+    tuple(extended),
+    ' and '.join(edges),
+    better,
+  )
 
 
 def _extension(choice: Choice, lrs, l2s, max_steps, extended, max_extensions) -> Optional[tuple]:
@@ -304,8 +336,7 @@ def _extension(choice: Choice, lrs, l2s, max_steps, extended, max_extensions) ->
   weakest = min((l2 for l2 in l2s if l2 > 0), default=None)
   better = choice.better_unconverged
   weaker_scored_higher = better is not None and better['l2'] < choice.l2 == weakest
-  if (weakest is not None and (not choice.converged or weaker_scored_higher)
-      and count('L2', 'below') < max_extensions):
+  if weakest is not None and (not choice.converged or weaker_scored_higher) and count('L2', 'below') < max_extensions:
     new = _beyond(l2s, 'low')
     why = 'no point met the rule' if not choice.converged else 'a weaker L2 scored higher without meeting it'
     return 'l2', new, f'L2 {new:g} added below {weakest:g}: {why}'
@@ -317,6 +348,7 @@ def _extension(choice: Choice, lrs, l2s, max_steps, extended, max_extensions) ->
 @dataclasses.dataclass(frozen=True)
 class Check:
   """The rule applied to one fixed setting: validation accuracy at its steps and at the later budgets."""
+
   schedule: str
   steps: int
   val_accuracy: float
@@ -324,15 +356,27 @@ class Check:
   converged: bool
 
 
-def check(x, labels, train_idx, base_opts: engine.StaticOptions, schedules: Sequence[str], learning_rate: float,
-          l2: float, steps: int, grid: Grid, seeds: Sequence[int], commonality_weight: float = 1.0,
-          alternate_every: int = 1) -> Dict[str, Check]:
+def check(
+  x,
+  labels,
+  train_idx,
+  base_opts: engine.StaticOptions,
+  schedules: Sequence[str],
+  learning_rate: float,
+  l2: float,
+  steps: int,
+  grid: Grid,
+  seeds: Sequence[int],
+  commonality_weight: float = 1.0,
+  alternate_every: int = 1,
+) -> Dict[str, Check]:
   """Whether a fixed (learning rate, L2, steps) meets the rule, on the same validation splits as tuning."""
   v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every)
   points = [(s, learning_rate, l2) for s in schedules]
   v.evaluate([k for p in points for k in [(*p, steps)] + v.later(p, steps)])
   out = {}
   for s, point in zip(schedules, points):
-    out[s] = Check(s, steps, v.acc[(*point, steps)], {str(k[3]): v.acc[k] for k in v.later(point, steps)},
-                   v.holds(point, steps))
+    out[s] = Check(
+      s, steps, v.acc[(*point, steps)], {str(k[3]): v.acc[k] for k in v.later(point, steps)}, v.holds(point, steps)
+    )
   return out

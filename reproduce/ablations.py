@@ -23,9 +23,9 @@ import dataclasses
 
 from absl import app
 
+from mir_jax import options
 from mir_jax import report
 from mir_jax.evaluators import significance
-from mir_jax import options
 from reproduce import cli
 from reproduce import context
 from reproduce import embedding_store
@@ -34,9 +34,11 @@ from reproduce import embedding_store
 def variants(base: options.Variant):
   """(name, variant) pairs: the base, then one change at a time."""
   out = [('base (paper-literal model)', base)]
-  changes = [('commonality_dim', 'd' if base.commonality_dim == '1' else '1'),
-             ('subtract_from', 'hidden' if base.subtract_from == 'input' else 'input'),
-             ('center', not base.center)]
+  changes = [
+    ('commonality_dim', 'd' if base.commonality_dim == '1' else '1'),
+    ('subtract_from', 'hidden' if base.subtract_from == 'input' else 'input'),
+    ('center', not base.center),
+  ]
   changes += [('commonality_weight', w) for w in (0.0, 0.1, 10.0) if w != base.commonality_weight]
   changes += [('optimizer', o) for o in ('sgd', 'momentum', 'rmsprop') if o != base.optimizer]
   changes += [('lr_schedule', 'constant' if base.lr_schedule != 'constant' else 'warmup_cosine')]
@@ -74,9 +76,11 @@ def build(ctx: context.Context) -> report.Table:
           note += f'; vs base: {t.mean_diff:+.2f} pp ({ci}, paired over {t.n} seeds)'
         cells = {'LFW': report.Cell(values, task.seeds, f'Ac = TP/AP ({task.name})', flag=runs.flag(schedule))}
         rows.append(report.Row(f'{backbone} [{reading}] {name}', cells, note=note))
-  notes = ['Joint MIR heads on the LFW identity protocol, one choice changed at a time from the head read '
-           'literally (BUILD.md, "The MIR head and its open choices"). The paper reports no ablation numbers, so every '
-           'verdict is "no paper claim"; the notes give each change\'s paired difference from the base.'] + notes
+  notes = [
+    'Joint MIR heads on the LFW identity protocol, one choice changed at a time from the head read '
+    'literally (BUILD.md, "The MIR head and its open choices"). The paper reports no ablation numbers, so every '
+    'verdict is "no paper claim"; the notes give each change\'s paired difference from the base.'
+  ] + notes
   return report.Table('Ablations: the open choices of the MIR head', ['LFW'], rows, notes=notes)
 
 

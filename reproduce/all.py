@@ -36,5 +36,5 @@ def _body(ctx):
 
 if __name__ == '__main__':
   cli.define_flags('every table and figure')
-  flags.DEFINE_integer('figure_seed', 0, 'Seed of the rule choosing the PCA figure\'s identities and photos.')
+  flags.DEFINE_integer('figure_seed', 0, "Seed of the rule choosing the PCA figure's identities and photos.")
   app.run(lambda argv: cli.run_command('all', _body, argv))

@@ -58,9 +58,17 @@ def write_timings(ctx: context.Context, name: str, total: float):
   flops = ctx.heads.flops
   with open(os.path.join(ctx.output_dir, f'{name}_timings.json'), 'w') as f:
     train_seconds = sum(v for k, v in timings.items() if k.startswith('train '))
-    json.dump({'total_seconds': total, 'parts': timings,
-               # The heads' matmuls, forward and backward, of every update trained for the tables (not
-               # tuning), and their rate over the training calls: to compare with a matmul peak
-               # (`python -m benchmarks.train_speed` measures one).
-               'train_seconds': train_seconds, 'train_gflop': flops / 1e9,
-               'train_gflops_per_second': flops / 1e9 / train_seconds if train_seconds else None}, f, indent=1)
+    json.dump(
+      {
+        'total_seconds': total,
+        'parts': timings,
+        # The heads' matmuls, forward and backward, of every update trained for the tables (not
+        # tuning), and their rate over the training calls: to compare with a matmul peak
+        # (`python -m benchmarks.train_speed` measures one).
+        'train_seconds': train_seconds,
+        'train_gflop': flops / 1e9,
+        'train_gflops_per_second': flops / 1e9 / train_seconds if train_seconds else None,
+      },
+      f,
+      indent=1,
+    )

@@ -30,8 +30,9 @@ class Context:
   def readings(self) -> List[str]:
     return [r.strip() for r in self.config.readings.split(',') if r.strip()]
 
-  def trained(self, task: protocols.Classification, key: str, schedules, reading: str,
-              variant: Optional[options.Variant] = None) -> head_memo.Trained:
+  def trained(
+    self, task: protocols.Classification, key: str, schedules, reading: str, variant: Optional[options.Variant] = None
+  ) -> head_memo.Trained:
     return self.heads.trained(task, key, schedules, reading, variant or self.base_variant)
 
   @property
@@ -41,10 +42,15 @@ class Context:
 
   def lfw_identity(self, backbone: str, num_seeds: Optional[int] = None) -> protocols.Classification:
     c = self.config.lfw
-    return protocols.lfw_identity(self.embeddings.get('lfw', backbone, subset=c.subset), self.seeds[:num_seeds],
-                                  c.min_images, c.train_fraction)
+    return protocols.lfw_identity(
+      self.embeddings.get('lfw', backbone, subset=c.subset), self.seeds[:num_seeds], c.min_images, c.train_fraction
+    )
 
   def lfw_distractors(self, backbone: str) -> protocols.OpenSet:
     c = self.config.lfw_distractors
-    return protocols.lfw_distractors(self.embeddings.get('lfw', backbone), c.probe_min_images,
-                                     c.distractor_max_images, (c.head_min_images, c.head_max_images))
+    return protocols.lfw_distractors(
+      self.embeddings.get('lfw', backbone),
+      c.probe_min_images,
+      c.distractor_max_images,
+      (c.head_min_images, c.head_max_images),
+    )

@@ -33,8 +33,9 @@ class EmbeddingStore:
     self._specs: Dict[str, dict] = {}
     self.timings: Dict[str, float] = {}
 
-  def get(self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '', limit: int = 0,
-          **reader_kwargs) -> embedding_sets.EmbeddingSet:
+  def get(
+    self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '', limit: int = 0, **reader_kwargs
+  ) -> embedding_sets.EmbeddingSet:
     """The cached embeddings of `dataset` under `backbone` (built with those `mir_jax.embed` flags);
     raises Unavailable with the embed command that builds them."""
     key = (dataset, backbone, manual_dir, subset, limit, json.dumps(reader_kwargs, sort_keys=True))
@@ -44,9 +45,15 @@ class EmbeddingStore:
       from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
 
       try:
-        directory = lookup.find_cache(dataset, backbone, data_dir=self.data_dir or None,
-                                      manual_dir=manual_dir or None, subset=subset or None, limit=limit or None,
-                                      reader_kwargs=reader_kwargs or None)
+        directory = lookup.find_cache(
+          dataset,
+          backbone,
+          data_dir=self.data_dir or None,
+          manual_dir=manual_dir or None,
+          subset=subset or None,
+          limit=limit or None,
+          reader_kwargs=reader_kwargs or None,
+        )
       except (cache_key.CacheError, listing.DatasetError, selection.UsageError) as e:
         raise Unavailable(str(e)) from None
       except (FileNotFoundError, RuntimeError, ImportError) as e:  # e.g. FaceNet weights absent offline
@@ -58,7 +65,8 @@ class EmbeddingStore:
       # What made the embeddings, not which subset of images was cached: a task built from the whole-LFW
       # cache and from a min_images10 cache is the same task, and shares its stored tuning.
       self._specs[data_key(dataset, backbone)] = {
-          k: spec[k] for k in ('dataset', 'backbone_config', 'align_config', 'flip')}
+        k: spec[k] for k in ('dataset', 'backbone_config', 'align_config', 'flip')
+      }
     return self._sets[key]
 
   def spec(self, key: str):

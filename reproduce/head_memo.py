@@ -39,13 +39,19 @@ class Trained:
     """'lr .., L2 .., N steps, schedule (source); the rule's evidence; final training loss and accuracy'."""
     s, runs = self.setting(schedule), self.by_schedule[schedule]
     reading = runs.reading
-    verdict = {True: 'met the convergence rule', False: 'did NOT meet the convergence rule',
-               None: 'convergence rule not checked'}[reading.converged.get(schedule)]
+    verdict = {
+      True: 'met the convergence rule',
+      False: 'did NOT meet the convergence rule',
+      None: 'convergence rule not checked',
+    }[reading.converged.get(schedule)]
     evidence = reading.evidence.get(schedule, '')
-    return (f'lr {s.learning_rate:g}, L2 {s.l2:g}, {s.steps} steps, {reading.lr_schedule} rate '
-            f'({reading.source}); {verdict}' + (f' ({evidence})' if evidence else '')
-            + f'; final training loss {np.mean(runs.train_loss[schedule]):.4f}, training Ac '
-              f'{np.mean(runs.train_accuracy[schedule]):.2f}%')
+    return (
+      f'lr {s.learning_rate:g}, L2 {s.l2:g}, {s.steps} steps, {reading.lr_schedule} rate '
+      f'({reading.source}); {verdict}'
+      + (f' ({evidence})' if evidence else '')
+      + f'; final training loss {np.mean(runs.train_loss[schedule]):.4f}, training Ac '
+      f'{np.mean(runs.train_accuracy[schedule]):.2f}%'
+    )
 
   def character(self, schedule: str, x) -> np.ndarray:
     return train.character_features(self.by_schedule[schedule], schedule, x)
@@ -62,8 +68,14 @@ class HeadMemo:
     self.timings: Dict[str, float] = {}
     self.flops = 0.0  # of every head trained for the tables (not tuning): the engine's share of the peak
 
-  def trained(self, task: protocols.Classification, data_key: str, schedules: Sequence[str], reading_name: str,
-              variant: options.Variant) -> Trained:
+  def trained(
+    self,
+    task: protocols.Classification,
+    data_key: str,
+    schedules: Sequence[str],
+    reading_name: str,
+    variant: options.Variant,
+  ) -> Trained:
     """The heads of `schedules` on `task` under a reading, trained now or earlier in this process.
 
     Each schedule trains in its own compiled call, so a schedule with a short step budget does not pay for
@@ -74,8 +86,7 @@ class HeadMemo:
     for schedule in schedules:
       key = (data_key, task.name, task.description, tuple(task.seeds), schedule, reading_name, variant)
       if key not in self._heads:
-        reading = self.choices.reading(reading_name, task, self.data_spec(data_key), data_key, [schedule],
-                                       variant)
+        reading = self.choices.reading(reading_name, task, self.data_spec(data_key), data_key, [schedule], variant)
         opts = options.static_options(t, variant, len(task.class_names), task.x.shape[1])
         runs = train.train_heads(task, [schedule], reading, opts, variant.commonality_weight, t.alternate_every)
         self.timings[f'train {data_key} {task.name} {schedule} {reading_name} {variant.label()}'] = runs.seconds

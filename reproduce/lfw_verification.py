@@ -38,7 +38,7 @@ def define_flags() -> None:
   cache_flags.define_cache_flags()
   flags.DEFINE_string('cache', None, 'Evaluate this cache directory (or key) instead of looking it up.')
   flags.DEFINE_enum('metric', 'sqeuclidean', list(verification.METRICS), 'Pair distance.')
-  flags.DEFINE_bool('subtract_mean', False, 'Subtract the training folds\' mean embedding first.')
+  flags.DEFINE_bool('subtract_mean', False, "Subtract the training folds' mean embedding first.")
   flags.DEFINE_float('far_target', 1e-3, 'False-accept rate for VAL@FAR.')
   flags.DEFINE_string('output_dir', None, f'Where to write the JSON (default {paths.OUTPUT_DIR}).')
 
@@ -46,19 +46,17 @@ def define_flags() -> None:
 def _fmt(s: Dict[str, Any]) -> str:
   c = s['cache']
   lines = [
-      f'LFW View 2 verification ({s["metric"]}{", mean-subtracted" if s["subtract_mean"] else ""}'
-      f'{", flip-averaged" if s["flip_averaged"] else ""}) on {c["directory"]}',
-      f'  accuracy     {100 * s["accuracy_mean"]:.2f}% +- {100 * s["accuracy_std"]:.2f}% '
-      f'over {len(s["folds"])} folds',
-      f'  AUC          {s["auc"]:.4f} (all pairs); per fold {s["auc_per_fold_mean"]:.4f} '
-      f'+- {s["auc_per_fold_std"]:.4f}',
-      f'  VAL@FAR={s["far_target"]:g}  {100 * s["val_mean"]:.2f}% +- {100 * s["val_std"]:.2f}% '
-      f'(held-out FAR {100 * s["far_mean"]:.3f}%)',
-      f'  pairs        {s["n_pairs_evaluated"]} evaluated of {s["n_pairs_in_protocol"]}; '
-      f'{s["n_pairs_missing"]} missing (image failed or absent); {s["n_pairs_outside_subset"]} outside the '
-      f'cached subset',
-      f'  detection    {c["num_detection_fallbacks"]} of {c["num_embedded"]} images used the centre-box '
-      f'fallback; {s["n_pairs_with_detection_fallback"]} evaluated pairs involve one',
+    f'LFW View 2 verification ({s["metric"]}{", mean-subtracted" if s["subtract_mean"] else ""}'
+    f'{", flip-averaged" if s["flip_averaged"] else ""}) on {c["directory"]}',
+    f'  accuracy     {100 * s["accuracy_mean"]:.2f}% +- {100 * s["accuracy_std"]:.2f}% over {len(s["folds"])} folds',
+    f'  AUC          {s["auc"]:.4f} (all pairs); per fold {s["auc_per_fold_mean"]:.4f} +- {s["auc_per_fold_std"]:.4f}',
+    f'  VAL@FAR={s["far_target"]:g}  {100 * s["val_mean"]:.2f}% +- {100 * s["val_std"]:.2f}% '
+    f'(held-out FAR {100 * s["far_mean"]:.3f}%)',
+    f'  pairs        {s["n_pairs_evaluated"]} evaluated of {s["n_pairs_in_protocol"]}; '
+    f'{s["n_pairs_missing"]} missing (image failed or absent); {s["n_pairs_outside_subset"]} outside the '
+    f'cached subset',
+    f'  detection    {c["num_detection_fallbacks"]} of {c["num_embedded"]} images used the centre-box '
+    f'fallback; {s["n_pairs_with_detection_fallback"]} evaluated pairs involve one',
   ]
   for m in s['missing_pairs'][:10]:
     lines.append(f'  missing pair fold {m["fold"]} {m["a"]} {m["b"]}: {m["reason"]}')
@@ -71,6 +69,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from mir_jax.datasets import lfw  # pylint: disable=g-import-not-at-top
+
   try:
     args = cache_flags.find_cache_args()
     if FLAGS.cache:
@@ -84,15 +83,26 @@ def main(argv: Sequence[str]) -> None:
   if pairs_file is None:
     sys.exit('error: LFW pairs.txt not found; pass --pairs_file=<path to View 2 pairs.txt>')
   pairs = list(lfw.read_pairs(pairs_file))
-  summary = lfw_pairs.evaluate_cache(directory, pairs, metric=FLAGS.metric, subtract_mean=FLAGS.subtract_mean,
-                                     far_target=FLAGS.far_target, flip=FLAGS.flip)
+  summary = lfw_pairs.evaluate_cache(
+    directory,
+    pairs,
+    metric=FLAGS.metric,
+    subtract_mean=FLAGS.subtract_mean,
+    far_target=FLAGS.far_target,
+    flip=FLAGS.flip,
+  )
   summary['pairs_file'] = os.fspath(pairs_file)
   summary['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
   print(_fmt(summary))
   out_dir = pathlib.Path(FLAGS.output_dir) if FLAGS.output_dir else pathlib.Path(paths.OUTPUT_DIR)
   out_dir.mkdir(parents=True, exist_ok=True)
-  suffix = ''.join([f'_{FLAGS.metric}' if FLAGS.metric != 'sqeuclidean' else '',
-                    '_meansub' if FLAGS.subtract_mean else '', '_flip' if FLAGS.flip else ''])
+  suffix = ''.join(
+    [
+      f'_{FLAGS.metric}' if FLAGS.metric != 'sqeuclidean' else '',
+      '_meansub' if FLAGS.subtract_mean else '',
+      '_flip' if FLAGS.flip else '',
+    ]
+  )
   out = out_dir / f'lfw_verification_{pathlib.Path(summary["cache"]["directory"]).parent.name}{suffix}.json'
   out.write_text(json.dumps(summary, indent=1) + '\n')
   print(f'wrote {out}')

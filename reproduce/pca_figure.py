@@ -34,9 +34,11 @@ def figure(ctx: context.Context, backbone: str, reading: str, figure_seed: int) 
   sel = pca.choose_identities(task.labels[test], seed=figure_seed, k=2, photos=5, pool='test')
   rows = test[sel.indices.ravel()]
   character = runs.character('joint', task.x)  # (S, n, d)
-  caption = (f'LFW, {backbone} embeddings; MIR head: joint, {reading} reading, seed {task.seeds[0]} '
-             f'(trained on that seed\'s training split). Photos: {sel.rule}. Ratios: mean distance between '
-             'class centroids / mean distance of a photo to its own centroid.')
+  caption = (
+    f'LFW, {backbone} embeddings; MIR head: joint, {reading} reading, seed {task.seeds[0]} '
+    f"(trained on that seed's training split). Photos: {sel.rule}. Ratios: mean distance between "
+    'class centroids / mean distance of a photo to its own centroid.'
+  )
   stem = os.path.join(ctx.output_dir, f'pca_{backbone}_{reading}')
   out = pca.pca_figure(task.x[rows], character[0][rows], task.labels[rows], task.class_names, stem, caption)
 
@@ -47,26 +49,36 @@ def figure(ctx: context.Context, backbone: str, reading: str, figure_seed: int) 
     whole['mir'].append(separation.separation(character[s][idx], task.labels[idx]).ratio)
   seps = out['separation']
   return {
-      'backbone': backbone, 'reading': reading, 'png': out['png'], 'pdf': out['pdf'], 'caption': caption,
-      'identities': [task.class_names[k] for k in sel.identities],
-      'heads': runs.describe('joint'), 'converged': runs.converged('joint'),
-      'ten_photos': {space: {where: seps[space][where].ratio for where in ('full', 'pca2')}
-                     for space in ('original', 'mir')},
-      'whole_test_split': {space: {'mean': float(np.mean(v)), 'std': float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                                   'per_seed': v} for space, v in whole.items()},
+    'backbone': backbone,
+    'reading': reading,
+    'png': out['png'],
+    'pdf': out['pdf'],
+    'caption': caption,
+    'identities': [task.class_names[k] for k in sel.identities],
+    'heads': runs.describe('joint'),
+    'converged': runs.converged('joint'),
+    'ten_photos': {
+      space: {where: seps[space][where].ratio for where in ('full', 'pca2')} for space in ('original', 'mir')
+    },
+    'whole_test_split': {
+      space: {'mean': float(np.mean(v)), 'std': float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 'per_seed': v}
+      for space, v in whole.items()
+    },
   }
 
 
 def describe(result: dict) -> str:
   t, w = result['ten_photos'], result['whole_test_split']
   better = sum(m > o for m, o in zip(w['mir']['per_seed'], w['original']['per_seed']))
-  return (f'{result["backbone"]} [{result["reading"]}] {", ".join(result["identities"])}: between/within ratio '
-          f'of the ten photos {t["original"]["full"]:.2f} -> {t["mir"]["full"]:.2f} (full space), '
-          f'{t["original"]["pca2"]:.2f} -> {t["mir"]["pca2"]:.2f} (2-D PCA); over each seed\'s whole test '
-          f'split {w["original"]["mean"]:.3f} +- {w["original"]["std"]:.3f} -> {w["mir"]["mean"]:.3f} +- '
-          f'{w["mir"]["std"]:.3f} (larger after MIR in {better} of {len(w["mir"]["per_seed"])} seeds). '
-          + {True: '', False: 'MIR HEADS NOT CONVERGED. ', None: 'MIR heads: convergence not checked. '}[
-              result['converged']] + f'{result["png"]}')
+  return (
+    f'{result["backbone"]} [{result["reading"]}] {", ".join(result["identities"])}: between/within ratio '
+    f'of the ten photos {t["original"]["full"]:.2f} -> {t["mir"]["full"]:.2f} (full space), '
+    f"{t['original']['pca2']:.2f} -> {t['mir']['pca2']:.2f} (2-D PCA); over each seed's whole test "
+    f'split {w["original"]["mean"]:.3f} +- {w["original"]["std"]:.3f} -> {w["mir"]["mean"]:.3f} +- '
+    f'{w["mir"]["std"]:.3f} (larger after MIR in {better} of {len(w["mir"]["per_seed"])} seeds). '
+    + {True: '', False: 'MIR HEADS NOT CONVERGED. ', None: 'MIR heads: convergence not checked. '}[result['converged']]
+    + f'{result["png"]}'
+  )
 
 
 def build(ctx: context.Context, figure_seed: int = 0):
@@ -84,12 +96,12 @@ def build(ctx: context.Context, figure_seed: int = 0):
 
 
 def lines(results):
-  return [describe(r) if 'unavailable' not in r else f'{r["backbone"]} [{r["reading"]}]: {r["unavailable"]}'
-          for r in results]
+  return [
+    describe(r) if 'unavailable' not in r else f'{r["backbone"]} [{r["reading"]}]: {r["unavailable"]}' for r in results
+  ]
 
 
 if __name__ == '__main__':
   cli.define_flags('the PNG/PDF figures and pca_figure.json')
   flags.DEFINE_integer('figure_seed', 0, 'Seed of the rule choosing the two identities and their photos.')
-  app.run(lambda argv: cli.run_command('pca_figure', lambda ctx: lines(build(ctx, flags.FLAGS.figure_seed)),
-                                          argv))
+  app.run(lambda argv: cli.run_command('pca_figure', lambda ctx: lines(build(ctx, flags.FLAGS.figure_seed)), argv))

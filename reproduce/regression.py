@@ -64,8 +64,9 @@ def compare(baseline: dict, numbers: Dict[str, dict]) -> List[str]:
       continue
     for seed, a, b in zip(old['seeds'], old['values'], new['values']):
       if abs(a - b) > tol + 1e-9:
-        problems.append(f'{key}, seed {seed}: {b:.4f} now, {a:.4f} in the baseline (|diff| {abs(a - b):.4f} > '
-                        f'{tol:g} pp)')
+        problems.append(
+          f'{key}, seed {seed}: {b:.4f} now, {a:.4f} in the baseline (|diff| {abs(a - b):.4f} > {tol:g} pp)'
+        )
   return problems
 
 
@@ -77,8 +78,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  config_flags.DEFINE_config_file('config', 'experiments/configs/regression.py', 'The fixed configuration.',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/regression.py', 'The fixed configuration.', lock_config=True
+  )
   flags.DEFINE_bool('write', False, 'Overwrite the baseline with the numbers computed now.')
   flags.DEFINE_string('baseline', None, 'Baseline JSON (default: experiments/baselines/lfw_dlib_resnet.json).')
 
@@ -94,10 +96,17 @@ def main(argv):
   if FLAGS.write:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
-      json.dump({'command': 'python -m reproduce.regression --write',
-                 'config': FLAGS.config.to_dict(),
-                 'tolerance_pp': FLAGS.config.regression_tolerance_pp,
-                 'numbers': numbers}, f, indent=1, sort_keys=True)
+      json.dump(
+        {
+          'command': 'python -m reproduce.regression --write',
+          'config': FLAGS.config.to_dict(),
+          'tolerance_pp': FLAGS.config.regression_tolerance_pp,
+          'numbers': numbers,
+        },
+        f,
+        indent=1,
+        sort_keys=True,
+      )
       f.write('\n')
     print(f'wrote {len(numbers)} numbers to {path} ({seconds:.1f} s)')
     return

@@ -42,18 +42,24 @@ COLUMNS = ('LFW', 'YTF', 'YTF pairs', 'MegaFace', 'LFW-distractors')
 _AC = 'Ac = TP/AP, identity classification'
 _SUBSTITUTES = {'facenet-vggface2': 'FaceNet', 'facenet-casia': 'FaceNet'}
 _HOW = {
-    'YTF': ('download YouTube Faces (aligned_images_DB and splits.txt, https://www.cs.tau.ac.il/~wolf/ytfaces/), '
-            'run `python -m mir_jax.embed --dataset=ytf --backbone={backbone} --manual_dir=<YTF root>` and pass '
-            '--config.ytf.manual_dir=<YTF root>'),
-    'MegaFace': ('arrange a copy of MegaFace challenge 1 as BUILD.md "Datasets" shows, run `python -m mir_jax.embed '
-                 '--dataset=megaface --backbone={backbone} --manual_dir=<root> --reader_option=set_size={set_size}` '
-                 'and pass --config.megaface.manual_dir=<root>'),
+  'YTF': (
+    'download YouTube Faces (aligned_images_DB and splits.txt, https://www.cs.tau.ac.il/~wolf/ytfaces/), '
+    'run `python -m mir_jax.embed --dataset=ytf --backbone={backbone} --manual_dir=<YTF root>` and pass '
+    '--config.ytf.manual_dir=<YTF root>'
+  ),
+  'MegaFace': (
+    'arrange a copy of MegaFace challenge 1 as BUILD.md "Datasets" shows, run `python -m mir_jax.embed '
+    '--dataset=megaface --backbone={backbone} --manual_dir=<root> --reader_option=set_size={set_size}` '
+    'and pass --config.megaface.manual_dir=<root>'
+  ),
 }
 
 
 def _cells_unavailable(columns, reason: str, paper: Dict[str, float]) -> Dict[str, report.Cell]:
-  return {c: report.Cell(paper=paper.get(c), paper_metric=paper_claims.PAPER_METRIC if c in paper else '',
-                         reason=reason) for c in columns}
+  return {
+    c: report.Cell(paper=paper.get(c), paper_metric=paper_claims.PAPER_METRIC if c in paper else '', reason=reason)
+    for c in columns
+  }
 
 
 def _paper_row(backbone: str, which: str) -> Dict[str, float]:
@@ -72,8 +78,10 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
   cells = {'b': {}, 'a': {}}
   note = ''
   if backbone in _SUBSTITUTES:
-    note = (f'{backbone} (facenet-pytorch Inception-ResNet-v1, 512-D) stands in for the paper\'s FaceNet [6]; '
-            'its paper numbers are that row\'s.')
+    note = (
+      f"{backbone} (facenet-pytorch Inception-ResNet-v1, 512-D) stands in for the paper's FaceNet [6]; "
+      "its paper numbers are that row's."
+    )
   try:
     lfw = ctx.lfw_identity(backbone)
   except embedding_store.Unavailable as e:
@@ -84,10 +92,15 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
   # LFW: Ac of the single-task head (b) and the joint MIR head (a) on the same splits and seeds.
   runs = ctx.trained(lfw, key, ['single', 'joint'], reading)
   for w, schedule in (('b', 'single'), ('a', 'joint')):
-    cells[w]['LFW'] = report.Cell(runs.accuracy[schedule], lfw.seeds, f'{_AC} ({lfw.name})', paper[w].get('LFW'),
-                                  paper_claims.PAPER_METRIC if paper[w] else '',
-                                  note=f'{lfw.name}: {lfw.description}. Heads: {runs.describe(schedule)}.',
-                                  flag=runs.flag(schedule))
+    cells[w]['LFW'] = report.Cell(
+      runs.accuracy[schedule],
+      lfw.seeds,
+      f'{_AC} ({lfw.name})',
+      paper[w].get('LFW'),
+      paper_claims.PAPER_METRIC if paper[w] else '',
+      note=f'{lfw.name}: {lfw.description}. Heads: {runs.describe(schedule)}.',
+      flag=runs.flag(schedule),
+    )
 
   # YTF frames and pairs, MegaFace: from caches of a user's copy, else how to supply them.
   _ytf(ctx, backbone, reading, cells, paper)
@@ -98,12 +111,19 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
   original, mir, seeds, heads = _open_set_rank1(ctx, task, key, reading)
   metric = 'rank-1 identification, MegaFace challenge-1 protocol on LFW (stand-in)'
   cells['b']['LFW-distractors'] = report.Cell(
-      [100 * original['rank1']] * len(seeds), seeds, metric,
-      note=f'{task.description}. The original features do not depend on the seed: one value, repeated per seed '
-           'so that (a) - (b) pairs by seed.')
-  cells['a']['LFW-distractors'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric,
-                                              note=f'MIR heads on the head set: {heads.describe("joint")}.',
-                                              flag=heads.flag('joint'))
+    [100 * original['rank1']] * len(seeds),
+    seeds,
+    metric,
+    note=f'{task.description}. The original features do not depend on the seed: one value, repeated per seed '
+    'so that (a) - (b) pairs by seed.',
+  )
+  cells['a']['LFW-distractors'] = report.Cell(
+    [100 * m['rank1'] for m in mir],
+    seeds,
+    metric,
+    note=f'MIR heads on the head set: {heads.describe("joint")}.',
+    flag=heads.flag('joint'),
+  )
   return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
 
 
@@ -116,21 +136,33 @@ def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
     return []
   c, scores = anchors.choose_c(lfw, ctx.config.anchors.logistic_cs, ctx.config.tune.val_fraction)
   values = anchors.run(lfw, c)
-  chosen = (f'C = {c:g} chosen on a validation split of seed {lfw.seeds[0]}\'s training split (validation Ac '
-            + ', '.join(f'{s:.2f} at C = {k:g}' for k, s in scores.items()) + ')')
-  how = {'cosine 1-NN': 'nearest training embedding by cosine similarity',
-         'logistic regression': f'scikit-learn LogisticRegression (lbfgs, L2, {chosen})'}
-  return [report.Row(f'{backbone} (b) features, {name} (anchor)',
-                     {'LFW': report.Cell(values[name], lfw.seeds, f'{_AC} ({lfw.name})',
-                                         note=f'{lfw.name}: {how[name]}; no head, no training reading.')},
-                     note='A sanity anchor, not a paper row: a (b) head below it would be under-fitted.')
-          for name in anchors.ANCHORS]
+  chosen = (
+    f"C = {c:g} chosen on a validation split of seed {lfw.seeds[0]}'s training split (validation Ac "
+    + ', '.join(f'{s:.2f} at C = {k:g}' for k, s in scores.items())
+    + ')'
+  )
+  how = {
+    'cosine 1-NN': 'nearest training embedding by cosine similarity',
+    'logistic regression': f'scikit-learn LogisticRegression (lbfgs, L2, {chosen})',
+  }
+  return [
+    report.Row(
+      f'{backbone} (b) features, {name} (anchor)',
+      {
+        'LFW': report.Cell(
+          values[name], lfw.seeds, f'{_AC} ({lfw.name})', note=f'{lfw.name}: {how[name]}; no head, no training reading.'
+        )
+      },
+      note='A sanity anchor, not a paper row: a (b) head below it would be under-fitted.',
+    )
+    for name in anchors.ANCHORS
+  ]
 
 
 def _open_set_rank1(ctx, task, key, reading):
   """`open_set.run` with joint heads trained on the task's head set, one per seed of
   `lfw_distractors.num_seeds`; returns (original, per-head results, those seeds, the heads)."""
-  seeds = ctx.seeds[:ctx.config.lfw_distractors.num_seeds]
+  seeds = ctx.seeds[: ctx.config.lfw_distractors.num_seeds]
   heads = ctx.trained(open_set.head_task(task, seeds), key, ['joint'], reading)
   original, mir = open_set.run(task, lambda x: heads.character('joint', x))
   return original, mir, seeds, heads
@@ -145,71 +177,96 @@ def _ytf(ctx, backbone, reading, cells, paper):
     for w in ('b', 'a'):
       for column in ('YTF', 'YTF pairs'):
         cells[w][column] = report.data_not_supplied(
-            'YouTube Faces', how, paper=paper[w].get('YTF') if column == 'YTF' else None,
-            paper_metric=paper_claims.PAPER_METRIC if paper[w] and column == 'YTF' else '',
-            note=f'looked for the cache: {" ".join(str(e).split())}')
+          'YouTube Faces',
+          how,
+          paper=paper[w].get('YTF') if column == 'YTF' else None,
+          paper_metric=paper_claims.PAPER_METRIC if paper[w] and column == 'YTF' else '',
+          note=f'looked for the cache: {" ".join(str(e).split())}',
+        )
     return
   key = embedding_store.data_key('ytf', backbone)
   task = protocols.ytf_frames(ds, ctx.seeds, c.min_videos, c.frames_per_video or None)
   runs = ctx.trained(task, key, ['single', 'joint'], reading)
   for w, schedule in (('b', 'single'), ('a', 'joint')):
-    cells[w]['YTF'] = report.Cell(runs.accuracy[schedule], task.seeds, f'{_AC} ({task.name})', paper[w].get('YTF'),
-                                  paper_claims.PAPER_METRIC if paper[w] else '',
-                                  note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
-                                  flag=runs.flag(schedule))
+    cells[w]['YTF'] = report.Cell(
+      runs.accuracy[schedule],
+      task.seeds,
+      f'{_AC} ({task.name})',
+      paper[w].get('YTF'),
+      paper_claims.PAPER_METRIC if paper[w] else '',
+      note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
+      flag=runs.flag(schedule),
+    )
   from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
   from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
 
   try:
     # Official counts (10 splits x 250 + 250) unless config.ytf.official_counts is off (a fixture, a subset).
     counts = {} if c.official_counts else {'num_folds': None, 'same_per_fold': None}
-    pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir,
-                                   **counts)
+    pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir, **counts)
     result = ytf_pairs.run(ds, pairs, lambda x: runs.character('joint', x))
   except (FileNotFoundError, listing.DatasetError, ValueError) as e:
     for w in ('b', 'a'):
       cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
     return
   metric = f'YTF pair verification accuracy ({result.num_folds}-fold)'
-  cells['b']['YTF pairs'] = report.Cell([result.original] * len(ctx.seeds), ctx.seeds, metric,
-                                        note=result.accounting)
-  cells['a']['YTF pairs'] = report.Cell(result.mir, ctx.seeds, metric,
-                                        note=f'{result.accounting} (a): frames mapped by the YTF-column heads, '
-                                             'which trained on frames of people that also appear in the pairs.',
-                                        flag=runs.flag('joint'))
+  cells['b']['YTF pairs'] = report.Cell([result.original] * len(ctx.seeds), ctx.seeds, metric, note=result.accounting)
+  cells['a']['YTF pairs'] = report.Cell(
+    result.mir,
+    ctx.seeds,
+    metric,
+    note=f'{result.accounting} (a): frames mapped by the YTF-column heads, '
+    'which trained on frames of people that also appear in the pairs.',
+    flag=runs.flag('joint'),
+  )
 
 
 def _megaface(ctx, backbone, reading, cells, paper):
   c = ctx.config.megaface
   try:
     ds = ctx.embeddings.get('megaface', backbone, manual_dir=c.manual_dir, set_size=c.set_size)
-    head = ctx.embeddings.get(c.head_dataset, backbone, manual_dir=c.head_manual_dir, subset=c.head_subset,
-                              limit=c.head_limit)
+    head = ctx.embeddings.get(
+      c.head_dataset, backbone, manual_dir=c.head_manual_dir, subset=c.head_subset, limit=c.head_limit
+    )
   except embedding_store.Unavailable as e:
     how = _HOW['MegaFace'].format(backbone=backbone, set_size=c.set_size)
     for w in ('b', 'a'):
       cells[w]['MegaFace'] = report.data_not_supplied(
-          'MegaFace', how, paper=paper[w].get('MegaFace'),
-          paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
-          note=f'looked for the cache: {" ".join(str(e).split())}')
+        'MegaFace',
+        how,
+        paper=paper[w].get('MegaFace'),
+        paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
+        note=f'looked for the cache: {" ".join(str(e).split())}',
+      )
     return
   try:
     task = protocols.megaface(ds, head)
   except ValueError as e:  # e.g. the head set shares identities with the probes
     for w in ('b', 'a'):
-      cells[w]['MegaFace'] = report.Cell(paper=paper[w].get('MegaFace'),
-                                         paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
-                                         reason=f'MegaFace protocol not applicable to the supplied data: {e}')
+      cells[w]['MegaFace'] = report.Cell(
+        paper=paper[w].get('MegaFace'),
+        paper_metric=paper_claims.PAPER_METRIC if paper[w] else '',
+        reason=f'MegaFace protocol not applicable to the supplied data: {e}',
+      )
     return
-  original, mir, seeds, heads = _open_set_rank1(ctx, task, embedding_store.data_key(c.head_dataset, backbone),
-                                                reading)
+  original, mir, seeds, heads = _open_set_rank1(ctx, task, embedding_store.data_key(c.head_dataset, backbone), reading)
   metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
-  cells['b']['MegaFace'] = report.Cell([100 * original['rank1']] * len(seeds), seeds, metric,
-                                       paper['b'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['b'] else '')
-  cells['a']['MegaFace'] = report.Cell([100 * m['rank1'] for m in mir], seeds, metric,
-                                       paper['a'].get('MegaFace'), paper_claims.PAPER_METRIC if paper['a'] else '',
-                                       note=f'{task.description}. Heads: {heads.describe("joint")}.',
-                                       flag=heads.flag('joint'))
+  cells['b']['MegaFace'] = report.Cell(
+    [100 * original['rank1']] * len(seeds),
+    seeds,
+    metric,
+    paper['b'].get('MegaFace'),
+    paper_claims.PAPER_METRIC if paper['b'] else '',
+  )
+  cells['a']['MegaFace'] = report.Cell(
+    [100 * m['rank1'] for m in mir],
+    seeds,
+    metric,
+    paper['a'].get('MegaFace'),
+    paper_claims.PAPER_METRIC if paper['a'] else '',
+    note=f'{task.description}. Heads: {heads.describe("joint")}.',
+    flag=heads.flag('joint'),
+  )
 
 
 def build(ctx: context.Context) -> report.Table:
@@ -223,14 +280,17 @@ def build(ctx: context.Context) -> report.Table:
   claims = paper_claims.claims_only_table('I')
   rows += claims.rows
   directions += claims.directions
-  notes = [f'Paper metric: {paper_claims.PAPER_METRIC}. Our LFW/YTF columns measure the same quantity on our '
-           'stated protocols; MegaFace and LFW-distractors are rank-1 identification; YTF pairs is verification.',
-           'Readings: "tuned" = learning rate, L2 and steps chosen per schedule on validation data carved from the '
-           'training split; "paper-literal" = the paper\'s learning rate and L2 (0.001 each) with our step count '
-           f'({ctx.config.train.steps}). See BUILD.md, "Training heads fairly".',
-           f'Seeds: {ctx.seeds[0]}..{ctx.seeds[-1]}; each seed draws its own split and initialisation.']
-  return report.Table('Table I: original features (b) vs MIR character features (a)', list(COLUMNS), rows,
-                      directions, notes=notes)
+  notes = [
+    f'Paper metric: {paper_claims.PAPER_METRIC}. Our LFW/YTF columns measure the same quantity on our '
+    'stated protocols; MegaFace and LFW-distractors are rank-1 identification; YTF pairs is verification.',
+    'Readings: "tuned" = learning rate, L2 and steps chosen per schedule on validation data carved from the '
+    'training split; "paper-literal" = the paper\'s learning rate and L2 (0.001 each) with our step count '
+    f'({ctx.config.train.steps}). See BUILD.md, "Training heads fairly".',
+    f'Seeds: {ctx.seeds[0]}..{ctx.seeds[-1]}; each seed draws its own split and initialisation.',
+  ]
+  return report.Table(
+    'Table I: original features (b) vs MIR character features (a)', list(COLUMNS), rows, directions, notes=notes
+  )
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ labelled substitutes, and the dlib rows carry no paper number, only the directio
 Writes table2.{md,csv,json,tex} to --output_dir and prints the markdown.
 """
 
-
 from absl import app
 import numpy as np
 
@@ -30,12 +29,15 @@ from reproduce import context
 from reproduce import embedding_store
 
 COLUMNS = paper_claims.COLUMNS  # LFW, YTF, MegaFace
-ROWS = (('Multi-Task (joint)', 'joint', 'Multi-Task'), ('Multi-Task (alternating)', 'alternating', 'Multi-Task'),
-        ('Single-Task', 'single', 'Single-Task'))
+ROWS = (
+  ('Multi-Task (joint)', 'joint', 'Multi-Task'),
+  ('Multi-Task (alternating)', 'alternating', 'Multi-Task'),
+  ('Single-Task', 'single', 'Single-Task'),
+)
 _SUBSTITUTES = ('facenet-vggface2', 'facenet-casia')
 _MISSING = {
-    'YTF': 'YouTube Faces data not supplied; to supply it: see Table I (--config.ytf.manual_dir)',
-    'MegaFace': 'MegaFace data not supplied; to supply it: see Table I (--config.megaface.manual_dir)',
+  'YTF': 'YouTube Faces data not supplied; to supply it: see Table I (--config.ytf.manual_dir)',
+  'MegaFace': 'MegaFace data not supplied; to supply it: see Table I (--config.megaface.manual_dir)',
 }
 
 
@@ -46,9 +48,11 @@ def mcnemar_note(name_a: str, name_b: str, correct_a, correct_b, seeds) -> str:
   b_better = sum(t.p < 0.05 and t.only_b > t.only_a for t in tests)
   only_a = sum(t.only_a for t in tests)
   only_b = sum(t.only_b for t in tests)
-  return (f'McNemar per seed ({len(tests)} seeds {seeds[0]}..{seeds[-1]}), {name_a} vs {name_b}: images only '
-          f'{name_a} gets right {only_a}, only {name_b} {only_b} (summed over seeds); p < 0.05 in {a_better} '
-          f'seed(s) for {name_a} and {b_better} for {name_b}; median p {np.median([t.p for t in tests]):.3g}.')
+  return (
+    f'McNemar per seed ({len(tests)} seeds {seeds[0]}..{seeds[-1]}), {name_a} vs {name_b}: images only '
+    f'{name_a} gets right {only_a}, only {name_b} {only_b} (summed over seeds); p < 0.05 in {a_better} '
+    f'seed(s) for {name_a} and {b_better} for {name_b}; median p {np.median([t.p for t in tests]):.3g}.'
+  )
 
 
 def rows_for(ctx: context.Context, backbone: str, reading: str):
@@ -56,29 +60,47 @@ def rows_for(ctx: context.Context, backbone: str, reading: str):
   names = {schedule: f'{backbone} {label} [{reading}]' for label, schedule, _ in ROWS}
   paper = {}
   if backbone in _SUBSTITUTES:
-    paper = {schedule: {c: paper_claims.claim('II', claim_row, c).value for c in COLUMNS}
-             for _, schedule, claim_row in ROWS}
+    paper = {
+      schedule: {c: paper_claims.claim('II', claim_row, c).value for c in COLUMNS} for _, schedule, claim_row in ROWS
+    }
   try:
     task = ctx.lfw_identity(backbone)
   except embedding_store.Unavailable as e:
-    rows = [report.Row(names[s], {c: report.Cell(paper=paper.get(s, {}).get(c), reason=str(e)) for c in COLUMNS})
-            for _, s, _ in ROWS]
+    rows = [
+      report.Row(names[s], {c: report.Cell(paper=paper.get(s, {}).get(c), reason=str(e)) for c in COLUMNS})
+      for _, s, _ in ROWS
+    ]
     return rows, [], []
   runs = ctx.trained(task, embedding_store.data_key('lfw', backbone), ['joint', 'alternating', 'single'], reading)
   rows = []
   for _, schedule, _ in ROWS:
     p = paper.get(schedule, {})
     metric = paper_claims.PAPER_METRIC if p else ''
-    cells = {'LFW': report.Cell(runs.accuracy[schedule], task.seeds, f'Ac = TP/AP ({task.name})', p.get('LFW'),
-                                metric, note=f'{task.name}: {task.description}.', flag=runs.flag(schedule))}
+    cells = {
+      'LFW': report.Cell(
+        runs.accuracy[schedule],
+        task.seeds,
+        f'Ac = TP/AP ({task.name})',
+        p.get('LFW'),
+        metric,
+        note=f'{task.name}: {task.description}.',
+        flag=runs.flag(schedule),
+      )
+    }
     for c in ('YTF', 'MegaFace'):
       cells[c] = report.Cell(paper=p.get(c), paper_metric=metric, reason=_MISSING[c])
-    rows.append(report.Row(names[schedule], cells,
-                           note=f'{runs.describe(schedule)}; mean commonality y on test '
-                                f'{np.mean(runs.mean_commonality[schedule]):.3f}'))
+    rows.append(
+      report.Row(
+        names[schedule],
+        cells,
+        note=f'{runs.describe(schedule)}; mean commonality y on test {np.mean(runs.mean_commonality[schedule]):.3f}',
+      )
+    )
   directions = [report.Direction(names[m], names['single'], 'LFW') for m in ('joint', 'alternating')]
-  notes = [mcnemar_note(names[m], names['single'], runs.correct[m], runs.correct['single'], task.seeds)
-           for m in ('joint', 'alternating')]
+  notes = [
+    mcnemar_note(names[m], names['single'], runs.correct[m], runs.correct['single'], task.seeds)
+    for m in ('joint', 'alternating')
+  ]
   return rows, directions, notes
 
 
@@ -93,9 +115,11 @@ def build(ctx: context.Context) -> report.Table:
   claims = paper_claims.claims_only_table('II')
   rows += claims.rows
   directions += claims.directions
-  notes = [f'Paper metric: {paper_claims.PAPER_METRIC}.',
-           'Readings as in Table I: "tuned" chooses learning rate, L2 and steps per schedule on validation data; '
-           f'"paper-literal" uses the paper\'s 0.001 / 0.001 with {ctx.config.train.steps} steps.'] + notes
+  notes = [
+    f'Paper metric: {paper_claims.PAPER_METRIC}.',
+    'Readings as in Table I: "tuned" chooses learning rate, L2 and steps per schedule on validation data; '
+    f'"paper-literal" uses the paper\'s 0.001 / 0.001 with {ctx.config.train.steps} steps.',
+  ] + notes
   return report.Table('Table II: multi-task vs single-task', list(COLUMNS), rows, directions, notes=notes)
 
 

@@ -1,14 +1,17 @@
 """Tests for mir_jax.align: the face-selection rule, the fallback box, the crop and MTCNN on LFW."""
 
+import fixtures
 import numpy as np
 import pytest
 
-import fixtures
-
 from mir_jax import align
 
-LFW_FILES = ['George_W_Bush/George_W_Bush_0001.jpg', 'Colin_Powell/Colin_Powell_0001.jpg',
-             'Aaron_Eckhart/Aaron_Eckhart_0001.jpg', 'Serena_Williams/Serena_Williams_0002.jpg']
+LFW_FILES = [
+  'George_W_Bush/George_W_Bush_0001.jpg',
+  'Colin_Powell/Colin_Powell_0001.jpg',
+  'Aaron_Eckhart/Aaron_Eckhart_0001.jpg',
+  'Serena_Williams/Serena_Williams_0002.jpg',
+]
 
 
 @pytest.fixture(scope='module')
@@ -20,12 +23,12 @@ def aligner():
 @pytest.fixture(scope='module')
 def lfw_images():
   from mir_jax import images  # pylint: disable=g-import-not-at-top
+
   lfw = fixtures.require_lfw_images()
   return [images.load_rgb(lfw / f) for f in LFW_FILES]
 
 
 class TestSelectFace:
-
   def test_central_face_beats_bigger_corner_face(self):
     shape = (250, 250, 3)
     central = [85, 85, 165, 165]  # area 6400, centred: score 6400
@@ -74,7 +77,6 @@ def test_center_box_matches_lfw_face_size():
 
 
 class TestCrop:
-
   @staticmethod
   def _ramp(h=200, w=220):
     yy, xx = np.mgrid[:h, :w]

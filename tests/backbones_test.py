@@ -1,10 +1,9 @@
 """Tests for the backbone registry, the keys computed without building, dlib-resnet and the facenet backbones
 (no weights download)."""
 
+import fixtures
 import numpy as np
 import pytest
-
-import fixtures
 
 from mir_jax import align
 from mir_jax import backbones
@@ -56,6 +55,7 @@ def dlib_models():
   """Skips where dlib or face-recognition-models (the dlib backbones' model files) is not installed."""
   pytest.importorskip('dlib')
   from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   try:
     dlib_resnet.models_dir()
   except FileNotFoundError as e:
@@ -67,15 +67,27 @@ def _same_key_unbuilt(name, **options):
   assert cache_key.canonical_config(backbones.config_key(name, **options)) == cache_key.canonical_config(built)
 
 
-@pytest.mark.parametrize('options', [{}, {'num_jitters': 1}, {'num_jitters': 10}, {'num_jitters': 10, 'jitter_seed': 3},
-                                     {'flip': True}, {'padding': 0.3}, {'landmark_box': 'dlib'}])
+@pytest.mark.parametrize(
+  'options',
+  [
+    {},
+    {'num_jitters': 1},
+    {'num_jitters': 10},
+    {'num_jitters': 10, 'jitter_seed': 3},
+    {'flip': True},
+    {'padding': 0.3},
+    {'landmark_box': 'dlib'},
+  ],
+)
 def test_dlib_resnet_key_unbuilt(dlib_models, options):
   del dlib_models
   _same_key_unbuilt('dlib-resnet', **options)
 
 
-@pytest.mark.parametrize('options', [{}, {'dtype': 'bfloat16'}, {'dtype': 'bfloat16', 'dot_stages': [2, 1]},
-                                     {'landmark_box': 'dlib', 'padding': 0.3}])
+@pytest.mark.parametrize(
+  'options',
+  [{}, {'dtype': 'bfloat16'}, {'dtype': 'bfloat16', 'dot_stages': [2, 1]}, {'landmark_box': 'dlib', 'padding': 0.3}],
+)
 def test_dlib_resnet_jax_key_unbuilt(dlib_models, options):
   del dlib_models
   pytest.importorskip('jax')
@@ -94,8 +106,12 @@ def test_default_lfw_keys_name_the_existing_caches(dlib_models):
   # The names of the caches built before the key was computed without the backbone (data_cache/).
   config = backbones.config_key('dlib-resnet')
   for subset, name in ((None, 'lfw_dlib_resnet_d09f4106856d'), ('min_images10', 'lfw_dlib_resnet_156cc2576c67')):
-    spec = cache_key.CacheSpec(dataset='lfw', reader_options={'reader_kwargs': {}, 'subset': subset, 'limit': None},
-                               backbone_config=config, align_config=align.config_key())
+    spec = cache_key.CacheSpec(
+      dataset='lfw',
+      reader_options={'reader_kwargs': {}, 'subset': subset, 'limit': None},
+      backbone_config=config,
+      align_config=align.config_key(),
+    )
     assert spec.name() == name
 
 
@@ -116,6 +132,7 @@ def _two_people(root):
 def test_find_cache_builds_no_backbone(dlib_models, tmp_path, monkeypatch):
   del dlib_models
   import dlib  # pylint: disable=g-import-not-at-top
+
   _two_people(tmp_path / 'img')
 
   def refuse(*args, **kwargs):
@@ -133,6 +150,7 @@ def test_find_cache_builds_no_backbone(dlib_models, tmp_path, monkeypatch):
 def test_prepare_refuses_a_backbone_keyed_otherwise_than_unbuilt(dlib_models, tmp_path, monkeypatch):
   del dlib_models
   from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(dlib_resnet.DlibResNet, 'config_key', lambda self: {'backbone': 'dlib-resnet', 'dim': 1})
   with pytest.raises(RuntimeError, match='keys itself'):
     lookup.prepare('folder', 'dlib-resnet', manual_dir=_two_people(tmp_path / 'img'), num_workers=0)
@@ -159,6 +177,7 @@ def random_facenet(tmp_path_factory):
 
 def test_facenet_loads_weights_file(random_facenet):
   import torch  # pylint: disable=g-import-not-at-top
+
   model, path = random_facenet
   bb = backbones.get_backbone('facenet-vggface2', weights=path, device='cpu', batch_size=2)
   assert bb.name == 'facenet-vggface2' and bb.dim == 512
@@ -177,7 +196,7 @@ def test_facenet_preprocess_and_key(random_facenet):
   assert bb.name == 'facenet-casia'
   image = np.zeros((250, 250, 3), np.uint8)
   image[100:150, 100:150] = 255
-  det = base.Detection(box=np.array([100., 100., 150., 150.]), landmarks=None, detected=True)
+  det = base.Detection(box=np.array([100.0, 100.0, 150.0, 150.0]), landmarks=None, detected=True)
   x = bb.preprocess(image, det)
   assert x.shape == (3, 160, 160) and x.dtype == np.float32
   # (255 - 127.5) / 128 and (0 - 127.5) / 128: the fixed standardisation.
@@ -191,13 +210,13 @@ def test_facenet_preprocess_and_key(random_facenet):
 def test_facenet_missing_weights_names_path_and_url(tmp_path, monkeypatch):
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch not installed')
   from mir_jax.backbones import facenet  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv('TORCH_HOME', str(tmp_path))
   with pytest.raises(facenet.WeightsNotFoundError) as info:
     backbones.get_backbone('facenet-vggface2')
   message = str(info.value)
   assert str(tmp_path / 'checkpoints' / '20180402-114759-vggface2.pt') in message
-  assert ('https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/'
-          '20180402-114759-vggface2.pt') in message
+  assert ('https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt') in message
   assert isinstance(info.value, FileNotFoundError)
   with pytest.raises(facenet.WeightsNotFoundError, match='casia'):
     backbones.get_backbone('facenet-casia')
@@ -215,6 +234,7 @@ def dlib_setup():
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
   from mir_jax import align  # pylint: disable=g-import-not-at-top
   from mir_jax import images  # pylint: disable=g-import-not-at-top
+
   lfw = fixtures.require_lfw_images()
   imgs = [images.load_rgb(lfw / f) for f in BUSH + POWELL]
   dets = align.Aligner().detect_batch(imgs)
@@ -244,8 +264,7 @@ def test_dlib_embeddings_unit_deterministic_and_discriminative(dlib_setup):
   np.testing.assert_array_equal(bb.embed(chips), emb)
   sim = emb @ emb.T
   nb = len(BUSH)
-  same = np.concatenate([sim[:nb, :nb][np.triu_indices(nb, 1)],
-                         sim[nb:, nb:][np.triu_indices(len(POWELL), 1)]])
+  same = np.concatenate([sim[:nb, :nb][np.triu_indices(nb, 1)], sim[nb:, nb:][np.triu_indices(len(POWELL), 1)]])
   different = sim[:nb, nb:].ravel()
   assert same.min() > different.max(), (same, different)
 
@@ -253,6 +272,7 @@ def test_dlib_embeddings_unit_deterministic_and_discriminative(dlib_setup):
 def test_dlib_two_workers_match_one(dlib_setup):
   # The benchmarks' two-process dlib-resnet (benchmarks/dlib_cxx.py) must embed as the backbone does.
   from benchmarks import dlib_cxx  # pylint: disable=g-import-not-at-top
+
   bb, _, _, chips = dlib_setup
   with dlib_cxx.DlibProcesses(num_workers=2) as bb2:
     np.testing.assert_allclose(bb2.embed(chips), bb.embed(chips), atol=1e-6)
@@ -271,6 +291,7 @@ def test_dlib_jitter_and_flip_deterministic_and_order_free(dlib_setup):
 
 def test_jitter_chip_copies(dlib_setup):
   from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   chip = dlib_setup[3][0]
   copies = dlib_resnet.jitter_chip(chip, 4, seed=1)
   assert len(copies) == 4 and all(c.shape == chip.shape for c in copies)

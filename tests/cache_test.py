@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from mir_jax.backbones.base import Detection
 from mir_jax.cache import key
 from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import reader
 from mir_jax.cache import workers
 from mir_jax.cache import writer
-from mir_jax.backbones.base import Detection
 from mir_jax.datasets.records import FaceRecord
 
 _DIM = 8
@@ -31,6 +31,7 @@ _DIM = 8
 
 class FakeBackbone:
   """Embeds the first `_DIM` pixel values of the image; optionally slow, optionally logging each call."""
+
   name = 'fake'
   dim = _DIM
 
@@ -65,9 +66,13 @@ class FakeAligner:
     out = []
     for im in images:
       h, w = im.shape[:2]
-      out.append(Detection(box=np.array([w * .25, h * .25, w * .75, h * .75]),
-                           landmarks=np.array([[3., 3.], [5., 3.], [4., 4.], [3., 6.], [5., 6.]]),
-                           detected=bool(im[0, 0, 0] % 2 == 0)))
+      out.append(
+        Detection(
+          box=np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75]),
+          landmarks=np.array([[3.0, 3.0], [5.0, 3.0], [4.0, 4.0], [3.0, 6.0], [5.0, 6.0]]),
+          detected=bool(im[0, 0, 0] % 2 == 0),
+        )
+      )
     return out
 
 
@@ -86,21 +91,26 @@ def make_images(root: pathlib.Path, identities=('carol', 'alice', 'bob', 'dave')
     empty.write_bytes(b'')
     junk = root / 'bob' / 'bob_0099.png'
     junk.write_bytes(b'this is not a png')
-    records += [FaceRecord(str(empty), 'alice', 'alice/alice_0099'),
-                FaceRecord(str(junk), 'bob', 'bob/bob_0099')]
+    records += [FaceRecord(str(empty), 'alice', 'alice/alice_0099'), FaceRecord(str(junk), 'bob', 'bob/bob_0099')]
   return records
 
 
 def make_spec(**overrides):
-  kw = dict(dataset='toy', reader_options={'subset': None}, backbone_config=FakeBackbone().config_key(),
-            align_config=FakeAligner().config_key(), flip=False)
+  kw = dict(
+    dataset='toy',
+    reader_options={'subset': None},
+    backbone_config=FakeBackbone().config_key(),
+    align_config=FakeAligner().config_key(),
+    flip=False,
+  )
   kw.update(overrides)
   return key.CacheSpec(**kw)
 
 
 def build(records, data_dir, *, flip=False, delay=0.0, log='', **kw):
-  pipeline = pipeline_lib.Pipeline(backbone_factory=lambda: FakeBackbone(delay, log),
-                                   aligner_factory=FakeAligner, flip=flip)
+  pipeline = pipeline_lib.Pipeline(
+    backbone_factory=lambda: FakeBackbone(delay, log), aligner_factory=FakeAligner, flip=flip
+  )
   kw.setdefault('num_workers', 0)
   kw.setdefault('chunk_size', 4)
   return writer.build(records, make_spec(flip=flip), pipeline, data_dir=data_dir, progress=False, **kw)
@@ -118,9 +128,13 @@ def expected_embedding(path, detected=None):
 def test_key_depends_on_every_input():
   base = make_spec()
   assert make_spec().name() == base.name()
-  variants = [make_spec(dataset='other'), make_spec(reader_options={'subset': 'pairs_fold0'}),
-              make_spec(backbone_config={'backbone': 'fake', 'dim': _DIM, 'num_jitters': 10}),
-              make_spec(align_config={'detector': 'fake', 'min_face_size': 40}), make_spec(flip=True)]
+  variants = [
+    make_spec(dataset='other'),
+    make_spec(reader_options={'subset': 'pairs_fold0'}),
+    make_spec(backbone_config={'backbone': 'fake', 'dim': _DIM, 'num_jitters': 10}),
+    make_spec(align_config={'detector': 'fake', 'min_face_size': 40}),
+    make_spec(flip=True),
+  ]
   names = {v.name() for v in variants}
   assert base.name() not in names and len(names) == len(variants)
   assert base.name().startswith('toy_fake_')
@@ -166,6 +180,7 @@ def test_build_and_load_roundtrip(tmp_path):
 
   # The TFDS metadata carries the same record of how the cache was made.
   import tensorflow_datasets as tfds
+
   builder = tfds.builder_from_directory(os.fspath(d))
   assert builder.info.splits['full'].num_examples == 20
   assert 'key ' + make_spec().key() in builder.info.description
@@ -181,10 +196,12 @@ def test_build_and_load_roundtrip(tmp_path):
 
 def test_grain_reads_the_cache(tmp_path):
   import grain
+
   records = make_images(tmp_path / 'img', bad=False)
   d = build(records, tmp_path / 'cache').directory
-  ds = (grain.MapDataset.source(reader.data_source(d))
-        .map(lambda ex: (ex['image_id'].decode(), ex['embedding'], ex['label'])))
+  ds = grain.MapDataset.source(reader.data_source(d)).map(
+    lambda ex: (ex['image_id'].decode(), ex['embedding'], ex['label'])
+  )
   rows = list(ds)
   assert [r[0] for r in rows] == sorted(r.image_id for r in records)
   x, labels, _ = reader.load_embeddings(d)
@@ -216,13 +233,15 @@ def expected_embedding_from_array(im, detected):
 
 
 def test_mirror_detection():
-  det = Detection(box=np.array([10., 20., 50., 80.]),
-                  landmarks=np.array([[20., 40.], [40., 40.], [30., 55.], [22., 70.], [38., 70.]]),
-                  detected=True)
+  det = Detection(
+    box=np.array([10.0, 20.0, 50.0, 80.0]),
+    landmarks=np.array([[20.0, 40.0], [40.0, 40.0], [30.0, 55.0], [22.0, 70.0], [38.0, 70.0]]),
+    detected=True,
+  )
   m = pipeline_lib.mirror_detection(det, 100)
-  np.testing.assert_array_equal(m.box, [50., 20., 90., 80.])
+  np.testing.assert_array_equal(m.box, [50.0, 20.0, 90.0, 80.0])
   # Left eye of the mirrored face is the mirror of the right eye, and so on.
-  np.testing.assert_array_equal(m.landmarks, [[60., 40.], [80., 40.], [70., 55.], [62., 70.], [78., 70.]])
+  np.testing.assert_array_equal(m.landmarks, [[60.0, 40.0], [80.0, 40.0], [70.0, 55.0], [62.0, 70.0], [78.0, 70.0]])
   back = pipeline_lib.mirror_detection(m, 100)
   np.testing.assert_array_equal(back.box, det.box)
   np.testing.assert_array_equal(back.landmarks, det.landmarks)
@@ -275,9 +294,16 @@ def test_incomplete_cache_is_not_read(tmp_path):
 def test_worker_processes_give_the_same_cache(tmp_path):
   records = make_images(tmp_path / 'img')
   inline = build(records, tmp_path / 'a', num_workers=0).directory
-  pooled = writer.build(records, make_spec(),
-                        pipeline_lib.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner),
-                        data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  pooled = writer.build(
+    records,
+    make_spec(),
+    pipeline_lib.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner),
+    data_dir=tmp_path / 'b',
+    num_workers=2,
+    task_size=3,
+    chunk_size=5,
+    progress=False,
+  )
   xa, la, ma = reader.load_embeddings(inline)
   xb, lb, mb = reader.load_embeddings(pooled.directory)
   assert ma['image_ids'] == mb['image_ids']
@@ -288,6 +314,7 @@ def test_worker_processes_give_the_same_cache(tmp_path):
 
 class WorkerEmbeddingBackbone(FakeBackbone):
   """A backbone that asks the cache's worker processes to run it (as dlib's one-core network does)."""
+
   embed_in_workers = True
 
 
@@ -295,11 +322,18 @@ def test_backbone_that_embeds_in_workers_gives_the_same_cache(tmp_path):
   records = make_images(tmp_path / 'img')
   log = tmp_path / 'calls'
   inline = build(records, tmp_path / 'a', flip=True, num_workers=0).directory
-  pooled = writer.build(records, make_spec(flip=True),
-                        pipeline_lib.Pipeline(
-                            backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
-                            aligner_factory=FakeAligner, flip=True),
-                        data_dir=tmp_path / 'b', num_workers=2, task_size=3, chunk_size=5, progress=False)
+  pooled = writer.build(
+    records,
+    make_spec(flip=True),
+    pipeline_lib.Pipeline(
+      backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)), aligner_factory=FakeAligner, flip=True
+    ),
+    data_dir=tmp_path / 'b',
+    num_workers=2,
+    task_size=3,
+    chunk_size=5,
+    progress=False,
+  )
   xa, _, ma = reader.load_embeddings(inline)
   xb, _, mb = reader.load_embeddings(pooled.directory)
   assert ma['image_ids'] == mb['image_ids']
@@ -320,10 +354,13 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
   img, data_dir, log = tmp_path / 'img', tmp_path / 'cache', tmp_path / 'log'
   records = make_images(img, bad=True)  # the child rewrites the same deterministic images
   d = key.cache_dir(data_dir, make_spec())
-  code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
-          'cache_test._child_build(sys.argv[2], sys.argv[3], sys.argv[4])')
-  child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
-                            os.fspath(data_dir), os.fspath(log)])
+  code = (
+    'import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
+    'cache_test._child_build(sys.argv[2], sys.argv[3], sys.argv[4])'
+  )
+  child = subprocess.Popen(
+    [sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img), os.fspath(data_dir), os.fspath(log)]
+  )
   # 22 images in 6 chunks at 0.1 s per image: kill once two chunks are on disk, long before the end.
   deadline = time.time() + 60
   while time.time() < deadline and len(list(d.glob('*.array_record-*'))) < 2 and child.poll() is None:
@@ -347,9 +384,8 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path):
   # Only images of unfinished chunks were embedded again (chunks hold 4 records; bad ones never embed).
   plan = json.loads((d / '_work' / 'plan.json').read_text())
   ordered = sorted(records, key=lambda r: r.image_id)
-  done_ids = {r.image_id for c in range(len(finished)) for r in ordered[c * 4:(c + 1) * 4]}
-  assert [p.name for p in finished] == [key.shard_path(d, plan['name'], c, 6).name
-                                        for c in range(len(finished))]
+  done_ids = {r.image_id for c in range(len(finished)) for r in ordered[c * 4 : (c + 1) * 4]}
+  assert [p.name for p in finished] == [key.shard_path(d, plan['name'], c, 6).name for c in range(len(finished))]
   redo = [r for r in ordered if r.image_id not in done_ids and not r.image_id.endswith('99')]
   assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == len(redo)
 
@@ -368,8 +404,17 @@ def _child_build_pooled(img_dir, data_dir):
   """Entry point of the subprocess whose worker processes must not outlive it."""
   records = make_images(pathlib.Path(img_dir), bad=False)
   pipeline = pipeline_lib.Pipeline(backbone_factory=FakeBackbone, aligner_factory=FakeAligner)
-  writer.build(records, make_spec(), pipeline, data_dir=data_dir, backbone=FakeBackbone(delay=0.2),
-               num_workers=2, chunk_size=4, task_size=2, progress=False)
+  writer.build(
+    records,
+    make_spec(),
+    pipeline,
+    data_dir=data_dir,
+    backbone=FakeBackbone(delay=0.2),
+    num_workers=2,
+    chunk_size=4,
+    task_size=2,
+    progress=False,
+  )
 
 
 def _children(pid):
@@ -398,17 +443,17 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
   img, data_dir = tmp_path / 'img', tmp_path / 'cache'
   make_images(img, bad=False)
   d = key.cache_dir(data_dir, make_spec())
-  code = ('import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
-          'cache_test._child_build_pooled(sys.argv[2], sys.argv[3])')
-  child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img),
-                            os.fspath(data_dir)])
+  code = (
+    'import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
+    'cache_test._child_build_pooled(sys.argv[2], sys.argv[3])'
+  )
+  child = subprocess.Popen([sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img), os.fspath(data_dir)])
   worker_pids = []
   try:
     deadline = time.time() + 60
     while time.time() < deadline and not list(d.glob('*.array_record-*')) and child.poll() is None:
       time.sleep(0.05)
-    worker_pids = [p for p in _children(child.pid)
-                   if b'spawn_main' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()]
+    worker_pids = [p for p in _children(child.pid) if b'spawn_main' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()]
     assert len(worker_pids) == 2, 'the pooled build did not start its two workers'
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -431,11 +476,18 @@ def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   records = make_images(tmp_path / 'img', bad=False)  # 20 images
   log = tmp_path / 'calls'
   monkeypatch.setattr(workers, 'WORKER_MAX_TASKS', 2)
-  pooled = writer.build(records, make_spec(),
-                        pipeline_lib.Pipeline(
-                            backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)),
-                            aligner_factory=FakeAligner),
-                        data_dir=tmp_path / 'b', num_workers=2, task_size=1, chunk_size=5, progress=False)
+  pooled = writer.build(
+    records,
+    make_spec(),
+    pipeline_lib.Pipeline(
+      backbone_factory=functools.partial(WorkerEmbeddingBackbone, log=str(log)), aligner_factory=FakeAligner
+    ),
+    data_dir=tmp_path / 'b',
+    num_workers=2,
+    task_size=1,
+    chunk_size=5,
+    progress=False,
+  )
   calls = collections.Counter(int(line.split()[0]) for line in log.read_text().splitlines())
   assert sum(calls.values()) == 20  # one embed call per task
   assert os.getpid() not in calls

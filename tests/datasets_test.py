@@ -5,11 +5,11 @@ import json
 import os
 import shutil
 
+import fixtures
 import pytest
 
-import fixtures
-from mir_jax import paths
 from mir_jax import datasets
+from mir_jax import paths
 from mir_jax.datasets import DatasetError
 from mir_jax.datasets import folder
 from mir_jax.datasets import lfw
@@ -20,7 +20,8 @@ LFW_DIR = fixtures.lfw_images_dir()
 SHARED = paths.shared_data_dir()
 needs_lfw = pytest.mark.skipif(LFW_DIR is None, reason=fixtures.MISSING_DATA_REASON)
 needs_ytf_splits = pytest.mark.skipif(
-    SHARED is None or not (SHARED / 'ytf' / 'splits.txt').is_file(), reason=fixtures.MISSING_DATA_REASON)
+  SHARED is None or not (SHARED / 'ytf' / 'splits.txt').is_file(), reason=fixtures.MISSING_DATA_REASON
+)
 
 
 def _protocol(name):
@@ -54,12 +55,15 @@ def test_registry():
     datasets.get_reader('casia')
 
 
-@pytest.mark.parametrize('read,expected', [
+@pytest.mark.parametrize(
+  'read,expected',
+  [
     (folder.read_folder, '<identity>'),
     (lfw.read_lfw, 'vis-www.cs.umass.edu/lfw'),
     (ytf.read_ytf, 'aligned_images_DB'),
     (megaface.read_megaface, 'megaface_features_list.json_<N>_1'),
-])
+  ],
+)
 def test_missing_dataset_dir_explains_layout(tmp_path, read, expected):
   with pytest.raises(DatasetError) as info:
     read(tmp_path / 'nowhere')
@@ -132,11 +136,14 @@ def test_pairs_line_with_missing_image_errors_or_is_skipped(tmp_path):
   assert len(lfw.read_pairs(path)) == 4
 
 
-@pytest.mark.parametrize('text,phrase', [
+@pytest.mark.parametrize(
+  'text,phrase',
+  [
     ('1\t2\nA\t1\t2\nA\t1\tB\t1\n', 'promises 4'),
     ('1\t1\nA\t1\tB\t1\nA\t1\t2\n', 'matched'),
     ('1\t1\nA\tx\t2\nA\t1\tB\t1\n', 'integers'),
-])
+  ],
+)
 def test_malformed_pairs_file_names_the_problem(tmp_path, text, phrase):
   path = tmp_path / 'pairs.txt'
   path.write_text(text)
@@ -162,8 +169,8 @@ def test_folder_records_empty_identities_and_non_images(tmp_path):
   assert [s.where for s in listing.skipped] == [str(empty)]
   assert 'no images' in listing.skipped[0].reason
   assert sorted(listing.ignored) == sorted(
-      str(p) for p in [tmp_path / people[0][0] / 'notes.txt', empty / 'README.txt',
-                       tmp_path / 'stray.csv'])
+    str(p) for p in [tmp_path / people[0][0] / 'notes.txt', empty / 'README.txt', tmp_path / 'stray.csv']
+  )
 
 
 def test_folder_without_any_image_is_an_error(tmp_path):
@@ -234,8 +241,7 @@ def test_ytf_records_junk_frames(ytf_fixture):
 
 def test_ytf_fixture_splits_and_missing_video(ytf_fixture):
   fx = ytf_fixture
-  pairs = ytf.read_splits(fx.splits_path, root=fx.root, num_folds=fx.num_folds,
-                          same_per_fold=fx.same_per_fold)
+  pairs = ytf.read_splits(fx.splits_path, root=fx.root, num_folds=fx.num_folds, same_per_fold=fx.same_per_fold)
   assert [(p.fold, p.video_a, p.video_b, p.same) for p in pairs] == fx.pairs
   with pytest.raises(DatasetError, match='expected 10'):
     ytf.read_splits(fx.splits_path)  # the official counts are the default
@@ -244,8 +250,7 @@ def test_ytf_fixture_splits_and_missing_video(ytf_fixture):
   with pytest.raises(DatasetError) as info:
     ytf.read_splits(fx.splits_path, root=fx.root, num_folds=None, same_per_fold=None)
   assert f'{fx.splits_path}:2' in str(info.value) and gone in str(info.value)
-  kept = ytf.read_splits(fx.splits_path, root=fx.root, skip_missing=True, num_folds=None,
-                         same_per_fold=None)
+  kept = ytf.read_splits(fx.splits_path, root=fx.root, skip_missing=True, num_folds=None, same_per_fold=None)
   uses_gone = [p for p in fx.pairs if gone in p[1:3]]
   assert len(kept.skipped) == len(uses_gone) and len(kept) == len(fx.pairs) - len(uses_gone)
 

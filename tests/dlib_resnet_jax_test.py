@@ -8,19 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import dlib_cxx
 from mir_jax import paths
 from mir_jax.backbones import base
 from mir_jax.backbones import dlib_dat
 from mir_jax.backbones import dlib_resnet_jax as dj
-from benchmarks import dlib_cxx
 
 # Fixed LFW faces for the C++ comparison: several people, poses and lightings.
-LFW_FILES = ([f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
-             + [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
-             + [f'Serena_Williams/Serena_Williams_{i:04d}.jpg' for i in (1, 2, 3)]
-             + [f'Jennifer_Aniston/Jennifer_Aniston_{i:04d}.jpg' for i in (1, 2, 3)]
-             + ['Aaron_Eckhart/Aaron_Eckhart_0001.jpg', 'AJ_Cook/AJ_Cook_0001.jpg',
-                'Zico/Zico_0001.jpg'])
+LFW_FILES = (
+  [f'George_W_Bush/George_W_Bush_{i:04d}.jpg' for i in (1, 2, 3, 4)]
+  + [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
+  + [f'Serena_Williams/Serena_Williams_{i:04d}.jpg' for i in (1, 2, 3)]
+  + [f'Jennifer_Aniston/Jennifer_Aniston_{i:04d}.jpg' for i in (1, 2, 3)]
+  + ['Aaron_Eckhart/Aaron_Eckhart_0001.jpg', 'AJ_Cook/AJ_Cook_0001.jpg', 'Zico/Zico_0001.jpg']
+)
 TOLERANCE = 1e-4  # max abs on raw descriptors (components ~0.1, norms ~1.4); measured ~4e-7.
 
 
@@ -99,10 +100,12 @@ def params():
 
 def test_portable_floats_round_trip_vectorised():
   rng = np.random.default_rng(0)
-  values = np.concatenate([
+  values = np.concatenate(
+    [
       (rng.normal(size=500) * 10.0 ** rng.integers(-30, 30, 500)).astype(np.float32),
-      np.float32([0.0, -0.0, 1.0, -1.0, 0.5, 3.4e38, -1.2e-38, 1e-45, 122.782, 0.04, 0.6,
-                  np.inf, -np.inf, np.nan])])
+      np.float32([0.0, -0.0, 1.0, -1.0, 0.5, 3.4e38, -1.2e-38, 1e-45, 122.782, 0.04, 0.6, np.inf, -np.inf, np.nan]),
+    ]
+  )
   encoded = b''.join(encode_portable_float(v) for v in values)
   data = b'\x07junk' + encoded + b'tail'
   got, end = dlib_dat.decode_portable_floats(np.frombuffer(data, np.uint8), 5, len(values))
@@ -142,7 +145,11 @@ def test_real_file_parses_to_the_published_network(dat_bytes):
   kinds = [l.kind for l in net.layers]
   assert kinds.count('con') == 29 and kinds.count('affine') == 29 and kinds.count('marker') == 22
   assert [(l.kind, l.attrs.get('stride_y')) for l in net.layers[:4]] == [
-      ('con', 2), ('affine', None), ('relu', None), ('max_pool', 2)]
+    ('con', 2),
+    ('affine', None),
+    ('relu', None),
+    ('max_pool', 2),
+  ]
 
 
 def test_params_tree(params):
@@ -154,8 +161,7 @@ def test_params_tree(params):
   assert params['stage4_block0']['conv2']['kernel'].shape == (3, 3, 256, 256)
   assert params['fc']['kernel'].shape == (256, 128)
   # The tree is exactly what the Flax module expects.
-  init = jax.eval_shape(dj.DlibFaceResNet().init, jax.random.PRNGKey(0),
-                        jnp.zeros((1, 150, 150, 3), jnp.uint8))
+  init = jax.eval_shape(dj.DlibFaceResNet().init, jax.random.PRNGKey(0), jnp.zeros((1, 150, 150, 3), jnp.uint8))
   shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)
   assert shapes(init['params']) == shapes(params)
 
@@ -174,7 +180,7 @@ def test_truncated_file_names_offset(dat_bytes):
 def test_corrupt_file_names_offset_and_expectation(dat_bytes):
   data = bytearray(dat_bytes)
   at = data.index(b'\x05relu_')
-  data[at + 1:at + 6] = b'relX_'
+  data[at + 1 : at + 6] = b'relX_'
   with pytest.raises(dlib_dat.DatFormatError, match='supported layer') as e:
     dlib_dat.parse_network(bytes(data))
   assert e.value.offset == at - 1 and "'relX_'" in str(e.value)  # the string's length byte
@@ -204,8 +210,10 @@ def test_params_cache(tmp_path, monkeypatch):
   first, sha = dj.load_params(copy, cache_dir=tmp_path / 'cache')
   cached = list((tmp_path / 'cache').glob(f'*{sha}*.npz'))
   assert len(cached) == 1
+
   def no_parse(*_):
     raise AssertionError('the cache was not used')
+
   monkeypatch.setattr(dlib_dat, 'read_network', no_parse)
   second, _ = dj.load_params(copy, cache_dir=tmp_path / 'cache')
   jax.tree_util.tree_map(np.testing.assert_array_equal, first, second)
@@ -236,8 +244,7 @@ def test_space_to_depth_conv_equals_strided_conv(size, hw):
   rng = np.random.default_rng(size)
   x = jnp.asarray(rng.normal(size=(2, hw, hw, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(size, size, 3, 8)), jnp.float32)
-  want = jax.lax.conv_general_dilated(x, k, (2, 2), 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  want = jax.lax.conv_general_dilated(x, k, (2, 2), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   got = dj._space_to_depth_conv(x, k)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
@@ -284,9 +291,11 @@ def lfw_chips():
   root = paths.shared_data_dir()
   lfw = root / 'lfw' / 'lfw-deepfunneled' if root else None
   if lfw is None or not lfw.is_dir():
-    pytest.skip('shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or '
-                '$MIR_SHARED_DATA); see mir_jax/paths.py')
+    pytest.skip(
+      'shared LFW images absent (need ../shared/data/lfw/lfw-deepfunneled or $MIR_SHARED_DATA); see mir_jax/paths.py'
+    )
   from mir_jax import images  # pylint: disable=g-import-not-at-top
+
   chips, _ = dlib_cxx.dlib_chips([images.load_rgb(lfw / f) for f in LFW_FILES])
   net = dlib.face_recognition_model_v1(str(_weights_path()))
   ref = np.asarray([np.asarray(net.compute_face_descriptor(c)) for c in chips], np.float32)
@@ -319,6 +328,7 @@ def test_backbone_equals_dlib_and_the_cxx_backbone(lfw_chips):
 def test_preprocess_is_the_cxx_backbones(lfw_chips):
   from mir_jax import images  # pylint: disable=g-import-not-at-top
   from mir_jax.backbones import dlib_resnet  # pylint: disable=g-import-not-at-top
+
   lfw = paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled'
   image = images.load_rgb(lfw / LFW_FILES[0])
   detection = base.Detection(box=np.array([70.0, 70.0, 180.0, 180.0]), landmarks=None, detected=True)

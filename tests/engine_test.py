@@ -42,7 +42,9 @@ def test_each_schedule_learns(synthetic, schedule):
   result = engine.train(synthetic.x, synthetic.labels, o, runs)
   loss = np.asarray(result.history['ce'][0])
   assert loss[-1] < 0.5 * loss[0], loss
-  acc = identification.classification_accuracy(engine.apply_runs(result, synthetic.x, runs, o).logits, synthetic.labels)[0]
+  acc = identification.classification_accuracy(
+    engine.apply_runs(result, synthetic.x, runs, o).logits, synthetic.labels
+  )[0]
   assert acc > 5.0 / NUM_CLASSES, acc  # chance is 1/12
 
 
@@ -98,8 +100,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers(synthetic):
 
 def test_vmapped_runs_equal_runs_trained_one_at_a_time(synthetic):
   o = opts(steps=100, batch_size=64)
-  runs = [engine.Run(schedule=s, seed=i, learning_rate=lr)
-          for s in engine.SCHEDULES for i, lr in ((0, 1e-3), (1, 3e-3))]
+  runs = [
+    engine.Run(schedule=s, seed=i, learning_rate=lr) for s in engine.SCHEDULES for i, lr in ((0, 1e-3), (1, 3e-3))
+  ]
   together = engine.train(synthetic.x, synthetic.labels, o, runs)
   for i, run in enumerate(runs):
     alone = engine.train(synthetic.x, synthetic.labels, o, [run])
@@ -122,8 +125,10 @@ def test_l2_forms_agree_without_l2_and_differ_with_it(synthetic):
   def final(form, l2):
     o = opts(steps=30, l2_form=form)
     return engine.train(synthetic.x, synthetic.labels, o, [engine.Run(l2=l2)]).params
+
   def max_diff(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
   # Two compiled programs: equal up to float rounding without L2, far apart with it.
   assert max_diff(final('loss_half_sum', 0.0), final('decoupled', 0.0)) < 1e-5
   assert max_diff(final('loss_half_sum', 0.1), final('decoupled', 0.1)) > 1e-3
@@ -138,7 +143,9 @@ def test_unknown_choices_raise():
     opts(l2_form='l1')
 
 
-@pytest.mark.parametrize('corrupt, message', [
+@pytest.mark.parametrize(
+  'corrupt, message',
+  [
     (lambda x, y: (np.where(np.arange(x.shape[0])[:, None] == 3, np.nan, x), y), 'NaN or inf'),
     (lambda x, y: (np.where(np.arange(x.shape[0])[:, None] == 3, np.inf, x), y), 'NaN or inf'),
     (lambda x, y: (x, np.where(y == 0, NUM_CLASSES, y)), r'labels must lie in \[0, 12\)'),
@@ -146,7 +153,8 @@ def test_unknown_choices_raise():
     (lambda x, y: (x[y != 5], y[y != 5]), 'have no training example'),
     (lambda x, y: (x, y.astype(np.float32)), 'labels must be integers'),
     (lambda x, y: (x[:, None], y), 'expected x of shape'),
-])
+  ],
+)
 def test_bad_training_data_raises_clearly(synthetic, corrupt, message):
   x, y = corrupt(synthetic.x, synthetic.labels)
   with pytest.raises(ValueError, match=message):
@@ -185,8 +193,9 @@ def test_a_run_with_its_own_step_budget_equals_a_run_trained_that_long(synthetic
   runs = [engine.Run(schedule=s, steps=30) for s in engine.SCHEDULES] + [engine.Run(steps=0)]
   together = engine.train(synthetic.x, synthetic.labels, opts(steps=60, log_every=10), runs)
   for i, run in enumerate(runs[:3]):
-    alone = engine.train(synthetic.x, synthetic.labels, opts(steps=30, log_every=10),
-                         [engine.Run(schedule=run.schedule)])
+    alone = engine.train(
+      synthetic.x, synthetic.labels, opts(steps=30, log_every=10), [engine.Run(schedule=run.schedule)]
+    )
     for a, b in zip(jax.tree.leaves(run_params(together, i)), jax.tree.leaves(run_params(alone, 0))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   full = engine.train(synthetic.x, synthetic.labels, opts(steps=60, log_every=10), [engine.Run()])
@@ -199,8 +208,7 @@ def test_warmup_cosine_rate_rises_then_decays_to_zero_at_each_runs_own_budget():
   o = opts(lr_schedule='warmup_cosine', warmup_fraction=0.1, steps=200)
   runs = engine.run_arrays([engine.Run(learning_rate=0.5, steps=100)])
   run = jax.tree.map(lambda a: a[0], runs)
-  lr = np.array([float(engine.learning_rate_at(jax.numpy.int32(t), jax.numpy.int32(100), run, o))
-                 for t in range(100)])
+  lr = np.array([float(engine.learning_rate_at(jax.numpy.int32(t), jax.numpy.int32(100), run, o)) for t in range(100)])
   np.testing.assert_allclose(lr[:10], 0.5 * np.arange(1, 11) / 10, rtol=1e-6)  # warm-up: 10 steps to the peak
   np.testing.assert_allclose(lr[10], 0.5, rtol=1e-6)
   assert np.all(np.diff(lr[10:]) < 0) and lr[-1] < 1e-3  # cosine down to (almost) 0 at step 100
@@ -216,11 +224,20 @@ def test_train_step_alone_is_the_engines_update(synthetic):
   ra = jax.tree.map(lambda a: a[0], engine.run_arrays([run]))
   init_key, _ = jax.random.split(jax.random.wrap_key_data(ra.key))
   from mir_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
   params = model_lib.init_params(init_key, o.model(), synthetic.x.shape[1])
   tx = engine._direction(o.optimizer)  # pylint: disable=protected-access
   state = engine.TrainState(params, {g: tx.init({k: params[k] for k in names}) for g, names in engine.GROUPS.items()})
-  state, losses = engine.train_step(state, jax.numpy.asarray(synthetic.x), jax.numpy.asarray(synthetic.labels),
-                                    jax.numpy.int32(0), jax.numpy.int32(1), ra, o, engine.program_of(run))
+  state, losses = engine.train_step(
+    state,
+    jax.numpy.asarray(synthetic.x),
+    jax.numpy.asarray(synthetic.labels),
+    jax.numpy.int32(0),
+    jax.numpy.int32(1),
+    ra,
+    o,
+    engine.program_of(run),
+  )
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(run_params(trained, 0))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(losses[0], trained.history['loss'][0, 0], rtol=1e-5)
@@ -246,7 +263,7 @@ def _matmul_flops(jaxpr):
       lhs = eqn.invars[0].aval.shape
       total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contract]))
     for param in eqn.params.values():
-      for sub in (param if isinstance(param, (tuple, list)) else [param]):
+      for sub in param if isinstance(param, (tuple, list)) else [param]:
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
           total += _matmul_flops(sub.jaxpr)
         elif isinstance(sub, jax.extend.core.Jaxpr):
@@ -265,12 +282,21 @@ def test_flop_count_is_that_of_the_program_each_schedule_runs(synthetic, schedul
   params = engine.model_lib.init_params(jax.random.key(0), o.model(), synthetic.x.shape[1])
   tx = engine._direction(o.optimizer)  # pylint: disable=protected-access
   state = engine.TrainState(params, {g: tx.init({k: params[k] for k in names}) for g, names in engine.GROUPS.items()})
-  step = lambda s: engine.train_step(s, jax.numpy.asarray(synthetic.x), jax.numpy.asarray(synthetic.labels),
-                                     jax.numpy.int32(0), jax.numpy.int32(2), ra, o, engine.program_of(run))
+  step = lambda s: engine.train_step(
+    s,
+    jax.numpy.asarray(synthetic.x),
+    jax.numpy.asarray(synthetic.labels),
+    jax.numpy.int32(0),
+    jax.numpy.int32(2),
+    ra,
+    o,
+    engine.program_of(run),
+  )
   jaxpr = jax.make_jaxpr(step)(state).jaxpr
   # What XLA runs: dead code removed first (a phase's unused forward, e.g. the logits of a commonality
   # step, is traced but never computed). JAX's own pass; it has no public name.
   from jax._src.interpreters import partial_eval as pe  # pylint: disable=g-import-not-at-top
+
   counted = _matmul_flops(pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0])
   # One step of joint or single; an alternating step's jaxpr holds both phases (the cond's two branches).
   expected = engine.flops_per_run(o, synthetic.x.shape[1], len(synthetic.labels), dataclasses.replace(run, steps=2))

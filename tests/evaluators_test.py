@@ -77,8 +77,7 @@ def test_megaface_single_image_identity_contributes_nothing():
   probes = rng.normal(size=(5, 4))
   distractors = rng.normal(size=(10, 4))
   base = identification.megaface_rank1(probes, labels, distractors)
-  more = identification.megaface_rank1(np.vstack([probes, rng.normal(size=(1, 4))]), np.append(labels, 7),
-                                       distractors)
+  more = identification.megaface_rank1(np.vstack([probes, rng.normal(size=(1, 4))]), np.append(labels, 7), distractors)
   for key in ('rank1', 'num_trials', 'num_correct', 'num_identities'):
     assert more[key] == base[key]
   with pytest.raises(ValueError, match='>= 2 probe images'):
@@ -138,10 +137,8 @@ def test_one_nn_matches_scikit_learn():
   test_x = centres[test_y] + rng.normal(size=(24, 10))
   knn = neighbors.KNeighborsClassifier(n_neighbors=1, metric='cosine', algorithm='brute')
   expected = knn.fit(train_x, train_y).predict(test_x)
-  np.testing.assert_array_equal(identification.one_nn_predict(train_x, train_y, test_x, block_bytes=64),
-                                expected)
-  assert identification.one_nn_accuracy(train_x, train_y, test_x, test_y) == pytest.approx(
-      np.mean(expected == test_y))
+  np.testing.assert_array_equal(identification.one_nn_predict(train_x, train_y, test_x, block_bytes=64), expected)
+  assert identification.one_nn_accuracy(train_x, train_y, test_x, test_y) == pytest.approx(np.mean(expected == test_y))
 
 
 def test_logistic_regression_separable_and_label_space():
@@ -221,7 +218,7 @@ def test_mcnemar_exact_binomial():
   r = significance.mcnemar(*_correctness(1, 6))
   # Two-sided exact: 2 * P(X <= 1), X ~ Binomial(7, 1/2).
   assert r.method == 'exact-binomial' and (r.only_a, r.only_b, r.n) == (1, 6, 12)
-  assert r.p == pytest.approx(2 * (math.comb(7, 0) + math.comb(7, 1)) / 2 ** 7)
+  assert r.p == pytest.approx(2 * (math.comb(7, 0) + math.comb(7, 1)) / 2**7)
 
 
 def test_mcnemar_chi_square_with_continuity():
@@ -290,8 +287,12 @@ def test_anchor_c_is_the_best_on_validation_and_anchors_pair_by_seed():
   c, scores = anchors.choose_c(task, (0.01, 1.0, 100.0), val_fraction=0.25)
   fit, val = tuning.validation_split(task.labels, task.train_idx[0], task.seeds[0], 0.25)
   for k, s in scores.items():  # each score is logistic regression at that C on seed 0's validation split
-    assert s == pytest.approx(100 * np.mean(identification.logistic_regression_predict(
-        task.x[fit], task.labels[fit], task.x[val], c=k) == task.labels[val]))
+    assert s == pytest.approx(
+      100
+      * np.mean(
+        identification.logistic_regression_predict(task.x[fit], task.labels[fit], task.x[val], c=k) == task.labels[val]
+      )
+    )
   assert scores[c] == max(scores.values()) and c == min(k for k, s in scores.items() if s == scores[c])
   values = anchors.run(task, c)
   for s, (tr, te) in enumerate(zip(task.train_idx, task.test_idx)):

@@ -24,8 +24,9 @@ from mir_jax import paths
 # sorts frame names as text lists them wrongly.
 FIXTURE_FRAME_NUMBERS = (9, 10, 100, 1000)
 
-MISSING_DATA_REASON = (f'shared face data not found at {paths.shared_data_location()} '
-                       f'(set ${paths.ENV_VAR} to its location)')
+MISSING_DATA_REASON = (
+  f'shared face data not found at {paths.shared_data_location()} (set ${paths.ENV_VAR} to its location)'
+)
 
 
 def lfw_images_dir() -> Optional[pathlib.Path]:
@@ -39,6 +40,7 @@ def lfw_images_dir() -> Optional[pathlib.Path]:
 def require_lfw_images() -> pathlib.Path:
   """The shared LFW tree, or a pytest skip saying where it was looked for."""
   import pytest  # pylint: disable=g-import-not-at-top
+
   lfw = lfw_images_dir()
   if lfw is None:
     pytest.skip(MISSING_DATA_REASON)
@@ -48,18 +50,25 @@ def require_lfw_images() -> pathlib.Path:
 @functools.lru_cache(maxsize=None)
 def _lfw_people(lfw_dir: pathlib.Path) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
   """(name, sorted jpg names) of every LFW person, sorted by name."""
-  return tuple((name, tuple(sorted(os.listdir(lfw_dir / name))))
-               for name in sorted(os.listdir(lfw_dir)) if (lfw_dir / name).is_dir())
+  return tuple(
+    (name, tuple(sorted(os.listdir(lfw_dir / name))))
+    for name in sorted(os.listdir(lfw_dir))
+    if (lfw_dir / name).is_dir()
+  )
 
 
-def lfw_people_with(lfw_dir: pathlib.Path, *, min_images: int, max_images: Optional[int] = None,
-                    count: int, skip: int = 0) -> List[Tuple[str, Tuple[str, ...]]]:
+def lfw_people_with(
+  lfw_dir: pathlib.Path, *, min_images: int, max_images: Optional[int] = None, count: int, skip: int = 0
+) -> List[Tuple[str, Tuple[str, ...]]]:
   """The first `count` LFW people (by name, after `skip`) with an image count in range."""
-  chosen = [(n, files) for n, files in _lfw_people(lfw_dir)
-            if len(files) >= min_images and (max_images is None or len(files) <= max_images)]
+  chosen = [
+    (n, files)
+    for n, files in _lfw_people(lfw_dir)
+    if len(files) >= min_images and (max_images is None or len(files) <= max_images)
+  ]
   if len(chosen) < skip + count:
     raise ValueError(f'LFW at {lfw_dir} has too few people with >= {min_images} images')
-  return chosen[skip:skip + count]
+  return chosen[skip : skip + count]
 
 
 def some_lfw_image(lfw_dir: pathlib.Path) -> pathlib.Path:
@@ -80,6 +89,7 @@ class YtfFixture:
     num_folds: splits in splits_path.
     same_per_fold: same (and different) pairs per split.
   """
+
   root: pathlib.Path
   splits_path: pathlib.Path
   frames: Dict[str, List[str]]
@@ -88,8 +98,9 @@ class YtfFixture:
   same_per_fold: int
 
 
-def build_ytf_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path, *,
-                               num_people: int = 4, frames_per_video: int = 3) -> YtfFixture:
+def build_ytf_fixture_from_lfw(
+  lfw_dir: pathlib.Path, out_dir: pathlib.Path, *, num_people: int = 4, frames_per_video: int = 3
+) -> YtfFixture:
   """Writes `<out_dir>/aligned_images_DB/<Person>/<video>/aligned_detect_<video>.<frame>.jpg`.
 
   People alternate between 2 and 3 videos; every frame is a distinct LFW image of that person, and
@@ -114,8 +125,7 @@ def build_ytf_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path, *,
         stem = f'aligned_detect_{v}.{FIXTURE_FRAME_NUMBERS[f]}'
         shutil.copyfile(lfw_dir / name / files[v * frames_per_video + f], video_dir / f'{stem}.jpg')
         frames[video_id].append(f'{video_id}/{stem}')
-  same = [(vs[i], vs[j]) for vs in videos_of.values()
-          for i in range(len(vs)) for j in range(i + 1, len(vs))]
+  same = [(vs[i], vs[j]) for vs in videos_of.values() for i in range(len(vs)) for j in range(i + 1, len(vs))]
   names = list(videos_of)
   different = [(videos_of[a][0], videos_of[b][-1]) for a, b in zip(names, names[1:] + names[:1])]
   num_folds, same_per_fold = 2, 2
@@ -144,16 +154,22 @@ class MegafaceFixture:
     distractors: distractor paths relative to megaface_images, as listed for `set_size`.
     set_size: the distractor set size whose list file was written.
   """
+
   root: pathlib.Path
   probes: Dict[str, List[str]]
   distractors: List[str]
   set_size: int
 
 
-def build_megaface_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path, *,
-                                    num_probe_identities: int = 3, images_per_probe: int = 3,
-                                    set_size: int = 10,
-                                    write_probe_list: bool = True) -> MegafaceFixture:
+def build_megaface_fixture_from_lfw(
+  lfw_dir: pathlib.Path,
+  out_dir: pathlib.Path,
+  *,
+  num_probe_identities: int = 3,
+  images_per_probe: int = 3,
+  set_size: int = 10,
+  write_probe_list: bool = True,
+) -> MegafaceFixture:
   """Writes probes (LFW people with several images) and distractors (single-image LFW people).
 
   Distractors go to `megaface_images/<NNN>/<NNNNN>@N00/<file>.jpg`, echoing MegaFace's nested Flickr
@@ -161,16 +177,14 @@ def build_megaface_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path
   list `facescrub_features_list.json` is written when `write_probe_list`.
   """
   probes: Dict[str, List[str]] = {}
-  for name, files in lfw_people_with(lfw_dir, min_images=images_per_probe,
-                                     count=num_probe_identities, skip=1):
+  for name, files in lfw_people_with(lfw_dir, min_images=images_per_probe, count=num_probe_identities, skip=1):
     (out_dir / 'facescrub_images' / name).mkdir(parents=True)
     probes[name] = []
     for file in files[:images_per_probe]:
       shutil.copyfile(lfw_dir / name / file, out_dir / 'facescrub_images' / name / file)
       probes[name].append(f'{name}/{file}')
   distractors = []
-  for i, (name, files) in enumerate(lfw_people_with(lfw_dir, min_images=1, max_images=1,
-                                                     count=set_size)):
+  for i, (name, files) in enumerate(lfw_people_with(lfw_dir, min_images=1, max_images=1, count=set_size)):
     relative = f'{i // 4:03d}/{i:05d}@N00/{files[0]}'
     (out_dir / 'megaface_images' / relative).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(lfw_dir / name / files[0], out_dir / 'megaface_images' / relative)
@@ -181,7 +195,8 @@ def build_megaface_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path
   if write_probe_list:
     listed = [(n, p) for n, ps in probes.items() for p in ps]
     (lists / 'facescrub_features_list.json').write_text(
-        json.dumps({'id': [n for n, _ in listed], 'path': [p for _, p in listed]}))
+      json.dumps({'id': [n for n, _ in listed], 'path': [p for _, p in listed]})
+    )
   return MegafaceFixture(out_dir, probes, distractors, set_size)
 
 
@@ -191,7 +206,7 @@ def build_megaface_fixture_from_lfw(lfw_dir: pathlib.Path, out_dir: pathlib.Path
 def write_truncated_jpeg(src_jpg: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
   """The first half of a real JPEG: valid header, scan data cut off."""
   data = src_jpg.read_bytes()
-  dst.write_bytes(data[:len(data) // 2])
+  dst.write_bytes(data[: len(data) // 2])
   return dst
 
 
@@ -201,7 +216,7 @@ def write_corrupt_jpeg(src_jpg: pathlib.Path, dst: pathlib.Path) -> pathlib.Path
   dqt = data.find(b'\xff\xdb')
   if dqt < 0:
     raise ValueError(f'{src_jpg} has no DQT segment')
-  data[dqt + 2:dqt + 4] = b'\x00\x01'
+  data[dqt + 2 : dqt + 4] = b'\x00\x01'
   dst.write_bytes(bytes(data))
   return dst
 

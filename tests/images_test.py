@@ -1,11 +1,11 @@
 """Tests for mir_jax.images: every mode decodes to uint8 RGB, every bad file fails naming itself."""
 
+import fixtures
 import numpy as np
 from PIL import Image
 from PIL import ImageFile
 import pytest
 
-import fixtures
 from mir_jax import images
 
 LFW_DIR = fixtures.lfw_images_dir()
@@ -85,14 +85,17 @@ def test_exif_orientation_is_applied_only_on_request(src, tmp_path):
   assert images.load_rgb(path, exif_transpose=True).shape[:2] == (w, h)
 
 
-@pytest.mark.parametrize('build,phrase', [
+@pytest.mark.parametrize(
+  'build,phrase',
+  [
     (lambda s, d: fixtures.write_truncated_jpeg(s, d / 'truncated.jpg'), 'truncated'),
     (lambda s, d: fixtures.write_corrupt_jpeg(s, d / 'corrupt.jpg'), 'corrupt'),
     (lambda s, d: fixtures.write_garbage_after_jpeg_signature(s, d / 'garbage.jpg'), 'corrupt'),
     (lambda s, d: fixtures.write_zero_byte(d / 'empty.jpg'), 'empty'),
     (lambda s, d: fixtures.write_text_as_jpg(d / 'text.jpg'), 'not a recognised image'),
     (lambda s, d: d / 'missing.jpg', 'does not exist'),
-])
+  ],
+)
 def test_bad_files_raise_image_error_naming_the_file(src, tmp_path, build, phrase):
   path = build(src, tmp_path)
   with pytest.raises(images.ImageError) as info:

@@ -48,9 +48,16 @@ def test_matches_torch_on_every_small_size(kernel, ceil_mode, channels_last):
 
 def test_matches_torch_on_mtcnn_sizes():
   # LFW's 250x250 images through P-Net's pyramid (first pool sees conv1's output), and R/O-Net crops.
-  for shape, kernel in [((16, 10, 148, 148), 2), ((16, 10, 103, 103), 2), ((16, 10, 23, 23), 2),
-                        ((40, 28, 22, 22), 3), ((40, 48, 9, 9), 3), ((8, 32, 46, 46), 3),
-                        ((8, 64, 21, 21), 3), ((8, 64, 8, 8), 2)]:
+  for shape, kernel in [
+    ((16, 10, 148, 148), 2),
+    ((16, 10, 103, 103), 2),
+    ((16, 10, 23, 23), 2),
+    ((40, 28, 22, 22), 3),
+    ((40, 48, 9, 9), 3),
+    ((8, 32, 46, 46), 3),
+    ((8, 64, 21, 21), 3),
+    ((8, 64, 8, 8), 2),
+  ]:
     x = torch.randn(*shape)
     for layout in (torch.contiguous_format, torch.channels_last):
       x = x.contiguous(memory_format=layout)
@@ -66,11 +73,11 @@ def test_too_small_input_gets_torchs_error():
 
 def test_replaces_only_plain_pools():
   net = torch.nn.Sequential(
-      torch.nn.MaxPool2d(3, 2, ceil_mode=True),
-      torch.nn.Sequential(torch.nn.MaxPool2d(2, 2)),
-      torch.nn.MaxPool2d(3, 2, padding=1),
-      torch.nn.MaxPool2d(3, 2, return_indices=True),
-      torch.nn.MaxPool2d((3, 2), 2),
+    torch.nn.MaxPool2d(3, 2, ceil_mode=True),
+    torch.nn.Sequential(torch.nn.MaxPool2d(2, 2)),
+    torch.nn.MaxPool2d(3, 2, padding=1),
+    torch.nn.MaxPool2d(3, 2, return_indices=True),
+    torch.nn.MaxPool2d((3, 2), 2),
   )
   assert max_pool.replace_max_pools(net) == 2
   assert isinstance(net[0], max_pool.MaxPool2d) and net[0].ceil_mode
@@ -82,6 +89,7 @@ def test_replaces_only_plain_pools():
 def mtcnn_nets():
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
   from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
+
   mtcnn = MTCNN(keep_all=True, device='cpu').eval()
   swapped = copy.deepcopy(mtcnn)
   assert max_pool.replace_max_pools(swapped) == 6  # P-Net 1, R-Net 2, O-Net 3
@@ -90,6 +98,7 @@ def mtcnn_nets():
 
 def _lfw_tensor(size):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   lfw = fixtures.require_lfw_images()
   names = ['George_W_Bush/George_W_Bush_0001.jpg', 'Serena_Williams/Serena_Williams_0002.jpg']
   ims = [np.asarray(Image.open(lfw / n).convert('RGB').resize((size, size), Image.BILINEAR)) for n in names]
@@ -114,7 +123,9 @@ def test_mtcnn_networks_give_identical_outputs(mtcnn_nets):
 
 def test_aligner_boxes_unchanged_on_lfw():
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
-  from mir_jax import align, images  # pylint: disable=g-import-not-at-top
+  from mir_jax import align  # pylint: disable=g-import-not-at-top
+  from mir_jax import images  # pylint: disable=g-import-not-at-top
+
   lfw = fixtures.require_lfw_images()
   paths = sorted(lfw.glob('*/*_0001.jpg'))[::97][:32]
   ims = [images.load_rgb(p) for p in paths]

@@ -1,8 +1,8 @@
 """Tests for the seeded identity choice and the PCA figure (Figs. 2-3)."""
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from figures import pca
 from mir_jax.evaluators import separation
@@ -33,8 +33,9 @@ def test_choose_identities_is_deterministic_per_seed():
   np.testing.assert_array_equal(a.identities, b.identities)
   np.testing.assert_array_equal(a.indices, b.indices)
   # Different seeds do not all give the same choice (4 eligible identities, 7+ photos for some).
-  choices = {(tuple(s.identities), tuple(s.indices.ravel()))
-             for s in (pca.choose_identities(labels, seed) for seed in range(10))}
+  choices = {
+    (tuple(s.identities), tuple(s.indices.ravel())) for s in (pca.choose_identities(labels, seed) for seed in range(10))
+  }
   assert len(choices) > 1
 
 
@@ -52,8 +53,14 @@ def test_pca_figure_writes_valid_files_and_returns_separation(tmp_path):
   original = rng.normal(size=(10, 16)) + 0.8 * np.eye(16)[labels]
   mir = original + 3.0 * np.eye(16)[labels]
   names = {3: 'Ann Example', 8: 'Bo Example'}
-  out = pca.pca_figure(original, mir, labels, names, str(tmp_path / 'figs' / 'fig2_3'),
-                       'Two identities, five test images each; chosen by rule X (seed 0).')
+  out = pca.pca_figure(
+    original,
+    mir,
+    labels,
+    names,
+    str(tmp_path / 'figs' / 'fig2_3'),
+    'Two identities, five test images each; chosen by rule X (seed 0).',
+  )
   with open(out['png'], 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with Image.open(out['png']) as im:

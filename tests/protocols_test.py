@@ -127,8 +127,13 @@ def _video_set(videos=None, seed=0, frame_ids=None):
         video_ids.append(f'{person}/{v}')
         image_ids.append(f'{person}/{v}/{f}')
   order = rng.permutation(len(labels))
-  return embedding_sets.EmbeddingSet(_traced(len(labels), seed=seed), np.asarray(labels, np.int32)[order], names,
-                           image_ids=np.asarray(image_ids)[order], video_ids=np.asarray(video_ids)[order])
+  return embedding_sets.EmbeddingSet(
+    _traced(len(labels), seed=seed),
+    np.asarray(labels, np.int32)[order],
+    names,
+    image_ids=np.asarray(image_ids)[order],
+    video_ids=np.asarray(video_ids)[order],
+  )
 
 
 def _held_out(task, vids, seed_index):
@@ -206,8 +211,9 @@ def test_ytf_frames_per_video_keeps_first_frames_by_image_id():
 
 def test_ytf_frames_per_video_uses_numeric_frame_order_of_real_ytf_ids():
   # Image ids as mir_jax.datasets.ytf.read_ytf writes them; frame 9 is the first frame of each video.
-  ds = _video_set({'alice': [3, 3], 'bob': [3, 3]},
-                  frame_ids=lambda n: [f'aligned_detect_1.{f}' for f in (9, 10, 100)[:n]])
+  ds = _video_set(
+    {'alice': [3, 3], 'bob': [3, 3]}, frame_ids=lambda n: [f'aligned_detect_1.{f}' for f in (9, 10, 100)[:n]]
+  )
   task = protocols.ytf_frames(ds, seeds=[0], frames_per_video=1)
   kept = ds.image_ids[_origin(task.x)]
   assert all(i.endswith('.9') for i in kept), kept
@@ -248,15 +254,17 @@ def test_lfw_distractors_partitions_identities_by_count():
   assert task.head_labels.dtype == np.int32
   assert sorted(set(task.head_labels.tolist())) == list(range(len(head_ids)))
   assert task.head_class_names == [ds.class_names[i] for i in head_ids]
-  assert [task.head_class_names[l] for l in task.head_labels] == [ds.class_names[l]
-                                                                  for l in ds.labels[head_rows]]
+  assert [task.head_class_names[l] for l in task.head_labels] == [ds.class_names[l] for l in ds.labels[head_rows]]
 
 
-@pytest.mark.parametrize('counts', [
+@pytest.mark.parametrize(
+  'counts',
+  [
     [10, 12, 2, 5],  # no distractor
     [1, 1, 2, 5],  # no probe
     [1, 1, 10, 12],  # no head identity
-])
+  ],
+)
 def test_lfw_distractors_missing_category_raises(counts):
   with pytest.raises(ValueError, match='lfw_distractors needs identities'):
     protocols.lfw_distractors(_identity_set(counts))
@@ -290,8 +298,7 @@ def test_megaface_uses_roles_and_a_separate_head():
   head_rows = _origin(task.head_x)
   assert sorted(head_rows.tolist()) == np.flatnonzero(head.labels != 1).tolist()
   assert sorted(set(task.head_labels.tolist())) == [0, 1, 2]
-  assert [task.head_class_names[l] for l in task.head_labels] == [head.class_names[l]
-                                                                  for l in head.labels[head_rows]]
+  assert [task.head_class_names[l] for l in task.head_labels] == [head.class_names[l] for l in head.labels[head_rows]]
 
 
 def test_megaface_refuses_head_sharing_a_probe_identity():
@@ -340,11 +347,11 @@ def test_ytf_pairs_looks_up_video_means():
   videos, means = _direct_means(ds.x, ds.video_ids)
   mean_of = dict(zip(videos, means))
   pairs = [
-      ytf.VideoPair(0, 'alice/1', 'alice/3', True),
-      ytf.VideoPair(0, 'bob/2', 'nobody/1', False),  # missing second video
-      ytf.VideoPair(1, 'carol/1', 'dave/2', False),
-      ytf.VideoPair(2, 'ghost/4', 'dave/1', True),  # missing first video
-      ytf.VideoPair(2, 'dave/1', 'dave/2', True),
+    ytf.VideoPair(0, 'alice/1', 'alice/3', True),
+    ytf.VideoPair(0, 'bob/2', 'nobody/1', False),  # missing second video
+    ytf.VideoPair(1, 'carol/1', 'dave/2', False),
+    ytf.VideoPair(2, 'ghost/4', 'dave/1', True),  # missing first video
+    ytf.VideoPair(2, 'dave/1', 'dave/2', True),
   ]
   present = [p for p in pairs if p.video_a in mean_of and p.video_b in mean_of]
   a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)

@@ -10,9 +10,9 @@ import json
 import subprocess
 import sys
 
+import fixtures
 import pytest
 
-import fixtures
 from experiments.configs import regression as regression_config
 from mir_jax import paths
 from mir_jax.cache import lookup

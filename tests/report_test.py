@@ -24,26 +24,38 @@ def _t2_half_width(values):
 
 def _table(rule=report.VerdictRule()):
   return report.Table(
-      title='Toy table',
-      columns=['LFW', 'MegaFace'],
-      rows=[
-          report.Row('MIR (a)', {
-              'LFW': report.Cell(values=(90.0, 92.0, 94.0), seeds=(0, 1, 2), metric='Ac', paper=96.0,
-                                 paper_metric='Ac'),
-              'MegaFace': report.data_not_supplied('MegaFace', 'set $MIR_DATA to a folder holding megaface/',
-                                                   paper=55.75),
-          }),
-          report.Row('original (b)', {
-              'LFW': report.Cell(values=(85.0, 88.0, 86.0), seeds=(0, 1, 2), metric='Ac', paper=99.65,
-                                 paper_metric='LFW verification accuracy'),
-              'MegaFace': report.Cell(paper=54.85, reason='data not supplied'),
-          }),
-          report.Row('DeepFace (b)', {'LFW': report.Cell(paper=97.35, reason='no public weights')},
-                     claim_only=True),
-      ],
-      directions=[report.Direction('MIR (a)', 'original (b)', 'LFW'),
-                  report.Direction('MIR (a)', 'original (b)', 'MegaFace')],
-      rule=rule, notes=['toy notes'])
+    title='Toy table',
+    columns=['LFW', 'MegaFace'],
+    rows=[
+      report.Row(
+        'MIR (a)',
+        {
+          'LFW': report.Cell(values=(90.0, 92.0, 94.0), seeds=(0, 1, 2), metric='Ac', paper=96.0, paper_metric='Ac'),
+          'MegaFace': report.data_not_supplied('MegaFace', 'set $MIR_DATA to a folder holding megaface/', paper=55.75),
+        },
+      ),
+      report.Row(
+        'original (b)',
+        {
+          'LFW': report.Cell(
+            values=(85.0, 88.0, 86.0),
+            seeds=(0, 1, 2),
+            metric='Ac',
+            paper=99.65,
+            paper_metric='LFW verification accuracy',
+          ),
+          'MegaFace': report.Cell(paper=54.85, reason='data not supplied'),
+        },
+      ),
+      report.Row('DeepFace (b)', {'LFW': report.Cell(paper=97.35, reason='no public weights')}, claim_only=True),
+    ],
+    directions=[
+      report.Direction('MIR (a)', 'original (b)', 'LFW'),
+      report.Direction('MIR (a)', 'original (b)', 'MegaFace'),
+    ],
+    rule=rule,
+    notes=['toy notes'],
+  )
 
 
 def test_cell_verdict_rule():
@@ -93,9 +105,15 @@ def test_direction_verdicts():
   assert report.direction_summary(t, t.directions[1])['verdict'] == report.NOT_HERE
 
   def direction(a, b, sa=(0, 1, 2), sb=(0, 1, 2)):
-    tab = report.Table('d', ['LFW'], [report.Row('a', {'LFW': report.Cell(values=a, seeds=sa)}),
-                                      report.Row('b', {'LFW': report.Cell(values=b, seeds=sb)})],
-                       [report.Direction('a', 'b', 'LFW')])
+    tab = report.Table(
+      'd',
+      ['LFW'],
+      [
+        report.Row('a', {'LFW': report.Cell(values=a, seeds=sa)}),
+        report.Row('b', {'LFW': report.Cell(values=b, seeds=sb)}),
+      ],
+      [report.Direction('a', 'b', 'LFW')],
+    )
     return report.direction_summary(tab, tab.directions[0])
 
   assert direction((1.0, 2.0, 3.0), (3.0, 4.0, 6.0))['reason'].startswith('reversed')
@@ -132,8 +150,9 @@ def test_json_round_trip_and_files(tmp_path):
   with open(paths['json'], encoding='utf-8') as f:
     data = json.load(f)
   assert report.from_json(data) == t
-  assert [r['verdict'] for r in data['summary']] == [report.cell_verdict(c, t.rule)[0] for r in t.rows
-                                                      for c in r.cells.values()]
+  assert [r['verdict'] for r in data['summary']] == [
+    report.cell_verdict(c, t.rule)[0] for r in t.rows for c in r.cells.values()
+  ]
   with open(paths['csv'], newline='', encoding='utf-8') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 5 and rows[0]['values'] == '90.0;92.0;94.0' and rows[1]['mean'] == ''
@@ -192,6 +211,7 @@ def test_paper_claims_notes_and_claim_only_tables():
   assert paper_claims.claim('I', 'DeepFace (b)', 'LFW').published.value == 97.35
   # Every paper backbone lacks weights here: none is a registered backbone of the suite.
   from mir_jax import backbones  # pylint: disable=g-import-not-at-top
+
   assert not any(b.public_weights_here for b in paper_claims.PAPER_BACKBONES.values())
   assert not set(paper_claims.PAPER_BACKBONES) & set(backbones.backbone_names())
   for table, n_rows in (('I', 8), ('II', 2)):
@@ -207,8 +227,12 @@ def test_paper_claims_notes_and_claim_only_tables():
 def test_a_head_that_did_not_converge_is_marked_in_its_cell_and_in_claims_on_it():
   ok = report.Cell([99.0, 99.2, 99.1], (0, 1, 2), 'Ac')
   stalled = report.Cell([80.0, 81.0, 79.0], (0, 1, 2), 'Ac', flag='not converged')
-  table = report.Table('T', ['LFW'], [report.Row('mir', {'LFW': stalled}), report.Row('single', {'LFW': ok})],
-                       [report.Direction('single', 'mir', 'LFW'), report.Direction('mir', 'single', 'LFW')])
+  table = report.Table(
+    'T',
+    ['LFW'],
+    [report.Row('mir', {'LFW': stalled}), report.Row('single', {'LFW': ok})],
+    [report.Direction('single', 'mir', 'LFW'), report.Direction('mir', 'single', 'LFW')],
+  )
   summary = report.render_summary(table)
   assert re.search(r'\| mir \| 80\.00 ± 1\.00 \(NOT CONVERGED\) \|', summary)
   assert re.search(r'\| single \| 99\.10 ± 0\.10 \|', summary)  # no mark where the rule was met

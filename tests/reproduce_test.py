@@ -30,8 +30,9 @@ def lfw_like(seed=0, dim=16):
   x = centres[labels] + 0.6 * rng.normal(size=(labels.size, dim)) + 2.0 * rng.normal(size=dim)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   names = [f'person_{i:02d}' for i in range(len(counts))]
-  return embedding_sets.EmbeddingSet(x.astype(np.float32), labels.astype(np.int32), names,
-                           np.asarray([f'{names[l]}/{i}' for i, l in enumerate(labels)]))
+  return embedding_sets.EmbeddingSet(
+    x.astype(np.float32), labels.astype(np.int32), names, np.asarray([f'{names[l]}/{i}' for i, l in enumerate(labels)])
+  )
 
 
 class SyntheticEmbeddings:
@@ -126,8 +127,10 @@ def test_table1_anchor_rows_for_the_measured_backbone_only(built):
   _, tables, _, _ = built
   t = tables['table1']
   anchors = [r for r in t.rows if r.name.endswith('(anchor)')]
-  assert [r.name for r in anchors] == ['fake (b) features, cosine 1-NN (anchor)',
-                                       'fake (b) features, logistic regression (anchor)']
+  assert [r.name for r in anchors] == [
+    'fake (b) features, cosine 1-NN (anchor)',
+    'fake (b) features, logistic regression (anchor)',
+  ]
   single = _cell(t, 'fake (b) [tuned]', 'LFW')
   for r in anchors:
     assert list(r.cells) == ['LFW'] and r.cells['LFW'].seeds == single.seeds and len(r.cells['LFW'].values) == 3
@@ -143,16 +146,23 @@ def test_tuning_is_stored_and_reused(built):
   again = synthetic_context(tiny_config(tmp_path), output_dir=str(tmp_path / 'out2'))
   t2 = table2.build(again)
   assert not any(k.startswith('tune ') for k in again.timings)  # read back, not re-tuned
-  assert (_cell(t2, 'fake Single-Task [tuned]', 'LFW').values
-          == _cell(tables['table2'], 'fake Single-Task [tuned]', 'LFW').values)
+  assert (
+    _cell(t2, 'fake Single-Task [tuned]', 'LFW').values
+    == _cell(tables['table2'], 'fake Single-Task [tuned]', 'LFW').values
+  )
 
 
 def test_ablations_one_change_at_a_time(built):
   _, tables, _, _ = built
   names = [r.name for r in tables['ablations'].rows if r.name.startswith('fake [tuned]')]
   assert names[:2] == ['fake [tuned] single-task (reference)', 'fake [tuned] base (paper-literal model)']
-  assert {'fake [tuned] commonality_dim = d', 'fake [tuned] subtract_from = hidden', 'fake [tuned] center = True',
-          'fake [tuned] lambda = 0.1', 'fake [tuned] optimizer = sgd'} <= set(names)
+  assert {
+    'fake [tuned] commonality_dim = d',
+    'fake [tuned] subtract_from = hidden',
+    'fake [tuned] center = True',
+    'fake [tuned] lambda = 0.1',
+    'fake [tuned] optimizer = sgd',
+  } <= set(names)
   notes = {r.name: r.note for r in tables['ablations'].rows}
   assert 'vs base' in notes['fake [tuned] optimizer = sgd']
   assert 'optimizer=sgd' in notes['fake [tuned] optimizer = sgd']

@@ -13,19 +13,19 @@ without the manual dirs (or without the caches) the cells say how to supply the 
 
 import shutil
 
+import fixtures
 import numpy as np
 import pytest
 
-import fixtures
 from experiments.configs import reproduce as reproduce_config
 from mir_jax import embedding_sets
 from mir_jax import protocols
 from mir_jax.cache import lookup
 from mir_jax.cache import reader
 from mir_jax.cache import writer
-from mir_jax.evaluators import verification
 from mir_jax.datasets import ytf as ytf_reader
 from mir_jax.evaluators import identification
+from mir_jax.evaluators import verification
 from mir_jax.evaluators import ytf_pairs
 from reproduce import context
 from reproduce import table1
@@ -43,6 +43,7 @@ FILLER_PERSON = 'Absent_Fixture_Person'
 def _has_dlib_backbone() -> bool:
   try:
     from mir_jax import backbones  # pylint: disable=g-import-not-at-top
+
     backbones.get_backbone(BACKBONE)
     return True
   except Exception:  # pylint: disable=broad-except
@@ -72,15 +73,26 @@ def _write_official_count_splits(pairs, path):
 def _embed(dataset, manual_dir, data_dir, reader_kwargs=None):
   """What `python -m mir_jax.embed --dataset=<dataset> --backbone=dlib-resnet --manual_dir=<dir>
   --data_dir=<dir> [--reader_option=k=v]` does (in this process, without worker processes)."""
-  records, spec, pipeline, model = lookup.prepare(dataset, BACKBONE, manual_dir=manual_dir,
-                                                  reader_kwargs=reader_kwargs, num_workers=0)
-  result = writer.build(records, spec, pipeline, data_dir=data_dir, backbone=model, num_workers=0,
-                        progress=False, description=f'{dataset} fixture embedded with {BACKBONE}')
+  records, spec, pipeline, model = lookup.prepare(
+    dataset, BACKBONE, manual_dir=manual_dir, reader_kwargs=reader_kwargs, num_workers=0
+  )
+  result = writer.build(
+    records,
+    spec,
+    pipeline,
+    data_dir=data_dir,
+    backbone=model,
+    num_workers=0,
+    progress=False,
+    description=f'{dataset} fixture embedded with {BACKBONE}',
+  )
   info = reader.read_info(result.directory)
   assert info['num_bad_images'] == 0 and info['num_embedded'] == len(records)
   # The reproduce commands find the cache from the same flags.
-  assert lookup.find_cache(dataset, BACKBONE, data_dir=data_dir, manual_dir=manual_dir,
-                           reader_kwargs=reader_kwargs) == result.directory
+  assert (
+    lookup.find_cache(dataset, BACKBONE, data_dir=data_dir, manual_dir=manual_dir, reader_kwargs=reader_kwargs)
+    == result.directory
+  )
   return result.directory
 
 
@@ -121,8 +133,9 @@ def built(tmp_path_factory):
   data_dir = tmp / 'data_cache_fixture'
 
   # YTF: the builder's tree, whose own splits.txt has 2 splits x (2 + 2) pairs ...
-  ytf = fixtures.build_ytf_fixture_from_lfw(lfw, tmp / 'ytf_fixture', num_people=YTF_PEOPLE,
-                                           frames_per_video=FRAMES_PER_VIDEO)
+  ytf = fixtures.build_ytf_fixture_from_lfw(
+    lfw, tmp / 'ytf_fixture', num_people=YTF_PEOPLE, frames_per_video=FRAMES_PER_VIDEO
+  )
   # ... and the same frames beside a splits.txt with the official counts (see _write_official_count_splits).
   official = tmp / 'ytf_fixture_official_counts'
   shutil.copytree(ytf.root / ytf_reader.FRAMES_SUBDIR, official / ytf_reader.FRAMES_SUBDIR)
@@ -139,14 +152,23 @@ def built(tmp_path_factory):
 
   # The cache key holds the reader options, not the manual dir: one YTF cache serves both YTF roots.
   directories = {
-      'ytf': _embed('ytf', official, data_dir),
-      'megaface': _embed('megaface', megaface.root, data_dir, {'set_size': MEGAFACE_SET_SIZE}),
-      'folder': _embed('folder', head_dir, data_dir),
+    'ytf': _embed('ytf', official, data_dir),
+    'megaface': _embed('megaface', megaface.root, data_dir, {'set_size': MEGAFACE_SET_SIZE}),
+    'folder': _embed('folder', head_dir, data_dir),
   }
   assert lookup.find_cache('ytf', BACKBONE, data_dir=data_dir, manual_dir=ytf.root) == directories['ytf']
   config = _config(tmp, data_dir, official, megaface.root, head_dir)
-  return {'tmp': tmp, 'ytf': ytf, 'ytf_official': official, 'megaface': megaface, 'head_dir': head_dir,
-          'data_dir': data_dir, 'directories': directories, 'config': config, 'cells': _table_cells(config)}
+  return {
+    'tmp': tmp,
+    'ytf': ytf,
+    'ytf_official': official,
+    'megaface': megaface,
+    'head_dir': head_dir,
+    'data_dir': data_dir,
+    'directories': directories,
+    'config': config,
+    'cells': _table_cells(config),
+  }
 
 
 def _assert_measured(cell, *metric_words):
@@ -189,8 +211,12 @@ def test_megaface_b_equals_direct_rank1(built):
   probe, distractor = roles == 'probe', roles == 'distractor'
   megaface = built['megaface']
   assert probe.sum() == sum(map(len, megaface.probes.values())) and distractor.sum() == MEGAFACE_SET_SIZE
-  expected = 100 * identification.megaface_rank1(ds.x[probe], ds.labels[probe], ds.x[distractor], max_rank=1,
-                                                  dtype=np.float32)['rank1']
+  expected = (
+    100
+    * identification.megaface_rank1(ds.x[probe], ds.labels[probe], ds.x[distractor], max_rank=1, dtype=np.float32)[
+      'rank1'
+    ]
+  )
   assert built['cells']['b']['MegaFace'].values == pytest.approx([expected] * len(SEEDS), abs=1e-9)
 
 
@@ -220,8 +246,10 @@ def test_without_caches_the_cells_say_how_to_build_them(built):
       assert not cells[w][column].values and 'not supplied' in cells[w][column].reason
     assert 'does not exist' in cells[w]['YTF'].note and 'does not exist' in cells[w]['MegaFace'].note
     assert f'python -m mir_jax.embed --dataset=ytf --backbone={BACKBONE}' in cells[w]['YTF'].reason
-    assert (f'python -m mir_jax.embed --dataset=megaface --backbone={BACKBONE}' in cells[w]['MegaFace'].reason
-            and f'--reader_option=set_size={MEGAFACE_SET_SIZE}' in cells[w]['MegaFace'].reason)
+    assert (
+      f'python -m mir_jax.embed --dataset=megaface --backbone={BACKBONE}' in cells[w]['MegaFace'].reason
+      and f'--reader_option=set_size={MEGAFACE_SET_SIZE}' in cells[w]['MegaFace'].reason
+    )
 
 
 def test_without_caches_the_note_holds_the_exact_embed_command(built):
@@ -235,8 +263,9 @@ def test_builder_splits_file_is_accepted(built):
   ytf = built['ytf']
   assert ytf_pairs.splits_file(str(ytf.root)) == str(ytf.splits_path)
   # The builder's splits file is valid YTF format with its own counts ...
-  assert len(ytf_reader.read_splits(ytf.splits_path, root=ytf.root, num_folds=ytf.num_folds,
-                                    same_per_fold=ytf.same_per_fold)) == len(ytf.pairs)
+  assert len(
+    ytf_reader.read_splits(ytf.splits_path, root=ytf.root, num_folds=ytf.num_folds, same_per_fold=ytf.same_per_fold)
+  ) == len(ytf.pairs)
   # ... which the table refuses with the official counts, as a cell with the reason, not a crash ...
   config = built['config'].copy_and_resolve_references()
   config.ytf.manual_dir = str(ytf.root)

@@ -5,12 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from mir_jax import choice_store
 from mir_jax import embedding_sets
 from mir_jax import engine
-from mir_jax import choice_store
+from mir_jax import protocols
 from mir_jax import readings
 from mir_jax import train
-from mir_jax import protocols
 from mir_jax import tuning
 
 
@@ -24,7 +24,8 @@ def test_readings():
   lit = readings.literal_reading(steps=300)
   assert lit.name == 'paper-literal'
   assert {s: (v.learning_rate, v.l2, v.steps) for s, v in lit.settings.items()} == {
-      s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES}
+    s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES
+  }
   choice = tuning.Choice('joint', 0.03, 1e-4, 200, 0.9, {})
   tuned = readings.tuned_reading({'joint': choice}, 'x.json', 'warmup_cosine')
   assert tuned.setting('joint') == readings.Setting(0.03, 1e-4, 200)
@@ -39,7 +40,11 @@ def test_train_classification_reports_per_schedule_and_seed(task):
   reading = readings.Reading('r', {'joint': readings.Setting(3e-2, 0.0, 60), 'single': readings.Setting(3e-2, 0.0, 40)})
   runs = train.train_heads(task, ['joint', 'single'], reading, opts)
   assert [(r.schedule, r.seed, r.steps) for r in runs.runs] == [
-      ('joint', 0, 60), ('joint', 1, 60), ('single', 0, 40), ('single', 1, 40)]
+    ('joint', 0, 60),
+    ('joint', 1, 60),
+    ('single', 0, 40),
+    ('single', 1, 40),
+  ]
   assert runs.opts.steps == 60
   for s in ('joint', 'single'):
     assert runs.accuracy[s].shape == (2,) and runs.correct[s].shape == (2, task.test_idx.shape[1])
@@ -68,8 +73,20 @@ def test_character_features(task):
 
 
 def test_stored_choices_roundtrip_and_context(tmp_path):
-  choices = {'joint': tuning.Choice('joint', 0.1, 0.0, 300, 0.97, {'(0.1, 0)': {'150': 0.5, '300': 0.97}},
-                                    False, 0.01, ('learning rate 0.3 added above 0.1',), 'the largest L2')}
+  choices = {
+    'joint': tuning.Choice(
+      'joint',
+      0.1,
+      0.0,
+      300,
+      0.97,
+      {'(0.1, 0)': {'150': 0.5, '300': 0.97}},
+      False,
+      0.01,
+      ('learning rate 0.3 added above 0.1',),
+      'the largest L2',
+    )
+  }
   path = str(tmp_path / 'sub' / 'c.json')
   context = {'data': 'lfw', 'grid': {'lr': (0.1, 0.3)}}
   choice_store.save(path, choices, context)
@@ -84,8 +101,7 @@ def test_stored_choices_roundtrip_and_context(tmp_path):
 def test_train_classification_records_final_training_loss_and_accuracy(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
   short = train.train_heads(task, ['single'], readings.literal_reading(steps=5), opts)
-  long = train.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}),
-                                    opts)
+  long = train.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}), opts)
   assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
   assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()
   assert (long.train_accuracy['single'] > short.train_accuracy['single']).all()

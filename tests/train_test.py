@@ -19,21 +19,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def npz(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('data') / 'synthetic.npz')
-  embedding_sets.save_npz(path, embedding_sets.synthetic_identities(num_classes=10, per_class=8, dim=128, seed=1, spread=2.0))
+  embedding_sets.save_npz(
+    path, embedding_sets.synthetic_identities(num_classes=10, per_class=8, dim=128, seed=1, spread=2.0)
+  )
   return path
 
 
 def test_cli_trains_and_writes_metrics_and_checkpoint(npz, tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.run(
-      [sys.executable, '-m', 'mir_jax.train', '--config=experiments/configs/test_tiny.py',
-       f'--config.data.source={npz}', '--config.train.seed=5', f'--workdir={workdir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'mir_jax.train',
+      '--config=experiments/configs/test_tiny.py',
+      f'--config.data.source={npz}',
+      '--config.train.seed=5',
+      f'--workdir={workdir}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'test Ac' in proc.stdout
   metrics = json.loads((workdir / 'metrics.json').read_text())
   assert [(r['schedule'], r['seed']) for r in metrics['runs']] == [
-      (s, seed) for s in ('joint', 'alternating', 'single') for seed in (5, 6)]
+    (s, seed) for s in ('joint', 'alternating', 'single') for seed in (5, 6)
+  ]
   assert metrics['num_classes'] == 10 and metrics['dim'] == 128
   for run in metrics['runs']:
     assert run['loss_curve'][-1] < run['loss_curve'][0]
@@ -43,8 +57,12 @@ def test_cli_trains_and_writes_metrics_and_checkpoint(npz, tmp_path):
   full = embedding_sets.load(npz)
   logits = checkpoint.predict(str(workdir / 'checkpoint'), full.x)
   train_acc = np.mean(np.argmax(logits, -1) == full.labels[None], axis=1)
-  reported = np.array([(r['train_accuracy'] * metrics['num_train'] + r['test_accuracy'] * metrics['num_test'])
-                       / metrics['num_examples'] for r in metrics['runs']])
+  reported = np.array(
+    [
+      (r['train_accuracy'] * metrics['num_train'] + r['test_accuracy'] * metrics['num_test']) / metrics['num_examples']
+      for r in metrics['runs']
+    ]
+  )
   np.testing.assert_allclose(train_acc, reported, atol=1e-6)
 
 

@@ -36,10 +36,12 @@ def _split(ds, seeds=(0, 1)):
 def test_choose_prefers_the_setting_that_fits_and_records_curves():
   ds = embedding_sets.synthetic_identities(8, per_class=16, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
-  grid = _grid(learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400,
-                     max_extensions=0, tuning_seeds=2)
-  choices = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['joint', 'single'],
-                          grid, seeds)
+  grid = _grid(
+    learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400, max_extensions=0, tuning_seeds=2
+  )
+  choices = tuning.choose(
+    ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['joint', 'single'], grid, seeds
+  )
   for schedule, choice in choices.items():
     # lr 1e-5 cannot move a softmax head in 400 steps: validation accuracy must pick 3e-2.
     assert choice.learning_rate == 3e-2, (schedule, choice)
@@ -65,8 +67,9 @@ def _slow_task():
 @pytest.mark.parametrize('max_steps, converged', [(400, False), (12800, True)])
 def test_the_rule_rejects_a_fixed_cap_that_stops_a_head_while_it_learns(max_steps, converged):
   ds, train_idx, seeds = _slow_task()
-  grid = _grid(learning_rates=(3e-3,), l2s=(0.0,), first_steps=50, max_steps=max_steps, tolerance=0.02,
-                     max_extensions=0)
+  grid = _grid(
+    learning_rates=(3e-3,), l2s=(0.0,), first_steps=50, max_steps=max_steps, tolerance=0.02, max_extensions=0
+  )
   opts = engine.StaticOptions(num_classes=10, batch_size=64, lr_schedule='warmup_cosine')
   choice = tuning.choose(ds.x, ds.labels, train_idx, opts, ['joint'], grid, seeds)['joint']
   assert choice.converged is converged, choice
@@ -84,8 +87,9 @@ def test_a_choice_on_the_edge_of_the_learning_rate_grid_extends_it():
   ds = embedding_sets.synthetic_identities(8, per_class=64, dim=16, seed=2, spread=2.0)
   train_idx, seeds = _split(ds)
   grid = _grid(learning_rates=(1e-4, 3e-4), l2s=(0.0,), first_steps=50, max_steps=400, max_extensions=2)
-  choice = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['single'], grid,
-                         seeds)['single']
+  choice = tuning.choose(ds.x, ds.labels, train_idx, engine.StaticOptions(num_classes=8), ['single'], grid, seeds)[
+    'single'
+  ]
   # 3e-4 is far too small for 400 steps, so the largest rate wins and the grid grows above it, by its own
   # ratio (3x), until the choice is inside or the extensions are spent; the record says which.
   assert choice.extended[0] == 'learning rate 0.0009 added above 0.0003'
@@ -120,10 +124,17 @@ def test_grid_budgets_double_up_to_the_maximum():
 @pytest.mark.parametrize('prefer_converged', [True, False])
 def test_a_point_still_climbing_at_the_maximum_is_not_chosen_over_one_that_converged(prefer_converged):
   # lr 0.1 is still gaining at the 3,200-step maximum; lr 0.3 met the rule at 400 steps, 2 points lower.
-  grid = _grid(learning_rates=(0.1, 0.3), l2s=(0.0,), first_steps=400, max_steps=3200,
-                     prefer_converged=prefer_converged)
-  acc = {('joint', 0.1, 0.0, 400): 0.80, ('joint', 0.1, 0.0, 800): 0.85, ('joint', 0.1, 0.0, 1600): 0.88,
-         ('joint', 0.1, 0.0, 3200): 0.90, ('joint', 0.3, 0.0, 400): 0.88, ('joint', 0.3, 0.0, 800): 0.878}
+  grid = _grid(
+    learning_rates=(0.1, 0.3), l2s=(0.0,), first_steps=400, max_steps=3200, prefer_converged=prefer_converged
+  )
+  acc = {
+    ('joint', 0.1, 0.0, 400): 0.80,
+    ('joint', 0.1, 0.0, 800): 0.85,
+    ('joint', 0.1, 0.0, 1600): 0.88,
+    ('joint', 0.1, 0.0, 3200): 0.90,
+    ('joint', 0.3, 0.0, 400): 0.88,
+    ('joint', 0.3, 0.0, 800): 0.878,
+  }
   climbed = {('joint', 0.1, 0.0): (3200, False), ('joint', 0.3, 0.0): (400, True)}
   v = types.SimpleNamespace(acc=acc, grid=grid)
   choice = tuning._best(v, 'joint', [0.1, 0.3], [0.0], climbed, [])  # pylint: disable=protected-access
@@ -135,10 +146,13 @@ def test_a_point_still_climbing_at_the_maximum_is_not_chosen_over_one_that_conve
     assert choice.better_unconverged is None
 
 
-@pytest.mark.parametrize('curve, converged', [
+@pytest.mark.parametrize(
+  'curve, converged',
+  [
     ({250: 0.59, 500: 0.594, 1000: 0.66, 2000: 0.99, 4000: 0.992, 8000: 0.99}, (2000, True)),  # a pause first
     ({250: 0.98, 500: 0.993, 1000: 0.967, 2000: 0.97, 4000: 0.96, 8000: 0.97}, (8000, False)),  # a lucky budget
-])
+  ],
+)
 def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
   # A pause (0.59 -> 0.594) passes one doubling; a drop (0.993 -> 0.967) passes a one-sided rule.
   grid = _grid(learning_rates=(0.1,), l2s=(0.0,), first_steps=250, max_steps=8000, prune_margin=1.0)
@@ -154,6 +168,7 @@ def test_the_rule_needs_two_doublings_in_both_directions(curve, converged):
 def _choose_on_fake_curves(monkeypatch, accuracy, grid):
   """`tuning.choose` for one joint schedule where each (schedule, lr, l2, steps) point's validation
   accuracy is `accuracy(point)` instead of a trained head's, and the floor is 0.1."""
+
   def evaluate(self, points):
     for p in points:
       self.acc.setdefault(p, accuracy(*p))
@@ -161,8 +176,15 @@ def _choose_on_fake_curves(monkeypatch, accuracy, grid):
   monkeypatch.setattr(tuning._Validator, 'evaluate', evaluate)  # pylint: disable=protected-access
   monkeypatch.setattr(tuning._Validator, 'floor', lambda self, schedule: 0.1)  # pylint: disable=protected-access
   labels = np.repeat(np.arange(4), 10)
-  return tuning.choose(np.zeros((40, 4), np.float32), labels, np.stack([np.arange(40)] * 2),
-                       engine.StaticOptions(num_classes=4), ['joint'], grid, [0, 1])['joint']
+  return tuning.choose(
+    np.zeros((40, 4), np.float32),
+    labels,
+    np.stack([np.arange(40)] * 2),
+    engine.StaticOptions(num_classes=4),
+    ['joint'],
+    grid,
+    [0, 1],
+  )['joint']
 
 
 def _drifting(schedule, lr, l2, steps):
@@ -183,11 +205,20 @@ def _fake_accuracy(schedule, lr, l2, steps):
   return 0.85 if steps >= 500 else 0.6
 
 
-@pytest.mark.parametrize('l2s, chosen_l2, extended', [
-    ((0.0, 1e-4), 1e-6, ('L2 1e-05 added below 0.0001: no point met the rule',
-                         'L2 1e-06 added below 1e-05: a weaker L2 scored higher without meeting it')),
+@pytest.mark.parametrize(
+  'l2s, chosen_l2, extended',
+  [
+    (
+      (0.0, 1e-4),
+      1e-6,
+      (
+        'L2 1e-05 added below 0.0001: no point met the rule',
+        'L2 1e-06 added below 1e-05: a weaker L2 scored higher without meeting it',
+      ),
+    ),
     ((0.0,), 0.0, ()),  # no non-zero L2 to go below: the choice is reported as not converged
-])
+  ],
+)
 def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, chosen_l2, extended):
   grid = _grid(learning_rates=(0.01,), l2s=l2s, first_steps=250, max_steps=8000, max_extensions=3)
   choice = _choose_on_fake_curves(monkeypatch, _fake_accuracy, grid)
@@ -198,20 +229,24 @@ def test_a_grid_where_no_point_converges_gains_a_weaker_l2(monkeypatch, l2s, cho
 
 def test_weaker_l2s_are_added_at_most_max_extensions_times(monkeypatch):
   # Nothing ever settles: each extension is one more chance for noise to pass the rule, so they are capped.
-  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000,
-                     max_extensions=2)
+  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0, 1e-4), first_steps=250, max_steps=4000, max_extensions=2)
   choice = _choose_on_fake_curves(monkeypatch, _drifting, grid)
   assert not choice.converged
   assert [e.split(':')[0] for e in choice.extended if e.startswith('L2') and ' below ' in e] == [
-      'L2 1e-05 added below 0.0001', 'L2 1e-06 added below 1e-05']
+    'L2 1e-05 added below 0.0001',
+    'L2 1e-06 added below 1e-05',
+  ]
 
 
 def test_a_choice_still_moving_at_the_maximum_budget_trains_on(monkeypatch):
   # Settles only after 4,000 steps; the maximum is 2,000, so the budget doubles until the rule can confirm it.
-  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000,
-                     max_extensions=3)
+  grid = _grid(learning_rates=(0.01, 0.03, 0.1), l2s=(0.0,), first_steps=250, max_steps=2000, max_extensions=3)
   choice = _choose_on_fake_curves(
-      monkeypatch, lambda s, lr, l2, steps: 0.9 if steps >= 4000 else 0.3 + 0.1 * np.log2(steps / 250), grid)
+    monkeypatch, lambda s, lr, l2, steps: 0.9 if steps >= 4000 else 0.3 + 0.1 * np.log2(steps / 250), grid
+  )
   assert (choice.steps, choice.converged) == (4000, True)
   assert [e.split(':')[0] for e in choice.extended if e.startswith('budget')] == [
-      'budget 4000 added above 2000', 'budget 8000 added above 4000', 'budget 16000 added above 8000']
+    'budget 4000 added above 2000',
+    'budget 8000 added above 4000',
+    'budget 16000 added above 8000',
+  ]

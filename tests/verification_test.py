@@ -164,6 +164,7 @@ def test_evaluate_rejects_single_fold_and_bad_lengths():
 
 def test_summary_is_json_ready():
   import json
+
   rng = np.random.default_rng(8)
   a, b, same, folds = _pairs(rng, noise=0.5)
   s = verification.evaluate(a, b, same, folds).summary()
@@ -172,11 +173,11 @@ def test_summary_is_json_ready():
 
 
 def test_match_pairs_reports_every_missing_pair():
-  pairs = [(1, 'x/1', 'x/2', True), (1, 'x/1', 'y/1', False), (2, 'y/1', 'z/1', False),
-           (2, 'x/2', 'w/1', False)]
+  pairs = [(1, 'x/1', 'x/2', True), (1, 'x/1', 'y/1', False), (2, 'y/1', 'z/1', False), (2, 'x/2', 'w/1', False)]
   ids = ['x/1', 'x/2', 'y/1']
   ra, rb, same, folds, missing = verification.match_pairs(
-      pairs, ids, failed={'z/1': 'corrupt JPEG'}, universe=['x/1', 'x/2', 'y/1', 'z/1'])
+    pairs, ids, failed={'z/1': 'corrupt JPEG'}, universe=['x/1', 'x/2', 'y/1', 'z/1']
+  )
   assert ra.tolist() == [0, 0] and rb.tolist() == [1, 2]
   assert same.tolist() == [True, False] and folds.tolist() == [1, 1]
   assert len(missing) == 2
@@ -186,6 +187,7 @@ def test_match_pairs_reports_every_missing_pair():
 
 def test_overall_auc_uses_each_pairs_held_out_distance():
   from sklearn.metrics import roc_auc_score
+
   rng = np.random.default_rng(10)
   a, b, same, folds = _pairs(rng, noise=0.8)
   a, b = a + 1.0, b + 1.0

@@ -34,17 +34,25 @@ def get_config():
   # Its heads have 1,522 classes, 10x the cost of the LFW ones; the original features' rank-1 does not
   # depend on the seed, and the heads' varies by ~0.2 points, so 5 seeds.
   config.lfw_distractors = ml_collections.ConfigDict(
-      {'probe_min_images': 10, 'distractor_max_images': 1, 'head_min_images': 2, 'head_max_images': 9,
-       'num_seeds': 5})
+    {'probe_min_images': 10, 'distractor_max_images': 1, 'head_min_images': 2, 'head_max_images': 9, 'num_seeds': 5}
+  )
   # YTF and MegaFace are read from caches built from a user's copy (BUILD.md, "Datasets").
   # manual_dir '' = not supplied (the shared data has neither): those cells then say how to supply them.
   config.ytf = ml_collections.ConfigDict(
-      {'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50, 'official_counts': True})
+    {'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50, 'official_counts': True}
+  )
   # The MegaFace (a) head trains on the cache of `head_dataset` built with these manual_dir/subset/limit
   # flags; identities that are also FaceScrub probes are refused, so remove them from that set first.
-  config.megaface = ml_collections.ConfigDict({
-      'manual_dir': '', 'set_size': 1000000,
-      'head_dataset': 'lfw', 'head_manual_dir': '', 'head_subset': '', 'head_limit': 0})
+  config.megaface = ml_collections.ConfigDict(
+    {
+      'manual_dir': '',
+      'set_size': 1000000,
+      'head_dataset': 'lfw',
+      'head_manual_dir': '',
+      'head_subset': '',
+      'head_limit': 0,
+    }
+  )
 
   # Table I's sanity anchors on the original embeddings (mir_jax/evaluators/anchors.py): logistic
   # regression's inverse L2 strength is chosen from these on validation data, as the heads' settings are.

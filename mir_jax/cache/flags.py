@@ -25,12 +25,18 @@ def define_cache_flags() -> None:
   flags.DEFINE_multi_string('reader_option', [], 'key=value passed to the dataset reader, e.g. set_size=100.')
   flags.DEFINE_string('data_dir', None, f'Cache root (default ${lookup.DATA_DIR_ENV} or <repo>/data_cache).')
   flags.DEFINE_string('manual_dir', None, 'Dataset images (default: the shared data copy).')
-  flags.DEFINE_string('subset', None, 'min_images<k> (identities with >= k images), or the LFW pair subsets '
-                      'pairs, pairs_fold<k>, pairs_head<m>.')
+  flags.DEFINE_string(
+    'subset',
+    None,
+    'min_images<k> (identities with >= k images), or the LFW pair subsets pairs, pairs_fold<k>, pairs_head<m>.',
+  )
   flags.DEFINE_integer('limit', None, 'Keep whole identities, in name order, up to this many images.')
   flags.DEFINE_string('pairs_file', None, 'LFW pairs.txt (default: beside the images or in the shared data).')
-  flags.DEFINE_bool('flip', False, 'The cache also holds the embedding of the mirrored face (evaluations '
-                    'then average each embedding with it).')
+  flags.DEFINE_bool(
+    'flip',
+    False,
+    'The cache also holds the embedding of the mirrored face (evaluations then average each embedding with it).',
+  )
 
 
 def parse_options(items: Sequence[str]) -> Dict[str, Any]:
@@ -69,13 +75,13 @@ def find_cache_args(flag_values: Optional[flags.FlagValues] = None) -> Dict[str,
   """
   fv = flag_values if flag_values is not None else flags.FLAGS
   return {
-      'backbone': lookup.backbone_name(fv.backbone),
-      'data_dir': pathlib.Path(fv.data_dir) if fv.data_dir else lookup.default_data_dir(),
-      'manual_dir': fv.manual_dir,
-      'subset': fv.subset,
-      'limit': fv.limit,
-      'pairs_file': fv.pairs_file,
-      'backbone_options': parse_options(fv.backbone_option),
-      'reader_kwargs': parse_options(fv.reader_option),
-      'flip': fv.flip,
+    'backbone': lookup.backbone_name(fv.backbone),
+    'data_dir': pathlib.Path(fv.data_dir) if fv.data_dir else lookup.default_data_dir(),
+    'manual_dir': fv.manual_dir,
+    'subset': fv.subset,
+    'limit': fv.limit,
+    'pairs_file': fv.pairs_file,
+    'backbone_options': parse_options(fv.backbone_option),
+    'reader_kwargs': parse_options(fv.reader_option),
+    'flip': fv.flip,
   }

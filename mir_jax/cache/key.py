@@ -54,6 +54,7 @@ class CacheSpec:
     align_config: the aligner's `config_key()`.
     flip: whether the embedding of the horizontally mirrored face is stored too.
   """
+
   dataset: str
   reader_options: Dict[str, Any]
   backbone_config: Dict[str, Any]
@@ -61,14 +62,16 @@ class CacheSpec:
   flip: bool = False
 
   def as_dict(self) -> Dict[str, Any]:
-    return _canonical({
+    return _canonical(
+      {
         'format_version': FORMAT_VERSION,
         'dataset': self.dataset,
         'reader_options': self.reader_options,
         'backbone_config': self.backbone_config,
         'align_config': self.align_config,
         'flip': self.flip,
-    })
+      }
+    )
 
   def key(self) -> str:
     blob = json.dumps(self.as_dict(), sort_keys=True, separators=(',', ':'))

@@ -40,32 +40,42 @@ def make_backbone_factory(backbone: str, backbone_options: Dict[str, Any]):
 
 def make_aligner_factory(num_threads: Optional[int]):
   from mir_jax import align  # pylint: disable=g-import-not-at-top
+
   return functools.partial(align.Aligner, num_threads=num_threads)
 
 
-def cache_spec(dataset: str,
-               backbone: str,
-               *,
-               manual_dir: Optional[os.PathLike] = None,
-               subset: Optional[str] = None,
-               limit: Optional[int] = None,
-               pairs_file: Optional[os.PathLike] = None,
-               backbone_options: Optional[Dict[str, Any]] = None,
-               reader_kwargs: Optional[Dict[str, Any]] = None,
-               flip: bool = False) -> Tuple[List[FaceRecord], key.CacheSpec]:
+def cache_spec(
+  dataset: str,
+  backbone: str,
+  *,
+  manual_dir: Optional[os.PathLike] = None,
+  subset: Optional[str] = None,
+  limit: Optional[int] = None,
+  pairs_file: Optional[os.PathLike] = None,
+  backbone_options: Optional[Dict[str, Any]] = None,
+  reader_kwargs: Optional[Dict[str, Any]] = None,
+  flip: bool = False,
+) -> Tuple[List[FaceRecord], key.CacheSpec]:
   """The records a cache of these settings holds and its spec, without building the backbone or aligner.
 
   Raises:
     selection.UsageError: the images are missing or a subset does not apply.
   """
   from mir_jax import align  # pylint: disable=g-import-not-at-top
+
   manual_dir = manual_dir or selection.default_manual_dir(dataset)
-  records, reader_options, _ = selection.select_records(dataset, manual_dir, subset=subset, limit=limit,
-                                                        pairs_file=pairs_file, reader_kwargs=reader_kwargs)
+  records, reader_options, _ = selection.select_records(
+    dataset, manual_dir, subset=subset, limit=limit, pairs_file=pairs_file, reader_kwargs=reader_kwargs
+  )
   backbone_config = backbones.config_key(backbone, **dict(backbone_options or {}))
   # The default aligner's settings, read without loading MTCNN's weights.
-  spec = key.CacheSpec(dataset=dataset, reader_options=reader_options, backbone_config=backbone_config,
-                       align_config=align.config_key(), flip=flip)
+  spec = key.CacheSpec(
+    dataset=dataset,
+    reader_options=reader_options,
+    backbone_config=backbone_config,
+    align_config=align.config_key(),
+    flip=flip,
+  )
   return records, spec
 
 
@@ -91,17 +101,28 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
   aligner_factory = make_aligner_factory(1 if num_workers > 0 else None)
   model = backbone_factory()
   if key.canonical_config(model.config_key()) != key.canonical_config(spec.backbone_config):
-    raise RuntimeError(f'{backbone}: its key_from_arguments computes {spec.backbone_config}, but the built '
-                       f'backbone keys itself {model.config_key()}; make the two agree')
+    raise RuntimeError(
+      f'{backbone}: its key_from_arguments computes {spec.backbone_config}, but the built '
+      f'backbone keys itself {model.config_key()}; make the two agree'
+    )
   spec = dataclasses.replace(spec, backbone_config=model.config_key())
-  pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory,
-                                   flip=spec.flip)
+  pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory, flip=spec.flip)
   return records, spec, pipeline, model
 
 
-def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] = None, manual_dir=None,
-               subset=None, limit=None, pairs_file=None, backbone_options=None, flip=False,
-               reader_kwargs=None) -> pathlib.Path:
+def find_cache(
+  dataset: str,
+  backbone: str,
+  *,
+  data_dir: Optional[os.PathLike] = None,
+  manual_dir=None,
+  subset=None,
+  limit=None,
+  pairs_file=None,
+  backbone_options=None,
+  flip=False,
+  reader_kwargs=None,
+) -> pathlib.Path:
   """The complete cache `python -m mir_jax.embed` builds for these settings.
 
   Raises:
@@ -109,23 +130,40 @@ def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] =
     selection.UsageError: the images are missing or a subset does not apply.
   """
   data_dir = pathlib.Path(data_dir) if data_dir else default_data_dir()
-  records, spec = cache_spec(dataset, backbone, manual_dir=manual_dir, subset=subset, limit=limit,
-                             pairs_file=pairs_file, backbone_options=backbone_options, flip=flip,
-                             reader_kwargs=reader_kwargs)
+  records, spec = cache_spec(
+    dataset,
+    backbone,
+    manual_dir=manual_dir,
+    subset=subset,
+    limit=limit,
+    pairs_file=pairs_file,
+    backbone_options=backbone_options,
+    flip=flip,
+    reader_kwargs=reader_kwargs,
+  )
   directory = key.cache_dir(data_dir, spec)
   if key.is_complete(directory):
     # The key holds the settings, not where the images live: a cache of another copy with other images
     # (a fixture, an older download) has the same key and must not stand in for this one.
     if reader.read_info(directory).get('records_fingerprint') != key.records_fingerprint(records):
-      raise key.CacheError(f'the embedding cache {directory} was built from a different list of images than '
-                           f'{manual_dir or selection.default_manual_dir(dataset)} holds now; delete it or '
-                           'pass another --data_dir to rebuild')
+      raise key.CacheError(
+        f'the embedding cache {directory} was built from a different list of images than '
+        f'{manual_dir or selection.default_manual_dir(dataset)} holds now; delete it or '
+        'pass another --data_dir to rebuild'
+      )
     return directory
   command = embed_command(
-      dataset, backbone, subset=subset, limit=limit, flip=flip, manual_dir=manual_dir, pairs_file=pairs_file,
-      data_dir=None if data_dir == default_data_dir() else data_dir,
-      backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
-      reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()])
+    dataset,
+    backbone,
+    subset=subset,
+    limit=limit,
+    flip=flip,
+    manual_dir=manual_dir,
+    pairs_file=pairs_file,
+    data_dir=None if data_dir == default_data_dir() else data_dir,
+    backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
+    reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()],
+  )
   state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
   raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
 

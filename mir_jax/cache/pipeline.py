@@ -23,6 +23,7 @@ class Pipeline:
     load_fn: path -> uint8 HxWx3 RGB, raising `ImageError` (a ValueError) for bad files.
     flip: also prepare the mirrored face for a second embedding.
   """
+
   backbone_factory: Callable[[], Any]
   aligner_factory: Callable[[], Any]
   load_fn: Optional[Callable[[str], np.ndarray]] = None
@@ -32,6 +33,7 @@ class Pipeline:
 @dataclasses.dataclass
 class Prepared:
   """One record after decoding, detection and backbone preprocessing; `error` set when it failed."""
+
   image_id: str
   inputs: Optional[np.ndarray] = None
   flipped: Optional[np.ndarray] = None
@@ -74,6 +76,7 @@ class RecordEmbedder:
     self.aligner = aligner if aligner is not None else pipeline.aligner_factory()
     if pipeline.load_fn is None:
       from mir_jax import images  # pylint: disable=g-import-not-at-top
+
       self.load_fn = images.load_rgb
     else:
       self.load_fn = pipeline.load_fn
@@ -113,8 +116,7 @@ def embed_all(backbone, inputs: List[np.ndarray], batch_size: int) -> np.ndarray
   """float32 (len(inputs), dim): `backbone.embed` over `inputs`, `batch_size` at a time."""
   if not inputs:
     return np.zeros((0, int(backbone.dim)), np.float32)
-  out = [np.asarray(backbone.embed(inputs[i:i + batch_size]), np.float32)
-         for i in range(0, len(inputs), batch_size)]
+  out = [np.asarray(backbone.embed(inputs[i : i + batch_size]), np.float32) for i in range(0, len(inputs), batch_size)]
   x = np.concatenate(out)
   if x.shape[0] != len(inputs):
     raise RuntimeError(f'backbone returned {x.shape[0]} embeddings for {len(inputs)} inputs')

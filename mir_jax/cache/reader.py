@@ -36,15 +36,14 @@ def resolve(source: os.PathLike, data_dir: Optional[os.PathLike] = None) -> path
       return c
   for c in candidates:
     if (c / key.WORK_DIR / 'plan.json').is_file():
-      raise key.CacheError(f'{c} is incomplete (an interrupted run); rerun the same embed command to finish '
-                           'it.')
-  raise key.CacheError(f'no complete embedding cache found for {source!r}'
-                       + (f' under {data_dir}' if data_dir else ''))
+      raise key.CacheError(f'{c} is incomplete (an interrupted run); rerun the same embed command to finish it.')
+  raise key.CacheError(f'no complete embedding cache found for {source!r}' + (f' under {data_dir}' if data_dir else ''))
 
 
 def data_source(source: os.PathLike, data_dir: Optional[os.PathLike] = None):
   """The random-access TFDS data source of a cache (usable directly or via `grain.MapDataset.source`)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   directory = resolve(source, data_dir)
   return tfds.builder_from_directory(os.fspath(directory)).as_data_source()[key.SPLIT]
 
@@ -61,8 +60,9 @@ def _text(v) -> str:
   return v.decode('utf-8') if isinstance(v, bytes) else str(v)
 
 
-def load_embeddings(source: os.PathLike,
-                    data_dir: Optional[os.PathLike] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+def load_embeddings(
+  source: os.PathLike, data_dir: Optional[os.PathLike] = None
+) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
   """Reads a whole cache into memory.
 
   Args:
@@ -77,6 +77,7 @@ def load_embeddings(source: os.PathLike,
     `info` (mir_cache.json + skipped images) and `directory`.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   directory = resolve(source, data_dir)
   builder = tfds.builder_from_directory(os.fspath(directory))
   ds = builder.as_data_source()[key.SPLIT]
@@ -89,15 +90,15 @@ def load_embeddings(source: os.PathLike,
   if 'embedding_flip' in builder.info.features:
     flip = np.stack([r['embedding_flip'] for r in rows]).astype(np.float32) if n else x.copy()
   meta = {
-      'names': list(builder.info.features['label'].names),
-      'image_ids': [_text(r['image_id']) for r in rows],
-      'identities': [_text(r['identity']) for r in rows],
-      'video_ids': [_text(r['video_id']) or None for r in rows],
-      'roles': [_text(r['role']) or None for r in rows],
-      'detected': np.asarray([bool(r['detected']) for r in rows], bool),
-      'boxes': (np.stack([r['box'] for r in rows]).astype(np.float32) if n else np.zeros((0, 4), np.float32)),
-      'embeddings_flip': flip,
-      'info': read_info(directory),
-      'directory': directory,
+    'names': list(builder.info.features['label'].names),
+    'image_ids': [_text(r['image_id']) for r in rows],
+    'identities': [_text(r['identity']) for r in rows],
+    'video_ids': [_text(r['video_id']) or None for r in rows],
+    'roles': [_text(r['role']) or None for r in rows],
+    'detected': np.asarray([bool(r['detected']) for r in rows], bool),
+    'boxes': (np.stack([r['box'] for r in rows]).astype(np.float32) if n else np.zeros((0, 4), np.float32)),
+    'embeddings_flip': flip,
+    'info': read_info(directory),
+    'directory': directory,
   }
   return x, labels, meta

@@ -23,17 +23,19 @@ from mir_jax.datasets.records import FaceRecord
 
 # Where each dataset's images live inside the shared data dir (README of ../shared/data).
 _SHARED_LAYOUT = {
-    'lfw': 'lfw/lfw-deepfunneled',
-    'ytf': 'ytf',
-    'megaface': 'megaface',
+  'lfw': 'lfw/lfw-deepfunneled',
+  'ytf': 'ytf',
+  'megaface': 'megaface',
 }
 
 _WHAT_TO_PUT = {
-    'lfw': ('the LFW deep-funneled tree: <dir>/<Name>/<Name>_<NNNN>.jpg (13,233 images), from '
-            'https://vis-www.cs.umass.edu/lfw/ (lfw-deepfunneled.tgz)'),
-    'ytf': 'the YouTube Faces root holding aligned_images_DB/<Person>/<video>/aligned_detect_*.jpg',
-    'megaface': 'the MegaFace challenge 1 root (facescrub_images/, megaface_images/, devkit/templatelists/)',
-    'folder': 'a folder with one subfolder of images per identity',
+  'lfw': (
+    'the LFW deep-funneled tree: <dir>/<Name>/<Name>_<NNNN>.jpg (13,233 images), from '
+    'https://vis-www.cs.umass.edu/lfw/ (lfw-deepfunneled.tgz)'
+  ),
+  'ytf': 'the YouTube Faces root holding aligned_images_DB/<Person>/<video>/aligned_detect_*.jpg',
+  'megaface': 'the MegaFace challenge 1 root (facescrub_images/, megaface_images/, devkit/templatelists/)',
+  'folder': 'a folder with one subfolder of images per identity',
 }
 
 
@@ -108,14 +110,15 @@ def limit_records(records: Sequence[FaceRecord], limit: int) -> List[FaceRecord]
   return out
 
 
-def select_records(dataset: str,
-                   manual_dir: Optional[os.PathLike],
-                   *,
-                   subset: Optional[str] = None,
-                   limit: Optional[int] = None,
-                   pairs_file: Optional[os.PathLike] = None,
-                   reader_kwargs: Optional[Dict[str, Any]] = None
-                  ) -> Tuple[List[FaceRecord], Dict[str, Any], Any]:
+def select_records(
+  dataset: str,
+  manual_dir: Optional[os.PathLike],
+  *,
+  subset: Optional[str] = None,
+  limit: Optional[int] = None,
+  pairs_file: Optional[os.PathLike] = None,
+  reader_kwargs: Optional[Dict[str, Any]] = None,
+) -> Tuple[List[FaceRecord], Dict[str, Any], Any]:
   """Lists the dataset and applies `subset` and `limit`.
 
   Returns:
@@ -126,14 +129,16 @@ def select_records(dataset: str,
     UsageError: the manual dir is missing or a subset does not apply.
   """
   from mir_jax import datasets  # pylint: disable=g-import-not-at-top
+
   if manual_dir is None:
-    raise UsageError(f'no --manual_dir given and no shared data found for {dataset!r}. Pass '
-                     f'--manual_dir=<dir> holding {_WHAT_TO_PUT.get(dataset, "the dataset")}.')
+    raise UsageError(
+      f'no --manual_dir given and no shared data found for {dataset!r}. Pass '
+      f'--manual_dir=<dir> holding {_WHAT_TO_PUT.get(dataset, "the dataset")}.'
+    )
   manual_dir = pathlib.Path(manual_dir)
   if not manual_dir.is_dir():
     what = _WHAT_TO_PUT.get(dataset, 'the dataset')
-    raise UsageError(f'{dataset} images not found at {manual_dir}. Put {what} there, or pass '
-                     '--manual_dir=<dir>.')
+    raise UsageError(f'{dataset} images not found at {manual_dir}. Put {what} there, or pass --manual_dir=<dir>.')
   reader_kwargs = dict(reader_kwargs or {})
   listing = datasets.get_reader(dataset)(manual_dir, **reader_kwargs)
   records = list(listing)
@@ -146,6 +151,7 @@ def select_records(dataset: str,
     if dataset != 'lfw' or not subset.startswith('pairs'):
       raise UsageError(f'--subset={subset} applies to LFW only (or use min_images<k>)')
     from mir_jax.datasets import lfw  # pylint: disable=g-import-not-at-top
+
     pairs_file = pathlib.Path(pairs_file) if pairs_file else default_pairs_file(manual_dir)
     if pairs_file is None or not pairs_file.is_file():
       raise UsageError(f'--subset={subset} needs LFW pairs.txt; pass --pairs_file=<path>')
@@ -153,8 +159,13 @@ def select_records(dataset: str,
     records = [r for r in records if r.image_id in wanted]
     missing = wanted - {r.image_id for r in records}
     if missing:
-      logging.warning('%d images named by %s are not in %s (e.g. %s); they will show up as missing pairs.',
-                      len(missing), pairs_file, manual_dir, sorted(missing)[:3])
+      logging.warning(
+        '%d images named by %s are not in %s (e.g. %s); they will show up as missing pairs.',
+        len(missing),
+        pairs_file,
+        manual_dir,
+        sorted(missing)[:3],
+      )
     # Which pairs.txt chose the subset matters; where it lives does not.
     options['pairs_sha256'] = _sha256(pairs_file)
   if limit:

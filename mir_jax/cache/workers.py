@@ -53,6 +53,7 @@ def _init_worker(pipeline: pipeline_lib.Pipeline, parent_pid: Optional[int] = No
   _WORKER = pipeline_lib.RecordEmbedder(pipeline, embed=True)
   try:
     import torch  # pylint: disable=g-import-not-at-top
+
     torch.set_num_threads(1)
   except ImportError:
     pass
@@ -91,9 +92,13 @@ def _work(records: Sequence[FaceRecord]) -> List[pipeline_lib.Prepared]:
   return out
 
 
-def prepared_stream(records: Sequence[FaceRecord], pipeline: pipeline_lib.Pipeline,
-                    embedder: Optional[pipeline_lib.RecordEmbedder], num_workers: int,
-                    task_size: int) -> Iterator[pipeline_lib.Prepared]:
+def prepared_stream(
+  records: Sequence[FaceRecord],
+  pipeline: pipeline_lib.Pipeline,
+  embedder: Optional[pipeline_lib.RecordEmbedder],
+  num_workers: int,
+  task_size: int,
+) -> Iterator[pipeline_lib.Prepared]:
   """Prepared records in input order; with workers, a bounded window of tasks runs ahead of the consumer.
 
   Args:
@@ -103,7 +108,7 @@ def prepared_stream(records: Sequence[FaceRecord], pipeline: pipeline_lib.Pipeli
     num_workers: worker processes; 0 runs everything in this process.
     task_size: records handed to a worker at once.
   """
-  tasks = [records[i:i + task_size] for i in range(0, len(records), task_size)]
+  tasks = [records[i : i + task_size] for i in range(0, len(records), task_size)]
   if num_workers <= 0:
     for t in tasks:
       yield from embedder(t)
@@ -115,16 +120,18 @@ def prepared_stream(records: Sequence[FaceRecord], pipeline: pipeline_lib.Pipeli
   # gone before the next pool starts, so old and new workers never hold memory at the same time.
   per_pool = max(1, num_workers * WORKER_MAX_TASKS)
   for start in range(0, len(tasks), per_pool):
-    yield from _pool_stream(tasks[start:start + per_pool], pipeline, num_workers)
+    yield from _pool_stream(tasks[start : start + per_pool], pipeline, num_workers)
 
 
-def _pool_stream(tasks: Sequence[Sequence[FaceRecord]], pipeline: pipeline_lib.Pipeline,
-                 num_workers: int) -> Iterator[pipeline_lib.Prepared]:
+def _pool_stream(
+  tasks: Sequence[Sequence[FaceRecord]], pipeline: pipeline_lib.Pipeline, num_workers: int
+) -> Iterator[pipeline_lib.Prepared]:
   """Runs `tasks` on one fresh pool of worker processes, yielding their records in input order."""
   # spawn, not fork: the parent may hold threads (torch, grain, JAX) that fork would copy mid-lock.
   ctx = multiprocessing.get_context('spawn')
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                              initargs=(pipeline, os.getpid())) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+    num_workers, mp_context=ctx, initializer=_init_worker, initargs=(pipeline, os.getpid())
+  ) as pool:
     window = 2 * num_workers + 2  # enough to keep every worker busy, bounded so memory stays flat
     it = iter(tasks)
     pending = [pool.submit(_work, t) for t in itertools.islice(it, window)]

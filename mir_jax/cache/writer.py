@@ -57,6 +57,7 @@ def _num_records(path: pathlib.Path) -> Optional[int]:
   if not path.is_file():
     return None
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
   try:
     reader = array_record_module.ArrayRecordReader(os.fspath(path))
     try:
@@ -71,16 +72,17 @@ def _num_records(path: pathlib.Path) -> Optional[int]:
 def features_for(dim: int, names: Sequence[str], flip: bool):
   """The TFDS features of one cached image."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   spec = {
-      'embedding': tfds.features.Tensor(shape=(dim,), dtype=np.float32),
-      'label': tfds.features.ClassLabel(names=list(names)),
-      'identity': tfds.features.Text(),
-      'image_id': tfds.features.Text(),
-      'video_id': tfds.features.Text(),
-      'role': tfds.features.Text(),
-      'detected': tfds.features.Scalar(dtype=np.bool_),
-      # (x1, y1, x2, y2) in image pixels: the detector's box, or the centre-box fallback.
-      'box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+    'embedding': tfds.features.Tensor(shape=(dim,), dtype=np.float32),
+    'label': tfds.features.ClassLabel(names=list(names)),
+    'identity': tfds.features.Text(),
+    'image_id': tfds.features.Text(),
+    'video_id': tfds.features.Text(),
+    'role': tfds.features.Text(),
+    'detected': tfds.features.Scalar(dtype=np.bool_),
+    # (x1, y1, x2, y2) in image pixels: the detector's box, or the centre-box fallback.
+    'box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
   }
   if flip:
     spec['embedding_flip'] = tfds.features.Tensor(shape=(dim,), dtype=np.float32)
@@ -104,18 +106,20 @@ class BuildResult:
   seconds: float
 
 
-def build(records: Sequence[FaceRecord],
-          spec: key.CacheSpec,
-          pipeline: pipeline_lib.Pipeline,
-          *,
-          data_dir: os.PathLike,
-          backbone=None,
-          chunk_size: int = DEFAULT_CHUNK_SIZE,
-          batch_size: int = DEFAULT_BATCH_SIZE,
-          num_workers: int = 2,
-          task_size: int = 16,
-          progress: bool = True,
-          description: str = '') -> BuildResult:
+def build(
+  records: Sequence[FaceRecord],
+  spec: key.CacheSpec,
+  pipeline: pipeline_lib.Pipeline,
+  *,
+  data_dir: os.PathLike,
+  backbone=None,
+  chunk_size: int = DEFAULT_CHUNK_SIZE,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  num_workers: int = 2,
+  task_size: int = 16,
+  progress: bool = True,
+  description: str = '',
+) -> BuildResult:
   """Embeds `records` into the cache for `spec`, resuming whatever an earlier run finished.
 
   Args:
@@ -172,21 +176,29 @@ def build(records: Sequence[FaceRecord],
     chunk_size = plan['chunk_size']
   else:
     plan = {
-        'spec': spec.as_dict(),
-        'key': spec.key(),
-        'name': name,
-        'num_records': len(records),
-        'records_fingerprint': fingerprint,
-        'chunk_size': chunk_size,
-        'num_chunks': math.ceil(len(records) / chunk_size),
+      'spec': spec.as_dict(),
+      'key': spec.key(),
+      'name': name,
+      'num_records': len(records),
+      'records_fingerprint': fingerprint,
+      'chunk_size': chunk_size,
+      'num_chunks': math.ceil(len(records) / chunk_size),
     }
     _write_json(plan_path, plan)
   num_chunks = plan['num_chunks']
   writer = _ShardWriter(
-      directory=directory, name=name, spec=spec, pipeline=pipeline,
-      chunks=[records[i * chunk_size:(i + 1) * chunk_size] for i in range(num_chunks)],
-      identities=sorted({r.identity for r in records}), backbone=backbone, batch_size=batch_size,
-      num_workers=num_workers, task_size=task_size, progress=progress)
+    directory=directory,
+    name=name,
+    spec=spec,
+    pipeline=pipeline,
+    chunks=[records[i * chunk_size : (i + 1) * chunk_size] for i in range(num_chunks)],
+    identities=sorted({r.identity for r in records}),
+    backbone=backbone,
+    batch_size=batch_size,
+    num_workers=num_workers,
+    task_size=task_size,
+    progress=progress,
+  )
 
   done, todo = [], []
   for c in range(num_chunks):
@@ -201,8 +213,10 @@ def build(records: Sequence[FaceRecord],
 
 
 def _changed_message(directory: pathlib.Path) -> str:
-  return (f'{directory} was started on a different list of images (the dataset changed on disk since). '
-          'Delete that directory to rebuild it.')
+  return (
+    f'{directory} was started on a different list of images (the dataset changed on disk since). '
+    'Delete that directory to rebuild it.'
+  )
 
 
 @dataclasses.dataclass
@@ -219,6 +233,7 @@ class _ShardWriter:
     backbone: runs the batched `embed` in this process; None = built from the pipeline's factory.
     batch_size, num_workers, task_size, progress: see `build`.
   """
+
   directory: pathlib.Path
   name: str
   spec: key.CacheSpec
@@ -261,8 +276,15 @@ class _ShardWriter:
     label_of = {n: i for i, n in enumerate(self.identities)}
     work_records = [r for c in todo for r in chunks[c]]
     total = sum(len(c) for c in chunks)
-    bar = tqdm.tqdm(total=total, initial=total - len(work_records), unit='img', disable=not self.progress,
-                    desc=f'embedding {spec.dataset}', smoothing=0.1, dynamic_ncols=True)
+    bar = tqdm.tqdm(
+      total=total,
+      initial=total - len(work_records),
+      unit='img',
+      disable=not self.progress,
+      desc=f'embedding {spec.dataset}',
+      smoothing=0.1,
+      dynamic_ncols=True,
+    )
     stream = workers.prepared_stream(work_records, self.pipeline, embedder, self.num_workers, self.task_size)
     try:
       for c in todo:
@@ -276,8 +298,7 @@ class _ShardWriter:
           flipped = np.stack([p.embedding_flip for p in ok]) if spec.flip else None
         else:
           embeddings = pipeline_lib.embed_all(backbone, [p.inputs for p in ok], self.batch_size)
-          flipped = (pipeline_lib.embed_all(backbone, [p.flipped for p in ok], self.batch_size)
-                     if spec.flip else None)
+          flipped = pipeline_lib.embed_all(backbone, [p.flipped for p in ok], self.batch_size) if spec.flip else None
         embedded = time.time() - chunk_started - waited
         if features is None:
           dim = int(embeddings.shape[1]) if len(ok) else int(backbone.dim)
@@ -289,14 +310,14 @@ class _ShardWriter:
         for j, p in enumerate(ok):
           r = by_id[p.image_id]
           example = {
-              'embedding': embeddings[j],
-              'label': label_of[r.identity],
-              'identity': r.identity,
-              'image_id': r.image_id,
-              'video_id': r.video_id or '',
-              'role': r.role or '',
-              'detected': p.detected,
-              'box': p.box,
+            'embedding': embeddings[j],
+            'label': label_of[r.identity],
+            'identity': r.identity,
+            'image_id': r.image_id,
+            'video_id': r.video_id or '',
+            'role': r.role or '',
+            'detected': p.detected,
+            'box': p.box,
           }
           if spec.flip:
             example['embedding_flip'] = flipped[j]
@@ -305,20 +326,23 @@ class _ShardWriter:
         with open(tmp, 'rb') as f:
           os.fsync(f.fileno())
         stats = {
-            'chunk': c,
-            'num_records': len(chunk),
-            'num_written': len(ok),
-            'first_image_id': chunk[0].image_id,
-            'last_image_id': chunk[-1].image_id,
-            'bad_images': [{'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.error}
-                           for p in prepared if p.error is not None],
-            'fallbacks': [p.image_id for p in ok if not p.detected],
-            'seconds': time.time() - chunk_started,
-            # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
-            # backbone; the larger one is the pipeline's bottleneck.
-            'seconds_waiting_for_inputs': waited,
-            'seconds_in_backbone': embedded,
-            'num_workers': self.num_workers,
+          'chunk': c,
+          'num_records': len(chunk),
+          'num_written': len(ok),
+          'first_image_id': chunk[0].image_id,
+          'last_image_id': chunk[-1].image_id,
+          'bad_images': [
+            {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.error}
+            for p in prepared
+            if p.error is not None
+          ],
+          'fallbacks': [p.image_id for p in ok if not p.detected],
+          'seconds': time.time() - chunk_started,
+          # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
+          # backbone; the larger one is the pipeline's bottleneck.
+          'seconds_waiting_for_inputs': waited,
+          'seconds_in_backbone': embedded,
+          'num_workers': self.num_workers,
         }
         # Statistics first, shard second: a shard is only trusted when its statistics exist and agree.
         _write_json(_chunk_stats_path(directory, c), stats)
@@ -332,14 +356,14 @@ class _ShardWriter:
   def finalize(self, plan: dict, description: str) -> None:
     """Checks every shard against its statistics, then writes the TFDS metadata and `mir_cache.json`."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     spec, directory, names = self.spec, self.directory, self.identities
     num_chunks = len(self.chunks)
     stats = [json.loads(_chunk_stats_path(directory, c).read_text()) for c in range(num_chunks)]
     for c, s in enumerate(stats):
       n = _num_records(self.shard_path(c))
       if n != s['num_written']:
-        raise key.CacheError(f'chunk {c} of {directory} holds {n} records, its statistics say '
-                             f'{s["num_written"]}')
+        raise key.CacheError(f'chunk {c} of {directory} holds {n} records, its statistics say {s["num_written"]}')
     dim = spec.backbone_config.get('dim')
     if dim is None:
       dim = int((self.backbone or self.pipeline.backbone_factory()).dim)
@@ -350,31 +374,39 @@ class _ShardWriter:
     fallbacks = [f for s in stats for f in s['fallbacks']]
     n_written = sum(shard_lengths)
     info = {
-        **plan,
-        'directory': os.fspath(directory),
-        'split': key.SPLIT,
-        'num_embedded': n_written,
-        'num_bad_images': len(bad),
-        'num_detection_fallbacks': len(fallbacks),
-        'num_identities': len(names),
-        'embedding_dim': int(dim),
-        'seconds_embedding': sum(s['seconds'] for s in stats),
-        'completed_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+      **plan,
+      'directory': os.fspath(directory),
+      'split': key.SPLIT,
+      'num_embedded': n_written,
+      'num_bad_images': len(bad),
+      'num_detection_fallbacks': len(fallbacks),
+      'num_identities': len(names),
+      'embedding_dim': int(dim),
+      'seconds_embedding': sum(s['seconds'] for s in stats),
+      'completed_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
     }
     _write_json(directory / key.SKIPPED_FILE, {'bad_images': bad, 'detection_fallbacks': fallbacks})
     text = description or f'{spec.dataset} embedded with {spec.backbone_config}'
     tfds.folder_dataset.write_metadata(
-        data_dir=directory,
-        features=features,
-        split_infos=[tfds.core.SplitInfo(name=key.SPLIT, shard_lengths=shard_lengths, num_bytes=num_bytes,
-                                         filename_template=None)],
-        check_data=False,
-        description=(f'{text}\n\nmir-jax embedding cache (key {spec.key()}): {n_written} of '
-                     f'{plan["num_records"]} images embedded, {len(bad)} unreadable, {len(fallbacks)} '
-                     'without a detected face (centre-box fallback). Full settings in mir_cache.json.'),
-        metadata=tfds.core.MetadataDict(mir=info),
+      data_dir=directory,
+      features=features,
+      split_infos=[
+        tfds.core.SplitInfo(name=key.SPLIT, shard_lengths=shard_lengths, num_bytes=num_bytes, filename_template=None)
+      ],
+      check_data=False,
+      description=(
+        f'{text}\n\nmir-jax embedding cache (key {spec.key()}): {n_written} of '
+        f'{plan["num_records"]} images embedded, {len(bad)} unreadable, {len(fallbacks)} '
+        'without a detected face (centre-box fallback). Full settings in mir_cache.json.'
+      ),
+      metadata=tfds.core.MetadataDict(mir=info),
     )
     # Written last: its presence is what `key.is_complete` checks.
     _write_json(directory / key.INFO_FILE, info)
-    logging.info('Cache complete: %s (%d embedded, %d bad images, %d detection fallbacks)', directory,
-                 n_written, len(bad), len(fallbacks))
+    logging.info(
+      'Cache complete: %s (%d embedded, %d bad images, %d detection fallbacks)',
+      directory,
+      n_written,
+      len(bad),
+      len(fallbacks),
+    )

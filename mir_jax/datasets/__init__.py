@@ -19,10 +19,10 @@ from mir_jax.datasets.records import FaceRecord
 Reader = Callable[..., Listing[FaceRecord]]
 
 DATASETS: Dict[str, Reader] = {
-    'folder': folder.read_folder,
-    'lfw': lfw.read_lfw,
-    'ytf': ytf.read_ytf,
-    'megaface': megaface.read_megaface,
+  'folder': folder.read_folder,
+  'lfw': lfw.read_lfw,
+  'ytf': ytf.read_ytf,
+  'megaface': megaface.read_megaface,
 }
 
 

@@ -40,8 +40,7 @@ def read_folder(root: images.PathLike, *, missing_help: Optional[str] = None) ->
   """
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise DatasetError(f'dataset directory {root} does not exist. Expected layout:\n'
-                       f'{missing_help or LAYOUT}')
+    raise DatasetError(f'dataset directory {root} does not exist. Expected layout:\n{missing_help or LAYOUT}')
   records: List[FaceRecord] = []
   skipped: List[Skipped] = []
   ignored: List[str] = []
@@ -55,19 +54,29 @@ def read_folder(root: images.PathLike, *, missing_help: Optional[str] = None) ->
     found, not_images = _images_in(entry.path)
     ignored.extend(not_images)
     if not found:
-      skipped.append(Skipped(os.path.abspath(entry.path),
-                             f'identity folder has no images ({len(not_images)} other entries)'))
+      skipped.append(
+        Skipped(os.path.abspath(entry.path), f'identity folder has no images ({len(not_images)} other entries)')
+      )
       logging.warning('Skipping identity %r: %s', identity, skipped[-1].reason)
       continue
     for name in found:
-      records.append(FaceRecord(path=os.path.abspath(os.path.join(entry.path, name)),
-                                identity=identity,
-                                image_id=f'{identity}/{os.path.splitext(name)[0]}'))
+      records.append(
+        FaceRecord(
+          path=os.path.abspath(os.path.join(entry.path, name)),
+          identity=identity,
+          image_id=f'{identity}/{os.path.splitext(name)[0]}',
+        )
+      )
   if not records:
     raise DatasetError(f'{root} holds no images. Expected layout:\n{missing_help or LAYOUT}')
-  logging.info('%s: %d images of %d identities; %d identity folders skipped, %d non-image entries '
-               'ignored', root, len(records), len({r.identity for r in records}), len(skipped),
-               len(ignored))
+  logging.info(
+    '%s: %d images of %d identities; %d identity folders skipped, %d non-image entries ignored',
+    root,
+    len(records),
+    len({r.identity for r in records}),
+    len(skipped),
+    len(ignored),
+  )
   return Listing(records, skipped, ignored)
 
 

@@ -37,6 +37,7 @@ unpack it and pass the folder holding the per-person folders."""
 @dataclasses.dataclass(frozen=True)
 class Pair:
   """One verification pair; image ids are `<name>/<name>_<i:04d>` (the file path without `.jpg`)."""
+
   fold: int
   image_id_a: str
   image_id_b: str
@@ -46,6 +47,7 @@ class Pair:
 @dataclasses.dataclass(frozen=True)
 class Person:
   """One line of a people file: a person, the fold it belongs to, and its number of images."""
+
   fold: int
   name: str
   num_images: int
@@ -66,8 +68,9 @@ def read_lfw(images_dir: images.PathLike) -> Listing[FaceRecord]:
   return folder.read_folder(images_dir, missing_help=_HELP)
 
 
-def read_pairs(path: images.PathLike, *, images_dir: Optional[images.PathLike] = None,
-               skip_missing: bool = False) -> Listing[Pair]:
+def read_pairs(
+  path: images.PathLike, *, images_dir: Optional[images.PathLike] = None, skip_missing: bool = False
+) -> Listing[Pair]:
   """Parses pairs.txt (View 2) or pairsDevTrain/pairsDevTest.txt (View 1).
 
   The header decides the format: `folds n` (View 2) or `n` (View 1, one fold). Every fold must hold
@@ -119,7 +122,8 @@ def read_pairs(path: images.PathLike, *, images_dir: Optional[images.PathLike] =
       if missing:
         where = f'{path}:{line_no}'
         reason = f'pair {text!r} names images missing on disk: ' + ', '.join(
-            str(image_path(images_dir, x)) for x in missing)
+          str(image_path(images_dir, x)) for x in missing
+        )
         if not skip_missing:
           raise DatasetError(f'{where}: {reason}')
         skipped.append(Skipped(where, reason))
@@ -128,8 +132,9 @@ def read_pairs(path: images.PathLike, *, images_dir: Optional[images.PathLike] =
   return Listing(pairs, skipped)
 
 
-def read_people(path: images.PathLike, *, images_dir: Optional[images.PathLike] = None,
-                skip_missing: bool = False) -> Listing[Person]:
+def read_people(
+  path: images.PathLike, *, images_dir: Optional[images.PathLike] = None, skip_missing: bool = False
+) -> Listing[Person]:
   """Parses people.txt (View 2, folds) or peopleDevTrain/peopleDevTest.txt (View 1).
 
   The first line is a count. In people.txt it counts folds and each fold starts with its own count
@@ -183,8 +188,7 @@ def read_people(path: images.PathLike, *, images_dir: Optional[images.PathLike] 
           continue
       people.append(person)
   if pos != len(lines):
-    raise DatasetError(f'{path}:{lines[pos][0]}: unexpected line after the last counted entry: '
-                       f'{lines[pos][1]!r}')
+    raise DatasetError(f'{path}:{lines[pos][0]}: unexpected line after the last counted entry: {lines[pos][1]!r}')
   return Listing(people, skipped)
 
 
@@ -203,8 +207,10 @@ def _numbered_lines(path: images.PathLike) -> List[Tuple[int, str]]:
   """Non-blank lines of a protocol file with their 1-based line numbers."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise DatasetError(f'protocol file {path} does not exist. The LFW protocol files (pairs.txt, '
-                       'people.txt, pairsDevTrain.txt, ...) come from https://vis-www.cs.umass.edu/lfw/')
+    raise DatasetError(
+      f'protocol file {path} does not exist. The LFW protocol files (pairs.txt, '
+      'people.txt, pairsDevTrain.txt, ...) come from https://vis-www.cs.umass.edu/lfw/'
+    )
   lines = [(n, t.strip()) for n, t in enumerate(path.read_text().splitlines(), 1) if t.strip()]
   if not lines:
     raise DatasetError(f'protocol file {path} is empty')

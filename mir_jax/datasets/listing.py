@@ -23,6 +23,7 @@ class Skipped:
     where: the file or directory, or `<file>:<line number>` for a protocol line.
     reason: why it was left out, in words.
   """
+
   where: str
   reason: str
 
@@ -38,6 +39,7 @@ class Listing(Generic[T]):
     skipped: inputs left out, each with a reason.
     ignored: files ignored because their extension is not an image extension.
   """
+
   items: List[T]
   skipped: List[Skipped] = dataclasses.field(default_factory=list)
   ignored: List[str] = dataclasses.field(default_factory=list)

@@ -50,8 +50,13 @@ def distractor_list_name(set_size: int) -> str:
   return f'megaface_features_list.json_{set_size}_1'
 
 
-def read_megaface(root: images.PathLike, *, set_size: int = 10, skip_missing: bool = False,
-                  templatelists_dir: Optional[images.PathLike] = None) -> Listing[FaceRecord]:
+def read_megaface(
+  root: images.PathLike,
+  *,
+  set_size: int = 10,
+  skip_missing: bool = False,
+  templatelists_dir: Optional[images.PathLike] = None,
+) -> Listing[FaceRecord]:
   """Lists FaceScrub probes followed by the distractors of one set size, each part sorted by path.
 
   Args:
@@ -91,29 +96,40 @@ def read_megaface(root: images.PathLike, *, set_size: int = 10, skip_missing: bo
     probe_paths = [os.path.relpath(r.path, root / PROBES_SUBDIR) for r in walked]
   flat = [p for p in probe_paths if len(_parts(p)) < 2]
   if flat:
-    raise DatasetError(f'probe {flat[0]!r} is not inside a <Celebrity_Name>/ folder, so it has no '
-                       f'identity. Expected layout:\n{_HELP}')
-  records = [FaceRecord(path=str((root / PROBES_SUBDIR / p).absolute()),
-                        identity=_parts(p)[0],
-                        image_id=f'facescrub/{_without_ext(p)}',
-                        role='probe') for p in sorted(probe_paths)]
+    raise DatasetError(
+      f'probe {flat[0]!r} is not inside a <Celebrity_Name>/ folder, so it has no identity. Expected layout:\n{_HELP}'
+    )
+  records = [
+    FaceRecord(
+      path=str((root / PROBES_SUBDIR / p).absolute()),
+      identity=_parts(p)[0],
+      image_id=f'facescrub/{_without_ext(p)}',
+      role='probe',
+    )
+    for p in sorted(probe_paths)
+  ]
 
   distractor_list = lists / distractor_list_name(set_size)
   if not distractor_list.is_file():
     raise DatasetError(f'distractor list {distractor_list} does not exist. Expected layout:\n{_HELP}')
-  distractor_paths = _checked_paths(distractor_list, root / DISTRACTORS_SUBDIR, skip_missing,
-                                    skipped)
-  records += [FaceRecord(path=str((root / DISTRACTORS_SUBDIR / p).absolute()),
-                         identity=f'distractor/{p}',
-                         image_id=f'megaface/{_without_ext(p)}',
-                         role='distractor') for p in sorted(distractor_paths)]
+  distractor_paths = _checked_paths(distractor_list, root / DISTRACTORS_SUBDIR, skip_missing, skipped)
+  records += [
+    FaceRecord(
+      path=str((root / DISTRACTORS_SUBDIR / p).absolute()),
+      identity=f'distractor/{p}',
+      image_id=f'megaface/{_without_ext(p)}',
+      role='distractor',
+    )
+    for p in sorted(distractor_paths)
+  ]
   for s in skipped:
     logging.warning('MegaFace: skipping %s: %s', s.where, s.reason)
   return Listing(records, skipped, ignored)
 
 
-def _checked_paths(list_file: pathlib.Path, base: pathlib.Path, skip_missing: bool,
-                   skipped: List[Skipped]) -> List[str]:
+def _checked_paths(
+  list_file: pathlib.Path, base: pathlib.Path, skip_missing: bool, skipped: List[Skipped]
+) -> List[str]:
   """The relative paths a devkit JSON list names, checked to be unique and present under `base`."""
   try:
     data = json.loads(list_file.read_text())
@@ -121,8 +137,7 @@ def _checked_paths(list_file: pathlib.Path, base: pathlib.Path, skip_missing: bo
     raise DatasetError(f'{list_file}: not a readable JSON list file: {e}') from e
   paths = data.get('path') if isinstance(data, dict) else None
   if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-    raise DatasetError(f'{list_file}: expected a JSON object whose "path" is a non-empty list of '
-                       'relative image paths')
+    raise DatasetError(f'{list_file}: expected a JSON object whose "path" is a non-empty list of relative image paths')
   if len(set(paths)) != len(paths):
     raise DatasetError(f'{list_file}: lists {len(paths) - len(set(paths))} paths more than once')
   present = []

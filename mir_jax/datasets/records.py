@@ -15,6 +15,7 @@ class FaceRecord:
     video_id: the video the frame belongs to (YouTube Faces: `<person>/<video_number>`); None for stills.
     role: dataset-specific role of the image, e.g. MegaFace's 'probe' / 'distractor'; None when unused.
   """
+
   path: str
   identity: str
   image_id: str

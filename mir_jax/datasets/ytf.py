@@ -41,6 +41,7 @@ YouTube Faces (Wolf, Hassner, Maoz, CVPR 2011) is distributed by its authors on 
 @dataclasses.dataclass(frozen=True)
 class VideoPair:
   """One verification pair of videos (`<Person>/<video_number>`); fold counts from 0."""
+
   fold: int
   video_a: str
   video_b: str
@@ -53,8 +54,7 @@ def frames_dir(root: images.PathLike) -> pathlib.Path:
   return root if root.name == FRAMES_SUBDIR else root / FRAMES_SUBDIR
 
 
-def read_ytf(root: images.PathLike, *,
-             max_frames_per_video: Optional[int] = None) -> Listing[FaceRecord]:
+def read_ytf(root: images.PathLike, *, max_frames_per_video: Optional[int] = None) -> Listing[FaceRecord]:
   """Lists the aligned frames of every video, sorted by person, video number, frame number.
 
   Numbers sort numerically (frame 9 before frame 10), so `max_frames_per_video=100` keeps the first
@@ -85,8 +85,7 @@ def read_ytf(root: images.PathLike, *,
       ignored.append(str(person_dir.absolute()))
       continue
     videos = [v for v in os.listdir(person_dir) if (person_dir / v).is_dir()]
-    ignored.extend(str((person_dir / v).absolute()) for v in sorted(os.listdir(person_dir))
-                   if v not in videos)
+    ignored.extend(str((person_dir / v).absolute()) for v in sorted(os.listdir(person_dir)) if v not in videos)
     if not videos:
       skipped.append(Skipped(str(person_dir.absolute()), 'person folder has no video folders'))
       continue
@@ -97,10 +96,14 @@ def read_ytf(root: images.PathLike, *,
         continue
       video_id = f'{person}/{video}'
       for _, name in frames[:max_frames_per_video]:
-        records.append(FaceRecord(path=str((person_dir / video / name).absolute()),
-                                  identity=person,
-                                  image_id=f'{video_id}/{os.path.splitext(name)[0]}',
-                                  video_id=video_id))
+        records.append(
+          FaceRecord(
+            path=str((person_dir / video / name).absolute()),
+            identity=person,
+            image_id=f'{video_id}/{os.path.splitext(name)[0]}',
+            video_id=video_id,
+          )
+        )
   for s in skipped:
     logging.warning('YTF: skipping %s: %s', s.where, s.reason)
   if not records:
@@ -113,8 +116,9 @@ def _numeric_first(name: str) -> Tuple[int, object]:
   return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _frames_of_video(video_dir: pathlib.Path, video: str, skipped: List[Skipped],
-                     ignored: List[str]) -> List[Tuple[int, str]]:
+def _frames_of_video(
+  video_dir: pathlib.Path, video: str, skipped: List[Skipped], ignored: List[str]
+) -> List[Tuple[int, str]]:
   """(frame number, file name) of a video's frames in numeric order; records what does not fit."""
   frames = []
   for name in os.listdir(video_dir):
@@ -132,9 +136,14 @@ def _frames_of_video(video_dir: pathlib.Path, video: str, skipped: List[Skipped]
   return sorted(frames)
 
 
-def read_splits(path: images.PathLike, *, root: Optional[images.PathLike] = None,
-                skip_missing: bool = False, num_folds: Optional[int] = NUM_FOLDS,
-                same_per_fold: Optional[int] = SAME_PER_FOLD) -> Listing[VideoPair]:
+def read_splits(
+  path: images.PathLike,
+  *,
+  root: Optional[images.PathLike] = None,
+  skip_missing: bool = False,
+  num_folds: Optional[int] = NUM_FOLDS,
+  same_per_fold: Optional[int] = SAME_PER_FOLD,
+) -> Listing[VideoPair]:
   """Parses YTF's `splits.txt`.
 
   Always checked: five comma-separated fields per row; splits numbered 1..k without gaps; pair
@@ -158,12 +167,15 @@ def read_splits(path: images.PathLike, *, root: Optional[images.PathLike] = None
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise DatasetError(f'YTF protocol file {path} does not exist; it ships with YouTube Faces as '
-                       'splits.txt (header line, then `split, pair, Person/video, Person/video, same`).')
+    raise DatasetError(
+      f'YTF protocol file {path} does not exist; it ships with YouTube Faces as '
+      'splits.txt (header line, then `split, pair, Person/video, Person/video, same`).'
+    )
   lines = path.read_text().splitlines()
   if not lines or lines[0].split(',')[0].strip().isdigit():
-    raise DatasetError(f'{path}:1: expected a header line '
-                       '(`split number, pair number in split, first name, second name, is same:`)')
+    raise DatasetError(
+      f'{path}:1: expected a header line (`split number, pair number in split, first name, second name, is same:`)'
+    )
   pairs, skipped = [], []
   per_fold: Dict[int, List[int]] = {}  # split -> [same count, different count]
   for line_no, text in enumerate(lines[1:], 2):
@@ -184,13 +196,13 @@ def read_splits(path: images.PathLike, *, root: Optional[images.PathLike] = None
       raise DatasetError(f'{path}:{line_no}: same must be 0 or 1, got {fields[4]!r}')
     if split not in per_fold:
       if split != len(per_fold) + 1:
-        raise DatasetError(f'{path}:{line_no}: split {split} follows split {len(per_fold)}; '
-                           'splits must run 1, 2, ... in order')
+        raise DatasetError(
+          f'{path}:{line_no}: split {split} follows split {len(per_fold)}; splits must run 1, 2, ... in order'
+        )
       per_fold[split] = [0, 0]
     counts = per_fold[split]
     if pair_no != sum(counts) + 1:
-      raise DatasetError(f'{path}:{line_no}: pair number {pair_no} in split {split}, expected '
-                         f'{sum(counts) + 1}')
+      raise DatasetError(f'{path}:{line_no}: pair number {pair_no} in split {split}, expected {sum(counts) + 1}')
     counts[0 if same else 1] += 1
     if root is not None:
       missing = [v for v in (video_a, video_b) if not (frames_dir(root) / v).is_dir()]
@@ -208,6 +220,7 @@ def read_splits(path: images.PathLike, *, root: Optional[images.PathLike] = None
   for split, (n_same, n_diff) in per_fold.items():
     want = same_per_fold if same_per_fold is not None else n_same
     if n_same != want or n_diff != want:
-      raise DatasetError(f'{path}: split {split} has {n_same} same and {n_diff} different pairs, '
-                         f'expected {want} of each')
+      raise DatasetError(
+        f'{path}: split {split} has {n_same} same and {n_diff} different pairs, expected {want} of each'
+      )
   return Listing(pairs, skipped)

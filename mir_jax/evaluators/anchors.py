@@ -10,7 +10,6 @@ default C = 1 is far too strong a penalty for unit-norm embeddings with hundreds
 
 from typing import Dict, List, Sequence, Tuple
 
-
 from mir_jax import protocols
 from mir_jax import tuning
 from mir_jax.evaluators import identification
@@ -22,8 +21,11 @@ def choose_c(task: protocols.Classification, cs: Sequence[float], val_fraction: 
   """The C of `cs` with the best validation accuracy on the first seed (ties: the smaller C, the stronger
   penalty), and every C's validation accuracy in percent."""
   fit, val = tuning.validation_split(task.labels, task.train_idx[0], task.seeds[0], val_fraction)
-  scores = {c: 100 * identification.logistic_regression_accuracy(task.x[fit], task.labels[fit], task.x[val],
-                                                                 task.labels[val], c=c) for c in cs}
+  scores = {
+    c: 100
+    * identification.logistic_regression_accuracy(task.x[fit], task.labels[fit], task.x[val], task.labels[val], c=c)
+    for c in cs
+  }
   best = max(scores.values())
   return min(c for c, s in scores.items() if s == best), scores
 

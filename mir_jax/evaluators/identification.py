@@ -42,8 +42,9 @@ def _l2_normalize(x, dtype, name: str) -> np.ndarray:
   return x / norms
 
 
-def top_distractor_scores(probes: np.ndarray, distractors, max_rank: int, dtype=np.float64,
-                          block_bytes: int = _DEFAULT_BLOCK_BYTES) -> np.ndarray:
+def top_distractor_scores(
+  probes: np.ndarray, distractors, max_rank: int, dtype=np.float64, block_bytes: int = _DEFAULT_BLOCK_BYTES
+) -> np.ndarray:
   """The `max_rank` highest cosine scores of each probe against the distractors, descending.
 
   Args:
@@ -62,7 +63,7 @@ def top_distractor_scores(probes: np.ndarray, distractors, max_rank: int, dtype=
   top = np.full((n, max_rank), -np.inf, dtype)
   block = max(1, block_bytes // (max(n, 1) * np.dtype(dtype).itemsize))
   for start in range(0, m, block):
-    chunk = _l2_normalize(distractors[start:start + block], dtype, 'distractor_features')
+    chunk = _l2_normalize(distractors[start : start + block], dtype, 'distractor_features')
     scores = probes @ chunk.T
     if max_rank == 1:
       np.maximum(top[:, 0], scores.max(axis=1), out=top[:, 0])
@@ -72,8 +73,14 @@ def top_distractor_scores(probes: np.ndarray, distractors, max_rank: int, dtype=
   return -np.sort(-top, axis=1)
 
 
-def megaface_rank1(probe_features, probe_labels, distractor_features, max_rank: int = 10, dtype=np.float64,
-                   block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Dict[str, object]:
+def megaface_rank1(
+  probe_features,
+  probe_labels,
+  distractor_features,
+  max_rank: int = 10,
+  dtype=np.float64,
+  block_bytes: int = _DEFAULT_BLOCK_BYTES,
+) -> Dict[str, object]:
   """MegaFace challenge 1 identification: rank-1 accuracy and the CMC curve up to `max_rank`.
 
   See the module docstring for the exact definition.
@@ -128,13 +135,13 @@ def megaface_rank1(probe_features, probe_labels, distractor_features, max_rank: 
     raise ValueError('no identity has >= 2 probe images, so there is no (gallery, probe) pair to score')
   correct_at = np.concatenate(correct_at, axis=1)
   return {
-      'rank1': float(correct_at[0].mean()),
-      'cmc': correct_at.mean(axis=1),
-      'num_correct': int(correct_at[0].sum()),
-      'num_trials': int(correct_at.shape[1]),
-      'num_identities': num_identities,
-      'num_distractors': int(distractors.shape[0]),
-      'correct': correct_at[0].copy(),
+    'rank1': float(correct_at[0].mean()),
+    'cmc': correct_at.mean(axis=1),
+    'num_correct': int(correct_at[0].sum()),
+    'num_trials': int(correct_at.shape[1]),
+    'num_identities': num_identities,
+    'num_distractors': int(distractors.shape[0]),
+    'correct': correct_at[0].copy(),
   }
 
 
@@ -170,8 +177,11 @@ def one_nn_predict(train_x, train_y, test_x, block_bytes: int = _DEFAULT_BLOCK_B
   if train_y.shape != (train.shape[0],):
     raise ValueError(f'train_y must have shape ({train.shape[0]},), got {train_y.shape}')
   block = max(1, block_bytes // (max(train.shape[0], 1) * 8))
-  nearest = np.concatenate([np.argmax(test[s:s + block] @ train.T, axis=1)
-                            for s in range(0, test.shape[0], block)]) if test.shape[0] else np.zeros(0, int)
+  nearest = (
+    np.concatenate([np.argmax(test[s : s + block] @ train.T, axis=1) for s in range(0, test.shape[0], block)])
+    if test.shape[0]
+    else np.zeros(0, int)
+  )
   return train_y[nearest]
 
 
@@ -195,7 +205,6 @@ def logistic_regression_predict(train_x, train_y, test_x, c: float = 1.0, max_it
   return model.predict(test_x)
 
 
-def logistic_regression_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0,
-                                 max_iter: int = 2000) -> float:
+def logistic_regression_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0, max_iter: int = 2000) -> float:
   """Sanity anchor: Ac of `logistic_regression_predict` on the test split."""
   return classification_accuracy(logistic_regression_predict(train_x, train_y, test_x, c, max_iter), test_y)

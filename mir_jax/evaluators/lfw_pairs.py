@@ -12,9 +12,15 @@ from mir_jax.cache import reader
 from mir_jax.evaluators import verification
 
 
-def evaluate_cache(directory: os.PathLike, pairs: Sequence[Any], *, metric: str = 'sqeuclidean',
-                   subtract_mean: bool = False, far_target: float = 1e-3,
-                   flip: bool = False) -> Dict[str, Any]:
+def evaluate_cache(
+  directory: os.PathLike,
+  pairs: Sequence[Any],
+  *,
+  metric: str = 'sqeuclidean',
+  subtract_mean: bool = False,
+  far_target: float = 1e-3,
+  flip: bool = False,
+) -> Dict[str, Any]:
   """Verification of the pairs a cache covers, with the accounting of those it does not.
 
   Args:
@@ -40,12 +46,14 @@ def evaluate_cache(directory: os.PathLike, pairs: Sequence[Any], *, metric: str 
   rows_a, rows_b, same, folds, missing = verification.match_pairs(tuples, meta['image_ids'], failed, universe)
   outside = [m for m in missing if 'not in the cached subset' in m['reason'] and 'failed' not in m['reason']]
   lost = [m for m in missing if m not in outside]
-  result = verification.evaluate(x[rows_a], x[rows_b], same, folds, metric=metric,
-                                 subtract_mean=subtract_mean, far_target=far_target)
+  result = verification.evaluate(
+    x[rows_a], x[rows_b], same, folds, metric=metric, subtract_mean=subtract_mean, far_target=far_target
+  )
   detected = meta['detected']
   both = detected[rows_a] & detected[rows_b]
   summary = result.summary()
-  summary.update({
+  summary.update(
+    {
       'n_pairs_in_protocol': len(tuples),
       'n_pairs_evaluated': int(len(same)),
       'n_pairs_missing': len(lost),
@@ -54,14 +62,15 @@ def evaluate_cache(directory: os.PathLike, pairs: Sequence[Any], *, metric: str 
       'n_pairs_with_detection_fallback': int((~both).sum()),
       'flip_averaged': flip,
       'cache': {
-          'directory': os.fspath(meta['directory']),
-          'key': info['key'],
-          'spec': info['spec'],
-          'num_records': info['num_records'],
-          'num_embedded': info['num_embedded'],
-          'num_bad_images': info['num_bad_images'],
-          'num_detection_fallbacks': info['num_detection_fallbacks'],
-          'seconds_embedding': info['seconds_embedding'],
+        'directory': os.fspath(meta['directory']),
+        'key': info['key'],
+        'spec': info['spec'],
+        'num_records': info['num_records'],
+        'num_embedded': info['num_embedded'],
+        'num_bad_images': info['num_bad_images'],
+        'num_detection_fallbacks': info['num_detection_fallbacks'],
+        'seconds_embedding': info['seconds_embedding'],
       },
-  })
+    }
+  )
   return summary

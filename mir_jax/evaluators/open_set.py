@@ -21,8 +21,16 @@ def head_task(task: protocols.OpenSet, seeds: Sequence[int]) -> protocols.Classi
     raise ValueError('every head-set identity needs >= 2 images (tuning holds one out for validation)')
   everything = np.broadcast_to(np.arange(len(labels)), (len(seeds), len(labels)))
   desc = f'head set of {task.name}: {len(task.head_class_names)} identities, {len(labels)} images, all trained on'
-  return protocols.Classification(f'{task.name}_head', task.head_x, labels, task.head_class_names, list(seeds),
-                                  np.array(everything), np.array(everything), desc)
+  return protocols.Classification(
+    f'{task.name}_head',
+    task.head_x,
+    labels,
+    task.head_class_names,
+    list(seeds),
+    np.array(everything),
+    np.array(everything),
+    desc,
+  )
 
 
 def run(task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray]) -> Tuple[Dict, List[Dict]]:
@@ -32,8 +40,11 @@ def run(task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray]) 
     task: probes and distractors.
     character: (n, d) embeddings -> (S, n, d) character features under each of S trained heads.
   """
-  original = identification.megaface_rank1(task.probe_x, task.probe_labels, task.distractor_x, max_rank=1,
-                                           dtype=np.float32)
-  mir = [identification.megaface_rank1(p, task.probe_labels, d, max_rank=1, dtype=np.float32)
-         for p, d in zip(character(task.probe_x), character(task.distractor_x))]
+  original = identification.megaface_rank1(
+    task.probe_x, task.probe_labels, task.distractor_x, max_rank=1, dtype=np.float32
+  )
+  mir = [
+    identification.megaface_rank1(p, task.probe_labels, d, max_rank=1, dtype=np.float32)
+    for p, d in zip(character(task.probe_x), character(task.distractor_x))
+  ]
   return original, mir

@@ -54,8 +54,9 @@ def separation(features, labels) -> Separation:
   centroids = np.stack([x[labels == k].mean(axis=0) for k in classes])
   own = centroids[np.searchsorted(classes, labels)]
   within = float(np.linalg.norm(x - own, axis=1).mean())
-  between = float(np.mean([np.linalg.norm(centroids[i] - centroids[j])
-                           for i, j in itertools.combinations(range(classes.size), 2)]))
+  between = float(
+    np.mean([np.linalg.norm(centroids[i] - centroids[j]) for i, j in itertools.combinations(range(classes.size), 2)])
+  )
   ratio = between / within if within > 0 else float('inf')
   return Separation(between, within, ratio)
 

@@ -90,15 +90,26 @@ def paired_t(a, b, level: float = 0.95, alternative: str = 'two-sided') -> Paire
   if a.shape != b.shape:
     raise ValueError(f'a and b must be paired (same length), got {a.size} and {b.size}')
   diff = a - b
-  common = dict(n=int(a.size), mean_a=float(a.mean()), mean_b=float(b.mean()), mean_diff=float(diff.mean()),
-                alternative=alternative, level=level)
+  common = dict(
+    n=int(a.size),
+    mean_a=float(a.mean()),
+    mean_b=float(b.mean()),
+    mean_diff=float(diff.mean()),
+    alternative=alternative,
+    level=level,
+  )
   if a.size == 1:
-    return PairedT(ci_low=None, ci_high=None, t=None, p=None, note='undefined: a single pair has no spread',
-                   **common)
+    return PairedT(ci_low=None, ci_high=None, t=None, p=None, note='undefined: a single pair has no spread', **common)
   std = float(diff.std(ddof=1))
   if std == 0:
-    return PairedT(ci_low=None, ci_high=None, t=None, p=None,
-                   note='undefined: every paired difference is equal, so their spread is zero', **common)
+    return PairedT(
+      ci_low=None,
+      ci_high=None,
+      t=None,
+      p=None,
+      note='undefined: every paired difference is equal, so their spread is zero',
+      **common,
+    )
   res = stats.ttest_rel(a, b, alternative=alternative)
   low, high = _t_interval(float(diff.mean()), std, a.size, level)
   return PairedT(ci_low=low, ci_high=high, t=float(res.statistic), p=float(res.pvalue), **common)
@@ -146,5 +157,4 @@ def mcnemar(correct_a, correct_b, exact: Optional[bool] = None) -> McNemar:
     p = stats.binomtest(only_a, discordant, 0.5).pvalue
     return McNemar(int(a.size), only_a, only_b, None, float(p), 'exact-binomial')
   statistic = max(abs(only_a - only_b) - 1, 0) ** 2 / discordant
-  return McNemar(int(a.size), only_a, only_b, float(statistic), float(stats.chi2.sf(statistic, 1)),
-                 'chi2-continuity')
+  return McNemar(int(a.size), only_a, only_b, float(statistic), float(stats.chi2.sf(statistic, 1)), 'chi2-continuity')

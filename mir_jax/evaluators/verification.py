@@ -110,6 +110,7 @@ def _rates(distances: np.ndarray, same: np.ndarray, threshold: float):
 @dataclasses.dataclass
 class VerificationResult:
   """Per-fold numbers and their summaries (the folds are those with at least one evaluated pair)."""
+
   folds: List[int]
   accuracy: np.ndarray
   threshold: np.ndarray
@@ -135,26 +136,26 @@ class VerificationResult:
   def summary(self) -> Dict[str, object]:
     """JSON-ready dictionary."""
     return {
-        'protocol': 'k-fold; threshold chosen on the other folds; population std over folds',
-        'metric': self.metric,
-        'subtract_mean': self.subtract_mean,
-        'n_pairs': self.n_pairs,
-        'folds': [int(f) for f in self.folds],
-        'accuracy_mean': self.accuracy_mean,
-        'accuracy_std': self.accuracy_std,
-        'accuracy_per_fold': self.accuracy.tolist(),
-        'threshold_per_fold': self.threshold.tolist(),
-        'auc': self.auc,
-        'auc_per_fold_mean': float(np.nanmean(self.auc_per_fold)),
-        'auc_per_fold_std': float(np.nanstd(self.auc_per_fold)),
-        'auc_per_fold': self.auc_per_fold.tolist(),
-        'far_target': self.far_target,
-        'val_mean': float(np.nanmean(self.val)),
-        'val_std': float(np.nanstd(self.val)),
-        'far_mean': float(np.nanmean(self.far)),
-        'val_per_fold': self.val.tolist(),
-        'far_per_fold': self.far.tolist(),
-        'val_threshold_per_fold': self.val_threshold.tolist(),
+      'protocol': 'k-fold; threshold chosen on the other folds; population std over folds',
+      'metric': self.metric,
+      'subtract_mean': self.subtract_mean,
+      'n_pairs': self.n_pairs,
+      'folds': [int(f) for f in self.folds],
+      'accuracy_mean': self.accuracy_mean,
+      'accuracy_std': self.accuracy_std,
+      'accuracy_per_fold': self.accuracy.tolist(),
+      'threshold_per_fold': self.threshold.tolist(),
+      'auc': self.auc,
+      'auc_per_fold_mean': float(np.nanmean(self.auc_per_fold)),
+      'auc_per_fold_std': float(np.nanstd(self.auc_per_fold)),
+      'auc_per_fold': self.auc_per_fold.tolist(),
+      'far_target': self.far_target,
+      'val_mean': float(np.nanmean(self.val)),
+      'val_std': float(np.nanstd(self.val)),
+      'far_mean': float(np.nanmean(self.far)),
+      'val_per_fold': self.val.tolist(),
+      'far_per_fold': self.far.tolist(),
+      'val_threshold_per_fold': self.val_threshold.tolist(),
     }
 
 
@@ -164,14 +165,16 @@ def _auc(distances: np.ndarray, same: np.ndarray) -> float:
   return float(sk_metrics.roc_auc_score(same, -distances))
 
 
-def evaluate(emb_a: np.ndarray,
-             emb_b: np.ndarray,
-             same: Sequence[bool],
-             folds: Sequence[int],
-             *,
-             metric: str = 'sqeuclidean',
-             subtract_mean: bool = False,
-             far_target: float = 1e-3) -> VerificationResult:
+def evaluate(
+  emb_a: np.ndarray,
+  emb_b: np.ndarray,
+  same: Sequence[bool],
+  folds: Sequence[int],
+  *,
+  metric: str = 'sqeuclidean',
+  subtract_mean: bool = False,
+  far_target: float = 1e-3,
+) -> VerificationResult:
   """K-fold verification of embedding pairs.
 
   Args:
@@ -196,8 +199,7 @@ def evaluate(emb_a: np.ndarray,
     raise ValueError('emb_a, emb_b, same and folds must have the same length.')
   fold_ids = sorted(set(folds.tolist()))
   if len(fold_ids) < 2:
-    raise ValueError('Need at least two folds with pairs to choose thresholds on held-out data; '
-                     f'got {fold_ids}.')
+    raise ValueError(f'Need at least two folds with pairs to choose thresholds on held-out data; got {fold_ids}.')
 
   fixed = None if subtract_mean else pair_distances(emb_a, emb_b, metric)
   # Each pair's distance as its own fold saw it (with mean subtraction the folds use different means).
@@ -223,23 +225,27 @@ def evaluate(emb_a: np.ndarray,
     vthr.append(vt)
     aucs.append(_auc(dist[test], same[test]))
   return VerificationResult(
-      folds=fold_ids,
-      accuracy=np.asarray(acc),
-      threshold=np.asarray(thr),
-      val=np.asarray(val),
-      far=np.asarray(far),
-      val_threshold=np.asarray(vthr),
-      auc_per_fold=np.asarray(aucs),
-      auc=_auc(held_out, same),
-      n_pairs=int(len(same)),
-      metric=metric,
-      subtract_mean=subtract_mean,
-      far_target=far_target)
+    folds=fold_ids,
+    accuracy=np.asarray(acc),
+    threshold=np.asarray(thr),
+    val=np.asarray(val),
+    far=np.asarray(far),
+    val_threshold=np.asarray(vthr),
+    auc_per_fold=np.asarray(aucs),
+    auc=_auc(held_out, same),
+    n_pairs=int(len(same)),
+    metric=metric,
+    subtract_mean=subtract_mean,
+    far_target=far_target,
+  )
 
 
-def match_pairs(pairs: Sequence[tuple], image_ids: Sequence[str],
-                failed: Optional[Dict[str, str]] = None,
-                universe: Optional[Sequence[str]] = None):
+def match_pairs(
+  pairs: Sequence[tuple],
+  image_ids: Sequence[str],
+  failed: Optional[Dict[str, str]] = None,
+  universe: Optional[Sequence[str]] = None,
+):
   """Looks up each pair's two images among the embedded ones.
 
   Args:
@@ -275,5 +281,10 @@ def match_pairs(pairs: Sequence[tuple], image_ids: Sequence[str],
       else:
         reasons.append(f'{k}: not in the dataset')
     missing.append({'fold': int(fold), 'a': a, 'b': b, 'same': bool(s), 'reason': '; '.join(reasons)})
-  return (np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64), np.asarray(same, bool),
-          np.asarray(folds, np.int64), missing)
+  return (
+    np.asarray(rows_a, np.int64),
+    np.asarray(rows_b, np.int64),
+    np.asarray(same, bool),
+    np.asarray(folds, np.int64),
+    missing,
+  )

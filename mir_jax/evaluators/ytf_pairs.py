@@ -18,8 +18,10 @@ from mir_jax.evaluators import verification
 
 def splits_file(manual_dir: str) -> str:
   """`splits.txt` beside the user's YTF frames, else the copy in the shared data; FileNotFoundError if none."""
-  for candidate in (os.path.join(manual_dir, 'splits.txt'),
-                    os.path.join(os.path.dirname(manual_dir.rstrip('/')), 'splits.txt')):
+  for candidate in (
+    os.path.join(manual_dir, 'splits.txt'),
+    os.path.join(os.path.dirname(manual_dir.rstrip('/')), 'splits.txt'),
+  ):
     if os.path.isfile(candidate):
       return candidate
   shared = paths.shared_data_dir()
@@ -36,17 +38,20 @@ class Result:
   accounting: str  # how many pairs were evaluated, skipped, missing
 
 
-def run(ds: embedding_sets.EmbeddingSet, pairs, character: Optional[Callable[[np.ndarray], np.ndarray]] = None
-        ) -> Result:
+def run(
+  ds: embedding_sets.EmbeddingSet, pairs, character: Optional[Callable[[np.ndarray], np.ndarray]] = None
+) -> Result:
   """`pairs`: a `datasets.ytf` splits reading (its `skipped` lists videos missing on disk); `character`:
   (n, d) frames -> (S, n, d) character features under each of S heads."""
   a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)
   num_folds = len(set(folds.tolist()))
-  accounting = (f'{len(same)} pairs evaluated in {num_folds} folds; {len(pairs.skipped)} skipped by '
-                f'the reader (video missing on disk), {len(missing)} without embeddings for both videos.')
+  accounting = (
+    f'{len(same)} pairs evaluated in {num_folds} folds; {len(pairs.skipped)} skipped by '
+    f'the reader (video missing on disk), {len(missing)} without embeddings for both videos.'
+  )
   original = 100 * verification.evaluate(a, b, same, folds).accuracy.mean()
   mir = []
-  for feats in ([] if character is None else character(ds.x)):
+  for feats in [] if character is None else character(ds.x):
     a, b, same, folds, _ = protocols.ytf_pairs(ds, pairs, feats)
     mir.append(100 * verification.evaluate(a, b, same, folds).accuracy.mean())
   return Result(original, mir, num_folds, accounting)
