@@ -97,7 +97,7 @@ def _machine():
         flags_ = set(line.split(':', 1)[1].split())
         info['cpu_flags'] = sorted(f for f in flags_ if f.startswith(('avx', 'fma', 'amx')))
         break
-    mhz = [float(l.split(':')[1]) for l in text.splitlines() if l.startswith('cpu MHz')]
+    mhz = [float(ln.split(':')[1]) for ln in text.splitlines() if ln.startswith('cpu MHz')]
     if mhz:
       info['cpu_mhz'] = mhz[0]
     caches = {}
@@ -249,7 +249,7 @@ def _matmul_peak():
     a = jnp.asarray(np.random.RandomState(0).randn(2048, 2048), dtype)
     mm = jax.jit(lambda a: a @ a)
     mm(a).block_until_ready()
-    r = _rates(lambda: mm(a).block_until_ready(), 1, 1.0, 5)
+    r = _rates(lambda mm=mm, a=a: mm(a).block_until_ready(), 1, 1.0, 5)
     out[f'{dtype}_gflops'] = {k: r[k] * 2 * 2048**3 / 1e9 for k in ('best', 'median')}
   return out
 

@@ -78,7 +78,7 @@ def _machine():
   from importlib import metadata  # pylint: disable=g-import-not-at-top
 
   import dlib  # pylint: disable=g-import-not-at-top
-  import facenet_pytorch  # pylint: disable=g-import-not-at-top,unused-import
+  import facenet_pytorch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   import torch  # pylint: disable=g-import-not-at-top
 
   return {
@@ -277,7 +277,7 @@ def main(argv):
   runs = {1: [], 2: []}
   for _ in range(_REPEATS.value):
     for workers, bb in ((1, dlib1), (2, dlib2)):
-      emb, t = _timed(lambda: bb.embed(chips))  # pylint: disable=cell-var-from-loop
+      emb, t = _timed(lambda bb=bb: bb.embed(chips))
       runs[workers].append((t, _LAST_CPU[0], emb))
   (t1, _LAST_CPU[0], emb1) = min(runs[1], key=lambda r: r[0])
   log('dlib_embed_workers1', {**_rate(n, t1), 'all_seconds': [round(r[0], 2) for r in runs[1]]})

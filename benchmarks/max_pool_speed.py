@@ -64,8 +64,8 @@ def _layer_times(torch):
     x = torch.randn(*shape)
     ms = {}
     for name, fn in (
-      ('torch', lambda: torch.nn.functional.max_pool2d(x, kernel, 2, ceil_mode=True)),
-      ('mir_jax', lambda: max_pool.max_pool2d(x, kernel, 2, True)),
+      ('torch', lambda x=x, kernel=kernel: torch.nn.functional.max_pool2d(x, kernel, 2, ceil_mode=True)),
+      ('mir_jax', lambda x=x, kernel=kernel: max_pool.max_pool2d(x, kernel, 2, True)),
     ):
       fn()
       times = []

@@ -110,7 +110,7 @@ def torch_grid(x, labels, train_idx, test_idx, schedules, steps, device):
       l2 = lambda *layers: sum(0.5 * (m.weight**2).sum() for m in layers)
       ones = torch.ones(len(tr), 1, device=device)
 
-      def forward(inputs):
+      def forward(inputs, common=common, hidden=hidden, classifier=classifier):
         y_logit = common(torch.relu(hidden(inputs)))
         return y_logit, classifier(inputs - torch.sigmoid(y_logit))
 

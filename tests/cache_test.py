@@ -160,7 +160,7 @@ def test_build_and_load_roundtrip(tmp_path):
     np.testing.assert_allclose(row, expected_embedding(r.path), rtol=1e-6)
   # Labels index the sorted identity names (including identities whose only images were bad).
   assert meta['names'] == ['alice', 'bob', 'carol', 'dave']
-  assert [meta['names'][l] for l in labels] == meta['identities']
+  assert [meta['names'][lab] for lab in labels] == meta['identities']
   assert meta['video_ids'] == [None] * 20 and meta['roles'] == [None] * 20
   assert meta['embeddings_flip'] is None
   np.testing.assert_array_equal(meta['boxes'], np.tile([1.5, 1.5, 4.5, 4.5], (20, 1)))

@@ -158,7 +158,7 @@ def test_malformed_pairs_file_names_the_problem(tmp_path, text, phrase):
 @needs_lfw
 def test_folder_records_empty_identities_and_non_images(tmp_path):
   people = fixtures.lfw_people_with(LFW_DIR, min_images=2, count=2)
-  for name, files in people:
+  for name, _ in people:
     shutil.copytree(LFW_DIR / name, tmp_path / name)
   (tmp_path / people[0][0] / 'notes.txt').write_text('x')
   empty = fixtures.make_empty_identity(tmp_path, 'Nobody_Here')

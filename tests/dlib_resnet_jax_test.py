@@ -142,9 +142,9 @@ def test_real_file_parses_to_the_published_network(dat_bytes):
   assert (net.loss['margin'], net.loss['distance_threshold']) == pytest.approx((0.04, 0.6), rel=1e-6)
   assert net.input['type'] == 'input_rgb_image_sized' and (net.input['nr'], net.input['nc']) == (150, 150)
   np.testing.assert_allclose(net.input['avg_rgb'], (122.782, 117.001, 104.298), rtol=1e-6)
-  kinds = [l.kind for l in net.layers]
+  kinds = [layer.kind for layer in net.layers]
   assert kinds.count('con') == 29 and kinds.count('affine') == 29 and kinds.count('marker') == 22
-  assert [(l.kind, l.attrs.get('stride_y')) for l in net.layers[:4]] == [
+  assert [(layer.kind, layer.attrs.get('stride_y')) for layer in net.layers[:4]] == [
     ('con', 2),
     ('affine', None),
     ('relu', None),

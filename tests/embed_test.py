@@ -154,7 +154,7 @@ def test_lfw_subset_end_to_end(tmp_path):
   assert meta['image_ids'] == wanted
   assert x.shape == (len(wanted), 128) and x.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
-  assert [meta['names'][l] for l in labels] == [i.split('/')[0] for i in wanted]
+  assert [meta['names'][lab] for lab in labels] == [i.split('/')[0] for i in wanted]
   info = meta['info']
   assert info['num_bad_images'] == 0 and info['spec']['backbone_config']['backbone'] == 'dlib-resnet'
   assert info['spec']['align_config']['detector'].startswith('mtcnn')

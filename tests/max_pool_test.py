@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip('torch', reason='torch not installed')
 
-import fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+import fixtures  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from mir_jax import max_pool  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mir_jax import max_pool  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 F = torch.nn.functional
 

@@ -50,7 +50,7 @@ def test_lfw_identity_keeps_identities_with_enough_images():
   assert task.labels.dtype == np.int32
   assert sorted(set(task.labels.tolist())) == list(range(len(kept)))
   # Each row's new label names the identity the row came from.
-  assert [task.class_names[l] for l in task.labels] == [ds.class_names[l] for l in ds.labels[rows]]
+  assert [task.class_names[lab] for lab in task.labels] == [ds.class_names[lab] for lab in ds.labels[rows]]
   assert np.bincount(task.labels).tolist() == [LFW_COUNTS[i] for i in kept]
 
 
@@ -152,7 +152,7 @@ def test_ytf_frames_keeps_people_with_enough_videos():
   people = np.asarray(ds.class_names)[ds.labels]
   assert sorted(rows.tolist()) == np.flatnonzero(np.isin(people, kept)).tolist()
   assert np.array_equal(task.x, ds.x[rows])
-  assert [task.class_names[l] for l in task.labels] == people[rows].tolist()
+  assert [task.class_names[lab] for lab in task.labels] == people[rows].tolist()
   assert sorted(set(task.labels.tolist())) == list(range(len(kept)))
   with pytest.raises(ValueError, match='fewer than 2 people have >= 3 videos'):
     protocols.ytf_frames(ds, seeds=[0], min_videos=3)
@@ -254,7 +254,9 @@ def test_lfw_distractors_partitions_identities_by_count():
   assert task.head_labels.dtype == np.int32
   assert sorted(set(task.head_labels.tolist())) == list(range(len(head_ids)))
   assert task.head_class_names == [ds.class_names[i] for i in head_ids]
-  assert [task.head_class_names[l] for l in task.head_labels] == [ds.class_names[l] for l in ds.labels[head_rows]]
+  assert [task.head_class_names[lab] for lab in task.head_labels] == [
+    ds.class_names[lab] for lab in ds.labels[head_rows]
+  ]
 
 
 @pytest.mark.parametrize(
@@ -298,7 +300,9 @@ def test_megaface_uses_roles_and_a_separate_head():
   head_rows = _origin(task.head_x)
   assert sorted(head_rows.tolist()) == np.flatnonzero(head.labels != 1).tolist()
   assert sorted(set(task.head_labels.tolist())) == [0, 1, 2]
-  assert [task.head_class_names[l] for l in task.head_labels] == [head.class_names[l] for l in head.labels[head_rows]]
+  assert [task.head_class_names[lab] for lab in task.head_labels] == [
+    head.class_names[lab] for lab in head.labels[head_rows]
+  ]
 
 
 def test_megaface_refuses_head_sharing_a_probe_identity():

@@ -22,7 +22,7 @@ def _t2_half_width(values):
   return u * math.sqrt(2 / (1 - u * u)) * sd / math.sqrt(3)
 
 
-def _table(rule=report.VerdictRule()):
+def _table(rule=None):
   return report.Table(
     title='Toy table',
     columns=['LFW', 'MegaFace'],
@@ -53,7 +53,7 @@ def _table(rule=report.VerdictRule()):
       report.Direction('MIR (a)', 'original (b)', 'LFW'),
       report.Direction('MIR (a)', 'original (b)', 'MegaFace'),
     ],
-    rule=rule,
+    rule=rule or report.VerdictRule(),
     notes=['toy notes'],
   )
 
@@ -134,7 +134,7 @@ def test_markdown_shows_paper_numbers_verdicts_and_reasons():
     assert number in md
   assert report.REPRODUCED in md and report.NOT_REPRODUCED in md and report.NOT_HERE in md
   # The missing MegaFace measurement: dashes and how to supply the data, never a number.
-  line = next(l for l in md.splitlines() if l.startswith('| MIR (a) | MegaFace'))
+  line = next(ln for ln in md.splitlines() if ln.startswith('| MIR (a) | MegaFace'))
   cells = [c.strip() for c in line.strip('|').split('|')]
   assert cells[2] == report.DASH and cells[3] == report.DASH and cells[6] == report.DASH
   assert 'MegaFace data not supplied' in line and '$MIR_DATA' in line
@@ -170,19 +170,19 @@ def test_summary_is_shaped_like_the_paper():
   t = _table()
   lines = report.render_summary(t).splitlines()
   assert lines[2] == '| Row | LFW | MegaFace |'
-  mir = next(l for l in lines if l.startswith('| MIR (a) |'))
+  mir = next(ln for ln in lines if ln.startswith('| MIR (a) |'))
   # Mean +- std, the paper's number and the verdict: 96 lies inside the t-interval of (90, 92, 94); 99.65
   # lies far outside that of (85, 88, 86).
   assert '92.00 ± 2.00 (paper 96.00, reproduced)' in mir
-  assert '86.33 ± 1.53 (paper 99.65, NOT reproduced)' in next(l for l in lines if l.startswith('| original'))
+  assert '86.33 ± 1.53 (paper 99.65, NOT reproduced)' in next(ln for ln in lines if ln.startswith('| original'))
   # A missing number is a dash with a footnote carrying the reason; the same reason is one footnote.
   assert '— [1] (paper 55.75)' in mir
-  footnotes = [l for l in lines if l.startswith('[')]
+  footnotes = [ln for ln in lines if ln.startswith('[')]
   assert footnotes[0].startswith('[1] MegaFace data not supplied') and len(footnotes) == 3
-  deepface = next(l for l in lines if l.startswith('| DeepFace (b) |'))
+  deepface = next(ln for ln in lines if ln.startswith('| DeepFace (b) |'))
   assert deepface.endswith('|  |')  # no MegaFace cell in that row: left blank, not a dash
   # Only directions measured on both sides are listed.
-  claims = [l for l in lines if l.startswith('| MIR (a) > original (b)')]
+  claims = [ln for ln in lines if ln.startswith('| MIR (a) > original (b)')]
   assert len(claims) == 1 and '| LFW |' in claims[0] and '+5.67' in claims[0]
   assert 'toy notes' in lines[-1]
 

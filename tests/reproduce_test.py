@@ -31,7 +31,10 @@ def lfw_like(seed=0, dim=16):
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   names = [f'person_{i:02d}' for i in range(len(counts))]
   return embedding_sets.EmbeddingSet(
-    x.astype(np.float32), labels.astype(np.int32), names, np.asarray([f'{names[l]}/{i}' for i, l in enumerate(labels)])
+    x.astype(np.float32),
+    labels.astype(np.int32),
+    names,
+    np.asarray([f'{names[lab]}/{i}' for i, lab in enumerate(labels)]),
   )
 
 
