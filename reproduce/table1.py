@@ -90,17 +90,7 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
   key = embedding_store.data_key('lfw', backbone)
 
   # LFW: Ac of the single-task head (b) and the joint MIR head (a) on the same splits and seeds.
-  runs = ctx.trained(lfw, key, ['single', 'joint'], reading)
-  for w, schedule in (('b', 'single'), ('a', 'joint')):
-    cells[w]['LFW'] = report.Cell(
-      runs.accuracy[schedule],
-      lfw.seeds,
-      f'{_AC} ({lfw.name})',
-      paper[w].get('LFW'),
-      paper_claims.PAPER_METRIC if paper[w] else '',
-      note=f'{lfw.name}: {lfw.description}. Heads: {runs.describe(schedule)}.',
-      flag=runs.flag(schedule),
-    )
+  _identity_cells(ctx, lfw, key, reading, 'LFW', cells, paper)
 
   # YTF frames and pairs, MegaFace: from caches of a user's copy, else how to supply them.
   _ytf(ctx, backbone, reading, cells, paper)
@@ -125,6 +115,22 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
     flag=heads.flag('joint'),
   )
   return [report.Row(names[w], cells[w], note=note) for w in ('b', 'a')]
+
+
+def _identity_cells(ctx, task, key, reading, column, cells, paper):
+  """The (b) single-task and (a) joint heads' Ac cells of an identity column; returns the heads."""
+  runs = ctx.trained(task, key, ['single', 'joint'], reading)
+  for w, schedule in (('b', 'single'), ('a', 'joint')):
+    cells[w][column] = report.Cell(
+      runs.accuracy[schedule],
+      task.seeds,
+      f'{_AC} ({task.name})',
+      paper[w].get(column),
+      paper_claims.PAPER_METRIC if paper[w] else '',
+      note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
+      flag=runs.flag(schedule),
+    )
+  return runs
 
 
 def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
@@ -186,17 +192,7 @@ def _ytf(ctx, backbone, reading, cells, paper):
     return
   key = embedding_store.data_key('ytf', backbone)
   task = protocols.ytf_frames(ds, ctx.seeds, c.min_videos, c.frames_per_video or None)
-  runs = ctx.trained(task, key, ['single', 'joint'], reading)
-  for w, schedule in (('b', 'single'), ('a', 'joint')):
-    cells[w]['YTF'] = report.Cell(
-      runs.accuracy[schedule],
-      task.seeds,
-      f'{_AC} ({task.name})',
-      paper[w].get('YTF'),
-      paper_claims.PAPER_METRIC if paper[w] else '',
-      note=f'{task.name}: {task.description}. Heads: {runs.describe(schedule)}.',
-      flag=runs.flag(schedule),
-    )
+  runs = _identity_cells(ctx, task, key, reading, 'YTF', cells, paper)
   from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
   from mir_jax.datasets import ytf as ytf_reader  # pylint: disable=g-import-not-at-top
 
