@@ -83,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
   if pairs_file is None:
     sys.exit('error: LFW pairs.txt not found; pass --pairs_file=<path to View 2 pairs.txt>')
   pairs = list(lfw.read_pairs(pairs_file))
-  summary = lfw_pairs.evaluate_cache(
+  summary = lfw_pairs.run(
     directory,
     pairs,
     metric=FLAGS.metric,

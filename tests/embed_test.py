@@ -169,7 +169,7 @@ def test_lfw_subset_end_to_end(tmp_path):
   np.testing.assert_array_equal(np.stack(list(ds)), x)
 
   # The same person's images are closer than different people's on the matched/mismatched pairs.
-  summary = lfw_pairs.evaluate_cache(result.directory, pairs)
+  summary = lfw_pairs.run(result.directory, pairs)
   # Every pair whose two images the subset holds is evaluated: the 40 that chose it, plus any other pair
   # that happens to reuse those images.
   covered = sum(p.image_id_a in wanted_set and p.image_id_b in wanted_set for p in pairs)

@@ -12,7 +12,7 @@ from mir_jax.cache import reader
 from mir_jax.evaluators import verification
 
 
-def evaluate_cache(
+def run(
   directory: os.PathLike,
   pairs: Sequence[Any],
   *,
