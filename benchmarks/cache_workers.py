@@ -38,18 +38,22 @@ from absl import flags
 from benchmarks import machine
 from mir_jax import paths
 
-_OUT = flags.DEFINE_string('out', 'outputs/cache_workers.json', 'Where to write the JSON.')
-_LIMIT = flags.DEFINE_integer('limit', 512, 'LFW images to embed per run; 0 = all 13,233.')
-_WORKER_COUNTS = flags.DEFINE_list('worker_counts', ['1', '2'], 'Values of --num_workers to run.')
-_REPEATS = flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
-_BACKBONE = flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
-_KEEP = flags.DEFINE_string(
-  'keep_cache',
-  None,
-  'Build the cache here and keep it, e.g. to compare its embeddings '
-  'with another build (one run only); default: a temporary directory, deleted.',
-)
-_PSS_EVERY = flags.DEFINE_float('pss_every', 5.0, 'Seconds between PSS samples (RSS: every 0.2 s).')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/cache_workers.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('limit', 512, 'LFW images to embed per run; 0 = all 13,233.')
+  flags.DEFINE_list('worker_counts', ['1', '2'], 'Values of --num_workers to run.')
+  flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
+  flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
+  flags.DEFINE_string(
+    'keep_cache',
+    None,
+    'Build the cache here and keep it, e.g. to compare its embeddings '
+    'with another build (one run only); default: a temporary directory, deleted.',
+  )
+  flags.DEFINE_float('pss_every', 5.0, 'Seconds between PSS samples (RSS: every 0.2 s).')
 
 
 def _tree_pids(pid: int) -> list:
@@ -85,20 +89,20 @@ def _pss_mib(pid: int) -> float:
 
 def run_once(num_workers: int) -> dict:
   with tempfile.TemporaryDirectory() as scratch:
-    data_dir = _KEEP.value or scratch
-    if _KEEP.value and os.path.exists(data_dir):
+    data_dir = FLAGS.keep_cache or scratch
+    if FLAGS.keep_cache and os.path.exists(data_dir):
       raise FileExistsError(f'--keep_cache={data_dir} exists; a fresh directory is needed for a full build')
     cmd = [
       sys.executable,
       '-m',
       'mir_jax.embed',
       '--dataset=lfw',
-      f'--backbone={_BACKBONE.value}',
+      f'--backbone={FLAGS.backbone}',
       f'--num_workers={num_workers}',
       f'--data_dir={data_dir}',
     ]
-    if _LIMIT.value:
-      cmd.append(f'--limit={_LIMIT.value}')
+    if FLAGS.limit:
+      cmd.append(f'--limit={FLAGS.limit}')
     cpu_before, own_before = _children_cpu_seconds(), _own_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=paths.repo_root(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -115,7 +119,7 @@ def run_once(num_workers: int) -> dict:
           rss += status['VmRSS']
           hwm[p] = max(hwm.get(p, 0.0), status['VmHWM'])
         peak['rss'] = max(peak['rss'], rss)
-        if time.monotonic() - last_pss >= _PSS_EVERY.value:
+        if time.monotonic() - last_pss >= FLAGS.pss_every:
           last_pss = time.monotonic()
           peak['pss'] = max(peak['pss'], sum(_pss_mib(p) for p in pids))
         time.sleep(0.2)
@@ -160,12 +164,12 @@ def _children_cpu_seconds() -> float:
 
 def main(argv):
   del argv
-  counts = [int(c) for c in _WORKER_COUNTS.value]
-  if _KEEP.value and len(counts) * _REPEATS.value > 1:
+  counts = [int(c) for c in FLAGS.worker_counts]
+  if FLAGS.keep_cache and len(counts) * FLAGS.repeats > 1:
     raise app.UsageError('--keep_cache keeps one cache: use one --worker_counts value and --repeats=1')
   load_before = os.getloadavg()
   runs = []
-  for _ in range(_REPEATS.value):
+  for _ in range(FLAGS.repeats):
     for workers in counts:
       runs.append(run_once(workers))
       print(json.dumps(runs[-1]), flush=True)
@@ -185,12 +189,13 @@ def main(argv):
   if 1 in rate and 2 in rate:
     result['second_core_speedup'] = rate[2] / rate[1]
     summary += f': {result["second_core_speedup"]:.2f}x'
-  machine.write_json(_OUT.value, result)
+  machine.write_json(FLAGS.out, result)
   print(
     f'{summary}; peak tree RSS {result["peak_tree_rss_mib"]:.0f} MiB, PSS {result["peak_tree_pss_mib"]:.0f} '
-    f'MiB -> {_OUT.value}'
+    f'MiB -> {FLAGS.out}'
   )
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

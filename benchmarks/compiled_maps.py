@@ -23,8 +23,12 @@ from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import splits
 
-_OUT = flags.DEFINE_string('out', 'outputs/compiled_maps.json', 'Where to write the JSON.')
-_PROGRAMS = flags.DEFINE_integer('programs', 8, 'Distinct budgets (compiled programs) to train.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/compiled_maps.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('programs', 8, 'Distinct budgets (compiled programs) to train.')
 
 
 def _maps() -> int:
@@ -39,9 +43,9 @@ def main(argv):
   train_idx = np.stack([splits.stratified_split(labels, 0.5, s)[0] for s in range(2)])
   runs = [engine.Run(schedule='joint', seed=s, learning_rate=1e-2) for s in range(2)]
   engine_limit = engine.MAX_COMPILED_PROGRAMS
-  engine.MAX_COMPILED_PROGRAMS = _PROGRAMS.value + 1
+  engine.MAX_COMPILED_PROGRAMS = FLAGS.programs + 1
   counts = [_maps()]
-  for i in range(_PROGRAMS.value):
+  for i in range(FLAGS.programs):
     steps = 10 + i
     opts = engine.StaticOptions(num_classes=int(labels.max()) + 1, steps=steps, log_every=steps)
     jax.block_until_ready(engine.train(x, labels, opts, runs, train_idx))
@@ -64,8 +68,9 @@ def main(argv):
     'engine_max_compiled_programs': engine_limit,
   }
   print(json.dumps(result, indent=1))
-  machine.write_json(_OUT.value, result)
+  machine.write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

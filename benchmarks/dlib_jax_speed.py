@@ -43,26 +43,31 @@ from mir_jax import images
 from mir_jax import paths
 from mir_jax.backbones import dlib_resnet_jax
 
-_OUT = flags.DEFINE_string('out', 'outputs/dlib_jax_speed.json', 'Where to write the JSON.')
-_CHECK_FACES = flags.DEFINE_integer('check_faces', 0, 'LFW faces for the equality check (0 = none).')
-_SPEED = flags.DEFINE_bool('speed', True, 'Run the speed benchmark.')
-_NUM_CHIPS = flags.DEFINE_integer('num_chips', 128, 'Chips for the speed benchmark.')
-_CXX_CHIPS = flags.DEFINE_integer('cxx_chips', 32, 'Chips per C++ timing (it is slow).')
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32', '64'], 'JAX batch sizes to time.')
-_STEMS = flags.DEFINE_list(
-  'stems',
-  ['plain', 's2d', 's2d_chunk1'],
-  'Stem settings: plain (whole batch, 7x7/2 conv), s2d (space-to-depth), '
-  's2d_chunkK (space-to-depth, K faces at a time).',
-)
-_BF16 = flags.DEFINE_bool(
-  'bf16',
-  True,
-  'Also time and check bfloat16 compute (at the best float32 '
-  'stem and batch size, with XLA convs and with convs as dots).',
-)
-_MIN_SECONDS = flags.DEFINE_float('min_seconds', 2.0, 'Least time per JAX measurement.')
-_LFW_DIR = flags.DEFINE_string('lfw_dir', None, 'LFW deep-funneled folder; default <shared data>/lfw/lfw-deepfunneled.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/dlib_jax_speed.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('check_faces', 0, 'LFW faces for the equality check (0 = none).')
+  flags.DEFINE_bool('speed', True, 'Run the speed benchmark.')
+  flags.DEFINE_integer('num_chips', 128, 'Chips for the speed benchmark.')
+  flags.DEFINE_integer('cxx_chips', 32, 'Chips per C++ timing (it is slow).')
+  flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32', '64'], 'JAX batch sizes to time.')
+  flags.DEFINE_list(
+    'stems',
+    ['plain', 's2d', 's2d_chunk1'],
+    'Stem settings: plain (whole batch, 7x7/2 conv), s2d (space-to-depth), '
+    's2d_chunkK (space-to-depth, K faces at a time).',
+  )
+  flags.DEFINE_bool(
+    'bf16',
+    True,
+    'Also time and check bfloat16 compute (at the best float32 '
+    'stem and batch size, with XLA convs and with convs as dots).',
+  )
+  flags.DEFINE_float('min_seconds', 2.0, 'Least time per JAX measurement.')
+  flags.DEFINE_string('lfw_dir', None, 'LFW deep-funneled folder; default <shared data>/lfw/lfw-deepfunneled.')
+
 
 LFW_IMAGES = 13233
 
@@ -116,7 +121,7 @@ def _load():
 
 
 def _lfw_files(n):
-  root = pathlib.Path(_LFW_DIR.value) if _LFW_DIR.value else None
+  root = pathlib.Path(FLAGS.lfw_dir) if FLAGS.lfw_dir else None
   if root is None:
     shared = paths.shared_data_dir()
     root = shared / 'lfw' / 'lfw-deepfunneled' if shared else None
@@ -197,7 +202,7 @@ def check(n):
     'jax_plain_float32',
     np.concatenate([np.asarray(plain({'params': params}, chips[i : i + 32])) for i in range(0, len(chips), 32)]),
   )
-  if _BF16.value:
+  if FLAGS.bf16:
     bf16 = dlib_resnet_jax.DlibResNetJax(dtype='bfloat16')
     got = bf16.descriptors(chips)
     compare('jax_backbone_bfloat16', got)
@@ -291,7 +296,7 @@ def _jax_speed(chips, peak):
     t = time.perf_counter()
     backbone.descriptors(chips[:bs])
     compile_s = time.perf_counter() - t
-    r = _rates(lambda: backbone.descriptors(chips), len(chips), _MIN_SECONDS.value)
+    r = _rates(lambda: backbone.descriptors(chips), len(chips), FLAGS.min_seconds)
     run = {
       'dtype': dtype,
       'stem': stem,
@@ -310,10 +315,10 @@ def _jax_speed(chips, peak):
     )
     return run
 
-  for stem in _STEMS.value:
-    for bs in [int(b) for b in _BATCH_SIZES.value]:
+  for stem in FLAGS.stems:
+    for bs in [int(b) for b in FLAGS.batch_sizes]:
       time_run('float32', stem, bs)
-  if _BF16.value:
+  if FLAGS.bf16:
     best = max(out['runs'], key=lambda r: r['faces_per_s']['best'])
     for dot_stages in ((), (1, 2, 3, 4)):
       time_run('bfloat16', best['stem'], best['batch_size'], dot_stages)
@@ -332,17 +337,17 @@ def _jax_speed(chips, peak):
 def main(argv):
   del argv
   result = {'machine': _machine(), 'load_before': _load()}
-  if _CHECK_FACES.value:
-    result['check'] = check(_CHECK_FACES.value)
+  if FLAGS.check_faces:
+    result['check'] = check(FLAGS.check_faces)
     result['load_after_check'] = _load()
-  if _SPEED.value:
-    chips, fallbacks = make_chips(_lfw_files(_NUM_CHIPS.value))
+  if FLAGS.speed:
+    chips, fallbacks = make_chips(_lfw_files(FLAGS.num_chips))
     result['speed'] = {'chips': len(chips), 'detector_fallbacks': fallbacks}
     result['speed']['matmul'] = _matmul_peak()
     peak = result['speed']['matmul']['float32_gflops']['best']
     print(f'matmul float32 peak: {peak:.1f} GFLOP/s', flush=True)
     result['speed']['load_before_cxx'] = _load()
-    result['speed']['cxx'] = _cxx_speed(chips[: _CXX_CHIPS.value])
+    result['speed']['cxx'] = _cxx_speed(chips[: FLAGS.cxx_chips])
     print('cxx:', json.dumps(result['speed']['cxx']), flush=True)
     result['speed']['load_before_jax'] = _load()
     result['speed']['jax'] = _jax_speed(chips, peak)
@@ -366,11 +371,12 @@ def main(argv):
     result['summary'] = summary
     print('summary:', json.dumps(summary, indent=1), flush=True)
   result['load_after'] = _load()
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1) + '\n')
   print(f'wrote {out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

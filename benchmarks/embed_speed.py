@@ -45,15 +45,18 @@ from mir_jax import backbones
 from mir_jax import images
 from mir_jax import paths
 
-_OUT = flags.DEFINE_string('out', 'outputs/embed_speed.json', 'Where to write the JSON.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'LFW images to time on.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per detection / embedding chunk.')
-_JITTER_IMAGES = flags.DEFINE_integer('jitter_images', 8, 'Images used to time num_jitters=10.')
-_NAIVE_IMAGES = flags.DEFINE_integer('naive_images', 50, 'Images for the naive facenet-pytorch loop.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating runs of dlib with 1 and 2 workers (fastest kept).')
-_LFW_DIR = flags.DEFINE_string(
-  'lfw_dir', None, 'LFW deep-funneled folder; default: <shared data>/lfw/lfw-deepfunneled.'
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/embed_speed.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('num_images', 200, 'LFW images to time on.')
+  flags.DEFINE_integer('batch_size', 64, 'Images per detection / embedding chunk.')
+  flags.DEFINE_integer('jitter_images', 8, 'Images used to time num_jitters=10.')
+  flags.DEFINE_integer('naive_images', 50, 'Images for the naive facenet-pytorch loop.')
+  flags.DEFINE_integer('repeats', 3, 'Alternating runs of dlib with 1 and 2 workers (fastest kept).')
+  flags.DEFINE_string('lfw_dir', None, 'LFW deep-funneled folder; default: <shared data>/lfw/lfw-deepfunneled.')
+
 
 LFW_IMAGES = 13233
 
@@ -223,15 +226,15 @@ def main(argv):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  if _LFW_DIR.value:
-    lfw_dir = pathlib.Path(_LFW_DIR.value)
+  if FLAGS.lfw_dir:
+    lfw_dir = pathlib.Path(FLAGS.lfw_dir)
   else:
     shared = paths.shared_data_dir()
     if shared is None:
       raise app.UsageError('shared data not found: pass --lfw_dir or set MIR_SHARED_DATA')
     lfw_dir = shared / 'lfw' / 'lfw-deepfunneled'
-  files = _pick_files(lfw_dir, _NUM_IMAGES.value)
-  n, bs = len(files), _BATCH_SIZE.value
+  files = _pick_files(lfw_dir, FLAGS.num_images)
+  n, bs = len(files), FLAGS.batch_size
   default_threads = torch.get_num_threads()
   report = {
     'machine': _machine(),
@@ -275,7 +278,7 @@ def main(argv):
   # Alternate 1 and 2 workers and keep each one's fastest run: other jobs on a shared box only ever
   # slow a run down, and alternating exposes both settings to the same background load.
   runs = {1: [], 2: []}
-  for _ in range(_REPEATS.value):
+  for _ in range(FLAGS.repeats):
     for workers, bb in ((1, dlib1), (2, dlib2)):
       emb, t = _timed(lambda bb=bb: bb.embed(chips))
       runs[workers].append((t, _LAST_CPU[0], emb))
@@ -297,7 +300,7 @@ def main(argv):
       'max_abs_diff_vs_1_worker': float(np.abs(emb1 - emb2).max()),
     },
   )
-  nj = _JITTER_IMAGES.value
+  nj = FLAGS.jitter_images
   for name, options in (('num_jitters10', {'num_jitters': 10}), ('flip', {'flip': True})):
     with dlib_cxx.DlibProcesses(num_workers=2, **options) as tta:
       tta.embed(chips[:2])
@@ -368,7 +371,7 @@ def main(argv):
     tmp.unlink(missing_ok=True)
 
   # --- naive facenet-pytorch loop (README style), random weights --------------------------------
-  nn_ = min(_NAIVE_IMAGES.value, n)
+  nn_ = min(FLAGS.naive_images, n)
   mtcnn = MTCNN(image_size=160, margin=0)
   resnet = InceptionResnetV1(pretrained=None, classify=False).eval()
   resnet(mtcnn(Image.fromarray(imgs[0])).unsqueeze(0))  # Warm-up.
@@ -419,7 +422,7 @@ def main(argv):
     'estimate_if_2_cores_free': results['dlib_embed_workers2']['speedup_estimate_if_2_cores_free'],
     'cores_busy_with_2_workers': results['dlib_embed_workers2']['cores_busy'],
   }
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2))
   print(json.dumps(targets, indent=2))
@@ -427,4 +430,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -21,9 +21,14 @@ import numpy as np
 
 from benchmarks import machine
 
-_OUT = flags.DEFINE_string('out', 'outputs/max_pool_speed.json', 'Where to write the JSON.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 320, 'LFW images to detect faces in.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Alternating runs of each variant.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/max_pool_speed.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('num_images', 320, 'LFW images to detect faces in.')
+  flags.DEFINE_integer('repeats', 3, 'Alternating runs of each variant.')
+
 
 # (input shape, kernel) of MTCNN's pools on 250x250 LFW images in batches of 16: P-Net's first two
 # pyramid levels, then R-Net and O-Net on typical numbers of candidate boxes.
@@ -94,14 +99,14 @@ def main(argv):
 
   torch.set_num_threads(1)
   load_before = list(os.getloadavg())
-  ims = _lfw_images(_NUM_IMAGES.value)
+  ims = _lfw_images(FLAGS.num_images)
   aligners = {
     'torch': align.Aligner(num_threads=1, batch_size=16, fast_max_pool=False),
     'mir_jax': align.Aligner(num_threads=1, batch_size=16, fast_max_pool=True),
   }
   cpu = {name: [] for name in aligners}
   detections = {}
-  for _ in range(_REPEATS.value):
+  for _ in range(FLAGS.repeats):
     for name, aligner in aligners.items():
       start = time.process_time()
       detections[name] = aligner.detect_batch(ims)
@@ -121,7 +126,7 @@ def main(argv):
     'identical_detections': identical,
     'layers': _layer_times(torch),
   }
-  machine.write_json(_OUT.value, result)
+  machine.write_json(FLAGS.out, result)
   print(
     f'MTCNN CPU ms/image: torch pools {1e3 * per_image["torch"]:.1f}, mir_jax pools '
     f'{1e3 * per_image["mir_jax"]:.1f} ({result["speedup"]:.2f}x); identical detections {identical} of '
@@ -130,4 +135,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -28,14 +28,17 @@ from benchmarks import machine
 from mir_jax import engine
 from mir_jax import splits
 
-_OUT = flags.DEFINE_string('out', 'outputs/train_speed.json', 'Where to write the JSON.')
-_STEPS = flags.DEFINE_integer('steps', 300, 'Full-batch steps per run.')
-_SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds per schedule.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions of the engine and GEMM (median reported).')
-_TORCH_REPEATS = flags.DEFINE_integer('torch_repeats', 1, 'Timed repetitions of the whole PyTorch grid.')
-_TORCH_DEVICE = flags.DEFINE_string(
-  'torch_device', 'auto', "PyTorch device: 'auto' (cuda when available), 'cpu', 'cuda'."
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', 'outputs/train_speed.json', 'Where to write the JSON.')
+  flags.DEFINE_integer('steps', 300, 'Full-batch steps per run.')
+  flags.DEFINE_integer('seeds', 10, 'Seeds per schedule.')
+  flags.DEFINE_integer('repeats', 3, 'Timed repetitions of the engine and GEMM (median reported).')
+  flags.DEFINE_integer('torch_repeats', 1, 'Timed repetitions of the whole PyTorch grid.')
+  flags.DEFINE_string('torch_device', 'auto', "PyTorch device: 'auto' (cuda when available), 'cpu', 'cuda'.")
+
 
 NUM_CLASSES, DIM, NUM_EXAMPLES, MIN_PER_CLASS = 158, 128, 4324, 10
 LEARNING_RATE, L2, LAMBDA = 1e-3, 1e-3, 1.0
@@ -172,7 +175,7 @@ def main(argv):
   import torch  # pylint: disable=g-import-not-at-top
 
   x, labels = lfw_like_embeddings()
-  seeds = list(range(_SEEDS.value))
+  seeds = list(range(FLAGS.seeds))
   train_idx, test_idx = map(np.stack, zip(*[splits.stratified_split(labels, 0.5, s) for s in seeds]))
   runs = [
     engine.Run(schedule=s, seed=seed, learning_rate=LEARNING_RATE, l2=L2, commonality_weight=LAMBDA)
@@ -181,21 +184,21 @@ def main(argv):
   ]
   run_train = np.concatenate([train_idx] * len(engine.SCHEDULES))
   run_test = np.concatenate([test_idx] * len(engine.SCHEDULES))
-  opts = engine.StaticOptions(num_classes=NUM_CLASSES, steps=_STEPS.value, log_every=_STEPS.value)
+  opts = engine.StaticOptions(num_classes=NUM_CLASSES, steps=FLAGS.steps, log_every=FLAGS.steps)
   n_train = train_idx.shape[1]
 
-  torch_device = _TORCH_DEVICE.value
+  torch_device = FLAGS.torch_device
   if torch_device == 'auto':
     torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
   print('matmul peak ...', flush=True)
-  peak = matmul_peak(_REPEATS.value, torch_device)
+  peak = matmul_peak(FLAGS.repeats, torch_device)
 
   print('engine ...', flush=True)
   start = time.perf_counter()
   result = jax.block_until_ready(engine.train(x, labels, opts, runs, run_train))
   engine_first = time.perf_counter() - start
   engine_median, engine_times = timed(
-    lambda: jax.block_until_ready(engine.train(x, labels, opts, runs, run_train)), _REPEATS.value
+    lambda: jax.block_until_ready(engine.train(x, labels, opts, runs, run_train)), FLAGS.repeats
   )
   logits = np.asarray(engine.apply_runs(result, x, runs, opts).logits)
   correct = logits.argmax(-1) == labels[None]
@@ -206,11 +209,11 @@ def main(argv):
   torch_accs = []
 
   def run_torch():
-    torch_accs.append(torch_grid(x, labels, train_idx, test_idx, engine.SCHEDULES, _STEPS.value, torch_device))
+    torch_accs.append(torch_grid(x, labels, train_idx, test_idx, engine.SCHEDULES, FLAGS.steps, torch_device))
     if torch_device == 'cuda':
       torch.cuda.synchronize()
 
-  torch_median, torch_times = timed(run_torch, _TORCH_REPEATS.value)
+  torch_median, torch_times = timed(run_torch, FLAGS.torch_repeats)
 
   print('scikit-learn ...', flush=True)
   sk_accs = []
@@ -223,9 +226,7 @@ def main(argv):
   best_peak = max(peak.values())
   report = {
     'command': 'python -m benchmarks.train_speed '
-    + ' '.join(
-      f'--{k}={v}' for k, v in (('steps', _STEPS.value), ('seeds', _SEEDS.value), ('repeats', _REPEATS.value))
-    ),
+    + ' '.join(f'--{k}={v}' for k, v in (('steps', FLAGS.steps), ('seeds', FLAGS.seeds), ('repeats', FLAGS.repeats))),
     'machine': {
       **machine.basic_info(),
       'jax_backend': jax.default_backend(),
@@ -240,7 +241,7 @@ def main(argv):
       'runs': len(runs),
       'schedules': list(engine.SCHEDULES),
       'seeds': len(seeds),
-      'steps_per_run': _STEPS.value,
+      'steps_per_run': FLAGS.steps,
       'num_train': int(n_train),
       'num_test': int(test_idx.shape[1]),
       'num_classes': NUM_CLASSES,
@@ -269,11 +270,11 @@ def main(argv):
     'speedup_engine_vs_pytorch': torch_median / engine_median,
     'speedup_engine_incl_compile_vs_pytorch': torch_median / engine_first,
   }
-  machine.write_json(_OUT.value, report)
+  machine.write_json(FLAGS.out, report)
   e = report['engine']
   print(f'matmul peak {best_peak:.1f} GFLOP/s ({", ".join(f"{k} {v:.1f}" for k, v in peak.items())})')
   print(
-    f'engine: {len(runs)} runs x {_STEPS.value} steps in {engine_median:.2f} s (median; first call incl. '
+    f'engine: {len(runs)} runs x {FLAGS.steps} steps in {engine_median:.2f} s (median; first call incl. '
     f'compile {engine_first:.2f} s), {e["achieved_gflops"]:.1f} GFLOP/s = '
     f'{100 * e["fraction_of_matmul_peak"]:.0f}% of peak'
   )
@@ -291,4 +292,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

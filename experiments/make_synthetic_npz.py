@@ -8,20 +8,25 @@ from absl import flags
 
 from mir_jax import embedding_sets
 
-_OUT = flags.DEFINE_string('out', None, 'Output .npz path.', required=True)
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 158, 'Identities.')
-_PER_CLASS = flags.DEFINE_integer('per_class', 27, 'Embeddings per identity.')
-_DIM = flags.DEFINE_integer('dim', 128, 'Embedding dimension.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', None, 'Output .npz path.', required=True)
+  flags.DEFINE_integer('num_classes', 158, 'Identities.')
+  flags.DEFINE_integer('per_class', 27, 'Embeddings per identity.')
+  flags.DEFINE_integer('dim', 128, 'Embedding dimension.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 
 def main(argv):
   del argv
   embedding_sets.save_npz(
-    _OUT.value, embedding_sets.synthetic_identities(_NUM_CLASSES.value, _PER_CLASS.value, _DIM.value, _SEED.value)
+    FLAGS.out, embedding_sets.synthetic_identities(FLAGS.num_classes, FLAGS.per_class, FLAGS.dim, FLAGS.seed)
   )
-  print(f'wrote {_OUT.value}')
+  print(f'wrote {FLAGS.out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
