@@ -159,7 +159,8 @@ def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
           values[name], lfw.seeds, f'{_AC} ({lfw.name})', note=f'{lfw.name}: {how[name]}; no head, no training reading.'
         )
       },
-      note='A sanity anchor, not a paper row: a (b) head below it would be under-fitted.',
+      note='A sanity anchor, not a paper row: what a simple classifier reaches on the same (b) features; '
+      'a softmax head far below it has not fit them.',
     )
     for name in anchors.ANCHORS
   ]

@@ -1,7 +1,7 @@
 """Sanity anchors for a classification task: what simple classifiers reach on the original embeddings.
 
-Table I's (b) rows are a softmax head trained on the original embeddings. A head below cosine 1-NN or
-logistic regression on the same splits would be under-fitted, and then "(a) > (b)" would say more about
+Table I's (b) rows are a softmax head trained on the original embeddings. A head far below cosine 1-NN or
+logistic regression on the same splits has not fit the features, and then "(a) > (b)" would say more about
 training than about MIR; the anchors show where (b) stands. Both use each seed's training split and score
 its test split, so they pair with the heads by seed. Logistic regression's inverse L2 strength C is chosen
 like the heads' settings: on a validation split carved from the first seed's training split (scikit-learn's
