@@ -40,7 +40,7 @@ class EmbeddingStore:
     raises Unavailable with the embed command that builds them."""
     key = (dataset, backbone, manual_dir, subset, limit, json.dumps(reader_kwargs, sort_keys=True))
     if key not in self._sets:
-      from mir_jax.cache import lookup  # pylint: disable=g-import-not-at-top  (torch, dlib: only when used)
+      from mir_jax.cache import lookup  # pylint: disable=g-import-not-at-top  (readers: only when used)
       from mir_jax.cache import selection  # pylint: disable=g-import-not-at-top
       from mir_jax.datasets import listing  # pylint: disable=g-import-not-at-top
 
@@ -56,7 +56,7 @@ class EmbeddingStore:
         )
       except (cache_key.CacheError, listing.DatasetError, selection.UsageError) as e:
         raise Unavailable(str(e)) from None
-      except (FileNotFoundError, RuntimeError, ImportError) as e:  # e.g. FaceNet weights absent offline
+      except (FileNotFoundError, ImportError) as e:  # FaceNet's weights (or facenet-pytorch) absent: its key needs them
         raise Unavailable(f'{backbone} cannot run here: {e}') from None
       start = time.perf_counter()
       self._sets[key] = embedding_sets.load(str(directory))

@@ -201,8 +201,9 @@ def _ytf(ctx, backbone, reading, cells, paper):
     # Official counts (10 splits x 250 + 250) unless config.ytf.official_counts is off (a fixture, a subset).
     counts = {} if c.official_counts else {'num_folds': None, 'same_per_fold': None}
     pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir, **counts)
+    # Only reading and matching the pairs may fail into a cell; an error while scoring them is a bug.
     result = ytf_pairs.run(ds, pairs, lambda x: runs.character('joint', x))
-  except (FileNotFoundError, listing.DatasetError, ValueError) as e:
+  except (FileNotFoundError, listing.DatasetError, ytf_pairs.NoMatchingPairs) as e:
     for w in ('b', 'a'):
       cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
     return
