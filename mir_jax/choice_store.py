@@ -19,22 +19,14 @@ from mir_jax import options
 from mir_jax import paths
 from mir_jax import protocols
 from mir_jax import readings
-from mir_jax import train
+from mir_jax import runner
 from mir_jax import tuning
 
 READINGS = ('tuned', 'paper-literal')
-# The train-block fields that change what a tuned head learns. The rest are the runner's (schedules, seeds)
-# or what tuning chooses (learning rate, L2, steps; the paper-literal check records those in 'literal').
-TRAINING_FIELDS = (
-  'optimizer',
-  'l2_form',
-  'l2_params',
-  'batch_size',
-  'commonality_weight',
-  'alternate_every',
-  'lr_schedule',
-  'warmup_fraction',
-)
+# The train-block fields that do NOT enter a choice's context: the runner's (which schedules, which seeds)
+# and what the reading itself sets (learning rate, L2, steps; the paper-literal check records those in
+# 'literal'). Every other train field may change what a head learns, so a new one re-tunes by default.
+NOT_IN_CONTEXT = ('schedules', 'seed', 'num_seeds', 'learning_rate', 'l2', 'steps')
 
 
 def save(path: str, records: Dict[str, object], context: dict):
@@ -94,14 +86,13 @@ class ChoiceStore:
     literal = readings.Setting(t.learning_rate, t.l2, t.steps)
     if name == 'paper-literal':
       variant = dataclasses.replace(variant, lr_schedule='constant')
-    seeds = options.seeds(t)
     context = {
       'data': data,
       'task': task.description,
       'variant': dataclasses.asdict(variant),
-      'train': {k: t[k] for k in TRAINING_FIELDS},
+      'train': {k: v for k, v in t.items() if k not in NOT_IN_CONTEXT},
       'grid': dataclasses.asdict(grid),
-      'tuning_seeds': seeds[: grid.tuning_seeds],
+      'tuning_seeds': list(task.seeds[: grid.tuning_seeds]),
       'schedules': sorted(schedules),
     }
     if name == 'paper-literal':
@@ -121,9 +112,9 @@ class ChoiceStore:
       start = time.perf_counter()
       opts = options.static_options(t, variant, len(task.class_names), task.x.shape[1])
       if name == 'paper-literal':
-        records = train.check(task, schedules, opts, literal, grid, variant.commonality_weight, t.alternate_every)
+        records = runner.check(task, schedules, opts, literal, grid, variant.commonality_weight, t.alternate_every)
       else:
-        records = train.tune(task, schedules, opts, grid, variant.commonality_weight, t.alternate_every)
+        records = runner.tune(task, schedules, opts, grid, variant.commonality_weight, t.alternate_every)
       self.timings[f'tune {os.path.basename(path)}'] = time.perf_counter() - start
       save(path, records, context)
     source = os.path.relpath(path, paths.repo_root())
