@@ -46,7 +46,7 @@ class Variant:
 
 def static_options(train, variant: Variant, num_classes: int, dim: int, steps: int = 1) -> engine.StaticOptions:
   """The engine's options for heads of `variant` on `dim`-D embeddings; `train` is a config's train block.
-  `steps` is a placeholder where the caller (`train.train_heads`, the tuning) sets each call's budget."""
+  `steps` is a placeholder where the caller (`runner.train_heads`, the tuning) sets each call's budget."""
   return engine.StaticOptions(
     num_classes=num_classes,
     commonality_dim=dim if variant.commonality_dim == 'd' else 1,

@@ -12,13 +12,13 @@ from mir_jax import choice_store
 from mir_jax import options
 from mir_jax import protocols
 from mir_jax import readings
-from mir_jax import train
+from mir_jax import runner
 
 
 class Trained:
   """Heads of several schedules on one task, each trained in its own call (`HeadMemo.trained`)."""
 
-  def __init__(self, by_schedule: Dict[str, train.HeadRuns]):
+  def __init__(self, by_schedule: Dict[str, runner.HeadRuns]):
     self.by_schedule = by_schedule
     self.accuracy = {s: r.accuracy[s] for s, r in by_schedule.items()}
     self.correct = {s: r.correct[s] for s, r in by_schedule.items()}
@@ -54,7 +54,7 @@ class Trained:
     )
 
   def character(self, schedule: str, x) -> np.ndarray:
-    return train.character_features(self.by_schedule[schedule], schedule, x)
+    return runner.character_features(self.by_schedule[schedule], schedule, x)
 
 
 class HeadMemo:
@@ -64,7 +64,7 @@ class HeadMemo:
     self.config = config
     self.choices = choices
     self.data_spec = data_spec  # data key -> what made those embeddings (`EmbeddingStore.spec`)
-    self._heads: Dict[tuple, train.HeadRuns] = {}
+    self._heads: Dict[tuple, runner.HeadRuns] = {}
     self.timings: Dict[str, float] = {}
     self.flops = 0.0  # of every head trained for the tables (not tuning): the engine's share of the peak
 
@@ -88,7 +88,7 @@ class HeadMemo:
       if key not in self._heads:
         reading = self.choices.reading(reading_name, task, self.data_spec(data_key), data_key, [schedule], variant)
         opts = options.static_options(t, variant, len(task.class_names), task.x.shape[1])
-        runs = train.train_heads(task, [schedule], reading, opts, variant.commonality_weight, t.alternate_every)
+        runs = runner.train_heads(task, [schedule], reading, opts, variant.commonality_weight, t.alternate_every)
         self.timings[f'train {data_key} {task.name} {schedule} {reading_name} {variant.label()}'] = runs.seconds
         self.flops += runs.flops
         self._heads[key] = runs

@@ -10,7 +10,7 @@ from mir_jax import embedding_sets
 from mir_jax import engine
 from mir_jax import protocols
 from mir_jax import readings
-from mir_jax import train
+from mir_jax import runner
 from mir_jax import tuning
 
 
@@ -38,7 +38,7 @@ def test_readings():
 def test_train_classification_reports_per_schedule_and_seed(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
   reading = readings.Reading('r', {'joint': readings.Setting(3e-2, 0.0, 60), 'single': readings.Setting(3e-2, 0.0, 40)})
-  runs = train.train_heads(task, ['joint', 'single'], reading, opts)
+  runs = runner.train_heads(task, ['joint', 'single'], reading, opts)
   assert [(r.schedule, r.seed, r.steps) for r in runs.runs] == [
     ('joint', 0, 60),
     ('joint', 1, 60),
@@ -59,17 +59,17 @@ def test_train_classification_reports_per_schedule_and_seed(task):
 def test_character_features(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
   reading = readings.literal_reading(steps=20)
-  runs = train.train_heads(task, ['joint', 'single'], reading, opts)
-  single = train.character_features(runs, 'single', task.x)
+  runs = runner.train_heads(task, ['joint', 'single'], reading, opts)
+  single = runner.character_features(runs, 'single', task.x)
   np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # single-task: c = x
-  joint = train.character_features(runs, 'joint', task.x)
+  joint = runner.character_features(runs, 'joint', task.x)
   out = engine.apply_runs(runs.result, task.x, runs.runs, runs.opts)
   np.testing.assert_allclose(joint, np.asarray(out.character[:2]), atol=1e-6)
   # c = x - y with a scalar y per face: every coordinate moves by the same amount.
   shift = task.x[None] - joint
   np.testing.assert_allclose(shift, np.broadcast_to(shift[..., :1], shift.shape), atol=1e-5)
   with pytest.raises(KeyError):
-    train.character_features(runs, 'alternating', task.x)
+    runner.character_features(runs, 'alternating', task.x)
 
 
 def test_stored_choices_roundtrip_and_context(tmp_path):
@@ -100,8 +100,8 @@ def test_stored_choices_roundtrip_and_context(tmp_path):
 
 def test_train_classification_records_final_training_loss_and_accuracy(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  short = train.train_heads(task, ['single'], readings.literal_reading(steps=5), opts)
-  long = train.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}), opts)
+  short = runner.train_heads(task, ['single'], readings.literal_reading(steps=5), opts)
+  long = runner.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}), opts)
   assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
   assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()
   assert (long.train_accuracy['single'] > short.train_accuracy['single']).all()
