@@ -40,7 +40,7 @@ def define_flags() -> None:
   flags.DEFINE_enum('metric', 'sqeuclidean', list(verification.METRICS), 'Pair distance.')
   flags.DEFINE_bool('subtract_mean', False, "Subtract the training folds' mean embedding first.")
   flags.DEFINE_float('far_target', 1e-3, 'False-accept rate for VAL@FAR.')
-  flags.DEFINE_string('output_dir', None, f'Where to write the JSON (default {paths.OUTPUT_DIR}).')
+  flags.DEFINE_string('output_dir', paths.OUTPUT_DIR, 'Where to write the JSON.')
 
 
 def _fmt(s: Dict[str, Any]) -> str:
@@ -94,7 +94,7 @@ def main(argv: Sequence[str]) -> None:
   summary['pairs_file'] = os.fspath(pairs_file)
   summary['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
   print(_fmt(summary))
-  out_dir = pathlib.Path(FLAGS.output_dir) if FLAGS.output_dir else pathlib.Path(paths.OUTPUT_DIR)
+  out_dir = pathlib.Path(FLAGS.output_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   suffix = ''.join(
     [

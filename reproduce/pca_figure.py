@@ -2,7 +2,7 @@ r"""Figs. 2-3: two identities x five photos in 2-D PCA, original embeddings besi
 
   python -m reproduce.pca_figure [--config=experiments/configs/reproduce.py] [--figure_seed=0]
 
-The photos come from the test split of seed `config.seed` of the LFW identity protocol (faces no head was
+The photos come from the test split of seed `config.train.seed` of the LFW identity protocol (faces no head was
 trained on), chosen by the seeded rule in `figures.pca.choose_identities` and named in the caption; the
 MIR features are those of that seed's jointly trained head, under each training reading. One PNG and PDF
 per (backbone, reading) go to --output_dir.

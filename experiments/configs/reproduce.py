@@ -55,7 +55,7 @@ def get_config():
   )
 
   # Table I's sanity anchors on the original embeddings (mir_jax/evaluators/anchors.py): logistic
-  # regression's inverse L2 strength is chosen from these on validation data, as the heads' settings are.
+  # regression's inverse L2 strength is chosen from these on a validation split of the first seed's training split.
   config.anchors = ml_collections.ConfigDict({'logistic_cs': (1.0, 10.0, 100.0, 1000.0, 10000.0)})
   # Readings (mir_jax/readings.py): 'tuned' (chosen on validation, per schedule) and 'paper-literal'.
   config.readings = 'tuned,paper-literal'

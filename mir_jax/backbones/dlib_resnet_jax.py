@@ -26,7 +26,7 @@ affine layers are the trained model's batch norms frozen into per-channel gamma,
 
 Weights: read from the .dat itself (`mir_jax.backbones.dlib_dat`), checked layer by layer against
 this architecture, and cached as .npz keyed by the file's sha256. Checked against dlib's own
-`compute_face_descriptor` on LFW chips (benchmarks/dlib_jax_speed.py --check_faces, BUILD.md).
+`compute_face_descriptor` on LFW chips (benchmarks/dlib_jax_speed.py --check_faces; DEVELOPING.md, "dlib-resnet-jax: equality and speed").
 """
 
 import functools
@@ -53,7 +53,7 @@ STEM = {'num_filters': 32, 'size': 7, 'stride': 2, 'pool_size': 3, 'pool_stride'
 # Bump when the layout of the cached params tree changes.
 _CACHE_FORMAT = 2
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# The fastest CPU settings that benchmarks/dlib_jax_speed.py found (BUILD.md).
+# The fastest CPU settings that benchmarks/dlib_jax_speed.py found (DEVELOPING.md, "dlib-resnet-jax: equality and speed").
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_STEM_CHUNK = 1
 
@@ -588,7 +588,7 @@ class DlibResNetJax(base.Backbone):
       padding: `get_face_chip` padding (dlib's 0.25, what the network was trained with).
       batch_size: faces per compiled forward pass.
       dtype: compute dtype, 'float32' (matches dlib to float32 rounding) or 'bfloat16' (faster where
-        the CPU has bf16 units, less exact: see BUILD.md).
+        the CPU has bf16 units, less exact: see DEVELOPING.md).
       fold: fold the affines into the convs (same function, one pass less per conv).
       stem_chunk: faces per step of the stem loop (see `Stem`); 0 = whole batch at once.
       space_to_depth: run the stem conv as a space-to-depth conv (see `Stem`).

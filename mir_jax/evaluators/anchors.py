@@ -4,8 +4,9 @@ Table I's (b) rows are a softmax head trained on the original embeddings. A head
 logistic regression on the same splits has not fit the features, and then "(a) > (b)" would say more about
 training than about MIR; the anchors show where (b) stands. Both use each seed's training split and score
 its test split, so they pair with the heads by seed. Logistic regression's inverse L2 strength C is chosen
-like the heads' settings: on a validation split carved from the first seed's training split (scikit-learn's
-default C = 1 is far too strong a penalty for unit-norm embeddings with hundreds of classes).
+on validation data, never the test split: a validation split carved from the first seed's training split
+(the heads tune on the first two seeds; one is enough for a one-parameter choice). scikit-learn's
+default C = 1 is far too strong a penalty for unit-norm embeddings with hundreds of classes.
 """
 
 from typing import Dict, List, Sequence, Tuple
