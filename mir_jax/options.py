@@ -19,14 +19,15 @@ _RAW_STEP_OPTIMIZERS = ('sgd', 'momentum')
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """A head variant: the model and training choices that fix the compiled program."""
+  """A head variant: the model and training choices that fix the compiled program. No defaults: the
+  config's blocks (`from_config`) are the one place they are stated."""
 
-  commonality_dim: str = '1'
-  subtract_from: str = 'input'
-  center: bool = False
-  optimizer: str = 'adam'
-  commonality_weight: float = 1.0
-  lr_schedule: str = 'warmup_cosine'  # of the tuned reading; the paper-literal reading is always constant
+  commonality_dim: str
+  subtract_from: str
+  center: bool
+  optimizer: str
+  commonality_weight: float
+  lr_schedule: str  # of the tuned reading; the paper-literal reading is always constant
 
   def __post_init__(self):
     if self.commonality_dim not in COMMONALITY_DIMS:

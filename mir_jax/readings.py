@@ -48,12 +48,13 @@ class Reading:
 
 def literal_reading(
   steps: int,
-  learning_rate: float = 1e-3,
-  l2: float = 1e-3,
+  learning_rate: float,
+  l2: float,
   checks: Optional[Dict[str, tuning.Check]] = None,
   checked_in: str = '',
 ) -> Reading:
-  """The paper's numbers for every schedule; `steps` is ours (the paper names none). `checks`: the
+  """The paper's setting for every schedule (config.train's learning_rate and l2 hold the paper's numbers;
+  `steps` is ours, the paper names none). `checks`: the
   convergence rule applied to this setting, per schedule (unchecked schedules are marked so), stored in
   the file `checked_in`."""
   s = Setting(learning_rate, l2, steps)

@@ -21,7 +21,7 @@ def task():
 
 
 def test_readings():
-  lit = readings.literal_reading(steps=300)
+  lit = readings.literal_reading(steps=300, learning_rate=1e-3, l2=1e-3)
   assert lit.name == 'paper-literal'
   assert {s: (v.learning_rate, v.l2, v.steps) for s, v in lit.settings.items()} == {
     s: (1e-3, 1e-3, 300) for s in engine.SCHEDULES
@@ -58,7 +58,7 @@ def test_train_classification_reports_per_schedule_and_seed(task):
 
 def test_character_features(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  reading = readings.literal_reading(steps=20)
+  reading = readings.literal_reading(steps=20, learning_rate=1e-3, l2=1e-3)
   runs = runner.train_heads(task, ['joint', 'single'], reading, opts)
   single = runner.character_features(runs, 'single', task.x)
   np.testing.assert_allclose(single, np.broadcast_to(task.x, single.shape), atol=1e-6)  # single-task: c = x
@@ -100,7 +100,7 @@ def test_stored_choices_roundtrip_and_context(tmp_path):
 
 def test_train_classification_records_final_training_loss_and_accuracy(task):
   opts = engine.StaticOptions(num_classes=len(task.class_names))
-  short = runner.train_heads(task, ['single'], readings.literal_reading(steps=5), opts)
+  short = runner.train_heads(task, ['single'], readings.literal_reading(steps=5, learning_rate=1e-3, l2=1e-3), opts)
   long = runner.train_heads(task, ['single'], readings.Reading('r', {'single': readings.Setting(3e-2, 0.0, 300)}), opts)
   assert short.train_loss['single'].shape == (2,) and short.train_accuracy['single'].shape == (2,)
   assert (long.train_loss['single'] < 0.5 * short.train_loss['single']).all()
