@@ -35,6 +35,5 @@ def _body(ctx):
 
 
 if __name__ == '__main__':
-  cli.define_flags('every table and figure')
-  flags.DEFINE_integer('figure_seed', 0, "Seed of the rule choosing the PCA figure's identities and photos.")
+  cli.define_flags('every table and figure', figure=True)
   app.run(lambda argv: cli.run_command('all', _body, argv))

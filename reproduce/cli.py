@@ -12,12 +12,15 @@ from mir_jax import paths
 from reproduce import context
 
 
-def define_flags(outputs: str, config: str = 'experiments/configs/reproduce.py'):
-  """The flags every reproduce command takes (defined only when run as a script)."""
+def define_flags(outputs: str, config: str = 'experiments/configs/reproduce.py', figure: bool = False):
+  """The flags every reproduce command takes (defined only when run as a script); `figure`: also the PCA
+  figure's --figure_seed."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   config_flags.DEFINE_config_file('config', config, 'Reproduction configuration.', lock_config=True)
   flags.DEFINE_string('output_dir', paths.OUTPUT_DIR, f'Where {outputs} are written.')
+  if figure:
+    flags.DEFINE_integer('figure_seed', 0, "Seed of the rule choosing the PCA figure's identities and photos.")
 
 
 def quiet_logs():

@@ -102,6 +102,5 @@ def lines(results):
 
 
 if __name__ == '__main__':
-  cli.define_flags('the PNG/PDF figures and pca_figure.json')
-  flags.DEFINE_integer('figure_seed', 0, 'Seed of the rule choosing the two identities and their photos.')
+  cli.define_flags('the PNG/PDF figures and pca_figure.json', figure=True)
   app.run(lambda argv: cli.run_command('pca_figure', lambda ctx: lines(build(ctx, flags.FLAGS.figure_seed)), argv))
