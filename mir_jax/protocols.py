@@ -34,6 +34,10 @@ from mir_jax import embedding_sets
 from mir_jax import splits
 
 
+class NoMatchingPairs(ValueError):
+  """No pair of a splits file has embeddings for both of its videos: the pair protocol does not apply."""
+
+
 class Classification(NamedTuple):
   """A closed-set identification task: per seed, a head trains on train_idx and is scored on test_idx."""
 
@@ -281,6 +285,6 @@ def ytf_pairs(ds: embedding_sets.EmbeddingSet, pairs: Sequence, x: Optional[np.n
     else:
       missing.append(p)
   if not rows:
-    raise ValueError('no YTF pair has embeddings for both of its videos')
+    raise NoMatchingPairs('no YTF pair has embeddings for both of its videos')
   a, b, same, folds = (np.asarray(v) for v in zip(*rows))
   return means[a], means[b], same.astype(bool), folds, missing

@@ -203,7 +203,7 @@ def _ytf(ctx, backbone, reading, cells, paper):
     pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir, **counts)
     # Only reading and matching the pairs may fail into a cell; an error while scoring them is a bug.
     result = ytf_pairs.run(ds, pairs, lambda x: runs.character('joint', x))
-  except (FileNotFoundError, listing.DatasetError, ytf_pairs.NoMatchingPairs) as e:
+  except (FileNotFoundError, listing.DatasetError, protocols.NoMatchingPairs) as e:
     for w in ('b', 'a'):
       cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
     return

@@ -30,10 +30,6 @@ def splits_file(manual_dir: str) -> str:
   raise FileNotFoundError(f'no YTF splits.txt beside {manual_dir} or in the shared data')
 
 
-class NoMatchingPairs(ValueError):
-  """No pair of the splits file has embeddings for both of its videos."""
-
-
 @dataclasses.dataclass
 class Result:
   original: float  # percent, mean over folds
@@ -47,10 +43,7 @@ def run(
 ) -> Result:
   """`pairs`: a `datasets.ytf` splits reading (its `skipped` lists videos missing on disk); `character`:
   (n, d) frames -> (S, n, d) character features under each of S heads."""
-  try:
-    a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)
-  except ValueError as e:  # the one way matching fails; scoring errors below are real errors
-    raise NoMatchingPairs(str(e)) from None
+  a, b, same, folds, missing = protocols.ytf_pairs(ds, pairs)  # protocols.NoMatchingPairs when none match
   num_folds = len(set(folds.tolist()))
   accounting = (
     f'{len(same)} pairs evaluated in {num_folds} folds; {len(pairs.skipped)} skipped by '
