@@ -3,6 +3,12 @@ r"""LFW pair verification (View 2, 10 folds) from the embedding cache.
   python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet          # once: builds the cache
   python -m reproduce.lfw_verification --backbone=dlib-resnet
 
+FaceNet as Sandberg validated it (`validate_on_lfw.py --distance_metric 1 --subtract_mean --use_flipped_images`):
+
+  python -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --flip
+  python -m reproduce.lfw_verification --backbone=facenet-casia --flip --flip_combine=concat --metric=angular \
+      --subtract_mean
+
 The protocol is `mir_jax.evaluators.verification`: per fold, the threshold maximising accuracy on the other
 nine folds scores the held-out fold; accuracy mean +- std over folds, AUC, VAL@FAR=1e-3. Every pair whose
 image could not be embedded is listed with the reason, never dropped silently
@@ -39,6 +45,13 @@ def define_flags() -> None:
   flags.DEFINE_string('cache', None, 'Evaluate this cache directory (or key) instead of looking it up.')
   flags.DEFINE_enum('metric', 'sqeuclidean', list(verification.METRICS), 'Pair distance.')
   flags.DEFINE_bool('subtract_mean', False, "Subtract the training folds' mean embedding first.")
+  flags.DEFINE_enum(
+    'flip_combine',
+    'average',
+    list(lfw_pairs.FLIP_COMBINES),
+    "With --flip: average each embedding with its mirrored face's, or concatenate the two (Sandberg's "
+    '--use_flipped_images).',
+  )
   flags.DEFINE_float('far_target', 1e-3, 'False-accept rate for VAL@FAR.')
   flags.DEFINE_string('output_dir', paths.OUTPUT_DIR, 'Where to write the JSON.')
 
@@ -47,7 +60,8 @@ def _fmt(s: Dict[str, Any]) -> str:
   c = s['cache']
   lines = [
     f'LFW View 2 verification ({s["metric"]}{", mean-subtracted" if s["subtract_mean"] else ""}'
-    f'{", flip-averaged" if s["flip_averaged"] else ""}) on {c["directory"]}',
+    f'{", flip-averaged" if s["flip_averaged"] else ""}{", flip-concatenated" if s["flip_concatenated"] else ""}) '
+    f'on {c["directory"]}',
     f'  accuracy     {100 * s["accuracy_mean"]:.2f}% +- {100 * s["accuracy_std"]:.2f}% over {len(s["folds"])} folds',
     f'  AUC          {s["auc"]:.4f} (all pairs); per fold {s["auc_per_fold_mean"]:.4f} +- {s["auc_per_fold_std"]:.4f}',
     f'  VAL@FAR={s["far_target"]:g}  {100 * s["val_mean"]:.2f}% +- {100 * s["val_std"]:.2f}% '
@@ -90,6 +104,7 @@ def main(argv: Sequence[str]) -> None:
     subtract_mean=FLAGS.subtract_mean,
     far_target=FLAGS.far_target,
     flip=FLAGS.flip,
+    flip_combine=FLAGS.flip_combine,
   )
   summary['pairs_file'] = os.fspath(pairs_file)
   summary['evaluated_at'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
@@ -100,7 +115,7 @@ def main(argv: Sequence[str]) -> None:
     [
       f'_{FLAGS.metric}' if FLAGS.metric != 'sqeuclidean' else '',
       '_meansub' if FLAGS.subtract_mean else '',
-      '_flip' if FLAGS.flip else '',
+      ('_flip' if FLAGS.flip_combine == 'average' else '_flipconcat') if FLAGS.flip else '',
     ]
   )
   out = out_dir / f'lfw_verification_{pathlib.Path(summary["cache"]["directory"]).parent.name}{suffix}.json'

@@ -142,6 +142,12 @@ def find_cache(
     reader_kwargs=reader_kwargs,
   )
   directory = key.cache_dir(data_dir, spec)
+  if not flip and not key.is_complete(directory):
+    # A cache built with --flip holds these very embeddings too (and the mirrored faces' beside them), so
+    # one embedding run serves the tables and Sandberg's flip-concatenated verification.
+    flipped = key.cache_dir(data_dir, dataclasses.replace(spec, flip=True))
+    if key.is_complete(flipped):
+      directory = flipped
   if key.is_complete(directory):
     # The key holds the settings, not where the images live: a cache of another copy with other images
     # (a fixture, an older download) has the same key and must not stand in for this one.

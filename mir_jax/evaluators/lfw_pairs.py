@@ -8,8 +8,12 @@ counted apart, so no pair is dropped silently.
 import os
 from typing import Any, Dict, Sequence
 
+import numpy as np
+
 from mir_jax.cache import reader
 from mir_jax.evaluators import verification
+
+FLIP_COMBINES = ('average', 'concat')
 
 
 def run(
@@ -20,6 +24,7 @@ def run(
   subtract_mean: bool = False,
   far_target: float = 1e-3,
   flip: bool = False,
+  flip_combine: str = 'average',
 ) -> Dict[str, Any]:
   """Verification of the pairs a cache covers, with the accounting of those it does not.
 
@@ -27,7 +32,8 @@ def run(
     directory: a complete cache.
     pairs: LFW pairs (objects with fold, image_id_a, image_id_b, same).
     metric, subtract_mean, far_target: see `verification.evaluate`.
-    flip: average each embedding with the cached mirrored-face embedding.
+    flip: combine each embedding with the cached mirrored-face embedding, by `flip_combine`:
+      'average' (the normalised sum) or 'concat' (the two side by side, Sandberg's `--use_flipped_images`).
 
   Returns:
     A JSON-ready dict: the verification summary plus pair counts, missing pairs and cache facts.
@@ -37,7 +43,12 @@ def run(
   if flip:
     if meta['embeddings_flip'] is None:
       raise ValueError(f'{directory} has no mirrored-face embeddings; build the cache with --flip')
-    x = verification.l2_normalize(x + meta['embeddings_flip'])
+    if flip_combine not in FLIP_COMBINES:
+      raise ValueError(f'unknown flip_combine {flip_combine!r}; known: {FLIP_COMBINES}')
+    if flip_combine == 'average':
+      x = verification.l2_normalize(x + meta['embeddings_flip'])
+    else:
+      x = np.concatenate([x, meta['embeddings_flip']], axis=1)
   failed = {b['image_id']: b['reason'] for b in info['skipped']['bad_images']}
   opts = info['spec']['reader_options']
   is_subset = bool(opts.get('subset') or opts.get('limit'))
@@ -60,7 +71,8 @@ def run(
       'n_pairs_outside_subset': len(outside),
       'missing_pairs': lost,
       'n_pairs_with_detection_fallback': int((~both).sum()),
-      'flip_averaged': flip,
+      'flip_averaged': flip and flip_combine == 'average',
+      'flip_concatenated': flip and flip_combine == 'concat',
       'cache': {
         'directory': os.fspath(meta['directory']),
         'key': info['key'],
