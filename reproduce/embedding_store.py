@@ -62,11 +62,10 @@ class EmbeddingStore:
       self._sets[key] = embedding_sets.load(str(directory))
       self.timings[f'load {os.path.basename(os.path.dirname(directory))}'] = time.perf_counter() - start
       spec = reader.read_info(directory)['spec']
-      # What made the embeddings, not which subset of images was cached: a task built from the whole-LFW
-      # cache and from a min_images10 cache is the same task, and shares its stored tuning.
-      self._specs[data_key(dataset, backbone)] = {
-        k: spec[k] for k in ('dataset', 'backbone_config', 'align_config', 'flip')
-      }
+      # What made the embeddings, not which subset of images was cached nor whether the mirrored faces'
+      # embeddings are stored beside them (--flip): a task built from the whole-LFW cache and from a
+      # min_images10 cache is the same task, and shares its stored tuning.
+      self._specs[data_key(dataset, backbone)] = {k: spec[k] for k in ('dataset', 'backbone_config', 'align_config')}
     return self._sets[key]
 
   def spec(self, key: str):
