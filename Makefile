@@ -35,16 +35,21 @@ format: $(VENV)/bin/ruff
 test: lint env
 	$(PY) -m pytest -q tests
 
-# The main job: embed all of LFW with the offline dlib backbone (resumable; skipped when cached), LFW pair
-# verification, then every table and figure (Table I, Table II, ablations, Figs. 2-3) into outputs/reproduce.
+# The main job: embed all of LFW with the two offline backbones, dlib's ResNet and Sandberg's CASIA-WebFace FaceNet
+# (resumable; skipped when cached; FaceNet with the mirrored faces too, for his flip-concatenated verification), LFW
+# pair verification of each (FaceNet as Sandberg validated it, BUILD.md), then every table and figure (Table I,
+# Table II, ablations, Figs. 2-3) into outputs/reproduce.
 reproduce: env
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet
+	$(PY) -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --flip
 	$(PY) -m reproduce.lfw_verification --backbone=dlib-resnet
+	$(PY) -m reproduce.lfw_verification --backbone=facenet-casia --flip --flip_combine=concat --metric=angular --subtract_mean
 	$(PY) -m reproduce.all
 
 # Recompute the CI regression baseline (experiments/baselines/) after an intended change of results.
 baseline: env
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=min_images10
+	$(PY) -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --subset=$(FACENET_SUBSET)
 	$(PY) -m reproduce.regression --write
 
 clean-env:

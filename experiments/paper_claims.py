@@ -65,13 +65,48 @@ PAPER_BACKBONES: Dict[str, Backbone] = {
     'FaceNet',
     '[6] Schroff et al. 2015',
     False,
-    "No weights in this suite for the FaceNet of [6] (128-D). The suite's facenet-vggface2 and "
-    'facenet-casia are the facenet-pytorch Inception-ResNet-v1 models (512-D), a different network '
-    'and training set, so they stand in for FaceNet only as labelled substitutes.',
+    "No weights in this suite for the FaceNet of [6] (128-D). The suite's facenet-casia (and facenet-jax, "
+    "the same network in JAX) and facenet-vggface2 are Sandberg's Inception-ResNet-v1 models (512-D), a "
+    'different network and training set, so they stand in for FaceNet only as labelled substitutes.',
   ),
   'DeepFace': Backbone('DeepFace', '[2] Taigman et al. 2014', False, 'No weights in this suite.'),
   'BaiDu': Backbone('BaiDu', '[20] Liu et al. 2015', False, 'No weights in this suite.'),
 }
+
+# Measured backbones compared with the paper's FaceNet rows, as labelled substitutes: what each one is.
+SUBSTITUTES: Dict[str, str] = {
+  'facenet-casia': "Sandberg's FaceNet, Inception-ResNet-v1 trained on CASIA-WebFace (model 20180408-102900), 512-D",
+  'facenet-jax': "Sandberg's FaceNet in JAX (CASIA-WebFace unless given other weights), 512-D",
+  'facenet-vggface2': "Sandberg's FaceNet, Inception-ResNet-v1 trained on VGGFace2 (model 20180402-114759), 512-D",
+}
+
+
+# How table rows name a backbone: the FaceNet ones say which training set and dimension they are.
+_LABELS = {
+  'facenet-casia': 'facenet-casia (CASIA-WebFace, 512-D)',
+  'facenet-jax': 'facenet-jax (512-D)',
+  'facenet-vggface2': 'facenet-vggface2 (VGGFace2, 512-D)',
+}
+
+
+def row_label(backbone: str) -> str:
+  return _LABELS.get(backbone, backbone)
+
+
+def substitute_note(backbone: str) -> str:
+  """What a substitute backbone is, and what its 512-D embedding against the paper's 128-D can and cannot
+  change ('' for a backbone compared with no paper row)."""
+  if backbone not in SUBSTITUTES:
+    return ''
+  return (
+    f"{backbone}: {SUBSTITUTES[backbone]}. It stands in for the paper's FaceNet [6] (Schroff et al.'s 128-D "
+    "network, trained on Google's private data), so its paper numbers are that row's. The 512 dimensions can "
+    "change how the head fits: its d->d hidden layer has 16x the weights of the paper's 128x128, and identities "
+    'are easier to separate linearly in more dimensions. They cannot change what is compared: (a) and (b) '
+    'read the same embeddings on the same splits, so the direction (a) vs (b) is tested as the paper states '
+    "it, while the level of every number belongs to this network, not to the paper's."
+  )
+
 
 _MEGAFACE_NOTE = (
   'The paper does not say which MegaFace protocol, distractor-set size or probe set gives this '

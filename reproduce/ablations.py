@@ -23,6 +23,7 @@ import dataclasses
 
 from absl import app
 
+from experiments import paper_claims
 from mir_jax import options
 from mir_jax import report
 from mir_jax.evaluators import significance
@@ -75,7 +76,7 @@ def build(ctx: context.Context) -> report.Table:
           ci = 'CI undefined' if t.ci_low is None else f'95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]'
           note += f'; vs base: {t.mean_diff:+.2f} pp ({ci}, paired over {t.n} seeds)'
         cells = {'LFW': report.Cell(values, task.seeds, f'Ac = TP/AP ({task.name})', flag=runs.flag(schedule))}
-        rows.append(report.Row(f'{backbone} [{reading}] {name}', cells, note=note))
+        rows.append(report.Row(f'{paper_claims.row_label(backbone)} [{reading}] {name}', cells, note=note))
   notes = [
     'Joint MIR heads on the LFW identity protocol, one choice changed at a time from the head read '
     'literally (BUILD.md, "The MIR head and its open choices"). The paper reports no ablation numbers, so every '

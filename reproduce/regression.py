@@ -2,11 +2,13 @@ r"""Regression check of the reproduced accuracies against a committed baseline.
 
   python -m reproduce.regression            # recompute, compare with the baseline, exit 1 if a number moved
   python -m reproduce.regression --write    # recompute and overwrite the baseline (after an intended change)
+  python -m reproduce.regression --config=experiments/configs/regression_facenet.py [--write]   # FaceNet's
 
 The numbers are Table II's per-seed LFW accuracies (single-task, joint and alternating heads, under each
 reading of the configuration), computed by the same code path as `python -m reproduce.table2`, on a fixed
-offline configuration (experiments/configs/regression.py: dlib-resnet, LFW identities with >= 10 images,
-fixed seeds). The embedding cache it reads is built by
+offline configuration: experiments/configs/regression.py (dlib-resnet, LFW identities with >= 10 images) or
+regression_facenet.py (facenet-casia, >= 20 images), fixed seeds. Each names its baseline file and the cache it
+reads (`config.regression_cache`), built by `embed_command(config)`, e.g.
 
   python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=min_images10
 
@@ -31,7 +33,13 @@ from reproduce import cli
 from reproduce import context
 from reproduce import table2
 
-BASELINE = 'experiments/baselines/lfw_dlib_resnet.json'
+CONFIGS = ('experiments/configs/regression.py', 'experiments/configs/regression_facenet.py')
+
+
+def embed_command(config) -> list:
+  """The `python -m mir_jax.embed` argv that builds the cache `config` reads."""
+  c = config.regression_cache
+  return ['-m', 'mir_jax.embed', '--dataset=lfw', f'--backbone={c.backbone}', f'--subset={c.subset}']
 
 
 def compute(config) -> Dict[str, dict]:
@@ -70,8 +78,8 @@ def compare(baseline: dict, numbers: Dict[str, dict]) -> List[str]:
   return problems
 
 
-def baseline_path() -> str:
-  return os.path.join(paths.repo_root(), BASELINE)
+def baseline_path(config) -> str:
+  return os.path.join(paths.repo_root(), config.regression_baseline)
 
 
 FLAGS = flags.FLAGS
@@ -82,14 +90,14 @@ def define_flags():
     'config', 'experiments/configs/regression.py', 'The fixed configuration.', lock_config=True
   )
   flags.DEFINE_bool('write', False, 'Overwrite the baseline with the numbers computed now.')
-  flags.DEFINE_string('baseline', None, 'Baseline JSON (default: experiments/baselines/lfw_dlib_resnet.json).')
+  flags.DEFINE_string('baseline', None, "Baseline JSON (default: the configuration's regression_baseline).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logs()
-  path = FLAGS.baseline or baseline_path()
+  path = FLAGS.baseline or baseline_path(FLAGS.config)
   start = time.perf_counter()
   numbers = compute(FLAGS.config)
   seconds = time.perf_counter() - start
@@ -98,7 +106,7 @@ def main(argv):
     with open(path, 'w') as f:
       json.dump(
         {
-          'command': 'python -m reproduce.regression --write',
+          'command': ' '.join(['python -m reproduce.regression --write', *(a for a in sys.argv[1:] if a != '--write')]),
           'config': FLAGS.config.to_dict(),
           'tolerance_pp': FLAGS.config.regression_tolerance_pp,
           'numbers': numbers,

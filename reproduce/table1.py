@@ -17,8 +17,9 @@ FaceNet, DeepFace, BaiDu), printed as claims because no public weights for them 
   LFW-distractors  the MegaFace protocol on LFW (offline stand-in, named as such; `lfw_distractors`).
 
 Each cell: mean +- std and 95% CI over seeds, the paper's number, the difference and a verdict; a cell
-whose data is not here says how to supply it. The paper prints no row for dlib; the facenet-pytorch rows
-are compared with the paper's FaceNet row, as labelled substitutes. Every measured backbone also gets the
+whose data is not here says how to supply it. The paper prints no row for dlib; the FaceNet rows (Sandberg's
+512-D Inception-ResNet-v1, `paper_claims.SUBSTITUTES`) are compared with the paper's 128-D FaceNet row, as
+labelled substitutes. Every measured backbone also gets the
 paper's direction claim "(a) > (b)" tested per column with a paired t-interval over seeds.
 
 Writes table1.{md,csv,json,tex} to --output_dir and prints the markdown.
@@ -40,7 +41,6 @@ from reproduce import embedding_store
 
 COLUMNS = ('LFW', 'YTF', 'YTF pairs', 'MegaFace', 'LFW-distractors')
 _AC = 'Ac = TP/AP, identity classification'
-_SUBSTITUTES = {'facenet-vggface2': 'FaceNet', 'facenet-casia': 'FaceNet'}
 _HOW = {
   'YTF': (
     'download YouTube Faces (aligned_images_DB and splits.txt, https://www.cs.tau.ac.il/~wolf/ytfaces/), '
@@ -64,24 +64,18 @@ def _cells_unavailable(columns, reason: str, paper: Dict[str, float]) -> Dict[st
 
 def _paper_row(backbone: str, which: str) -> Dict[str, float]:
   """The paper's numbers a substitute backbone's row is compared with ({} for dlib)."""
-  name = _SUBSTITUTES.get(backbone)
-  if name is None:
+  if backbone not in paper_claims.SUBSTITUTES:
     return {}
-  return {c: paper_claims.claim('I', f'{name} ({which})', c).value for c in paper_claims.COLUMNS}
+  return {c: paper_claims.claim('I', f'FaceNet ({which})', c).value for c in paper_claims.COLUMNS}
 
 
 def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[report.Row]:
   """The (b) and (a) rows of one backbone under one training reading."""
   tag = f' [{reading}]'
-  names = {w: f'{backbone} ({w}){tag}' for w in ('b', 'a')}
+  names = {w: f'{paper_claims.row_label(backbone)} ({w}){tag}' for w in ('b', 'a')}
   paper = {w: _paper_row(backbone, w) for w in ('b', 'a')}
   cells = {'b': {}, 'a': {}}
-  note = ''
-  if backbone in _SUBSTITUTES:
-    note = (
-      f"{backbone} (facenet-pytorch Inception-ResNet-v1, 512-D) stands in for the paper's FaceNet [6]; "
-      "its paper numbers are that row's."
-    )
+  note = paper_claims.substitute_note(backbone)
   try:
     lfw = ctx.lfw_identity(backbone)
   except embedding_store.Unavailable as e:
@@ -153,7 +147,7 @@ def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
   }
   return [
     report.Row(
-      f'{backbone} (b) features, {name} (anchor)',
+      f'{paper_claims.row_label(backbone)} (b) features, {name} (anchor)',
       {
         'LFW': report.Cell(
           values[name], lfw.seeds, f'{_AC} ({lfw.name})', note=f'{lfw.name}: {how[name]}; no head, no training reading.'

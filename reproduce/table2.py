@@ -34,7 +34,6 @@ ROWS = (
   ('Multi-Task (alternating)', 'alternating', 'Multi-Task'),
   ('Single-Task', 'single', 'Single-Task'),
 )
-_SUBSTITUTES = ('facenet-vggface2', 'facenet-casia')
 _MISSING = {
   'YTF': 'YouTube Faces data not supplied; to supply it: see Table I (--config.ytf.manual_dir)',
   'MegaFace': 'MegaFace data not supplied; to supply it: see Table I (--config.megaface.manual_dir)',
@@ -57,9 +56,9 @@ def mcnemar_note(name_a: str, name_b: str, correct_a, correct_b, seeds) -> str:
 
 def rows_for(ctx: context.Context, backbone: str, reading: str):
   """(rows, directions, notes) of one backbone under one reading."""
-  names = {schedule: f'{backbone} {label} [{reading}]' for label, schedule, _ in ROWS}
+  names = {schedule: f'{paper_claims.row_label(backbone)} {label} [{reading}]' for label, schedule, _ in ROWS}
   paper = {}
-  if backbone in _SUBSTITUTES:
+  if backbone in paper_claims.SUBSTITUTES:
     paper = {
       schedule: {c: paper_claims.claim('II', claim_row, c).value for c in COLUMNS} for _, schedule, claim_row in ROWS
     }
@@ -97,7 +96,7 @@ def rows_for(ctx: context.Context, backbone: str, reading: str):
       )
     )
   directions = [report.Direction(names[m], names['single'], 'LFW') for m in ('joint', 'alternating')]
-  notes = [
+  notes = [n for n in [paper_claims.substitute_note(backbone)] if n] + [
     mcnemar_note(names[m], names['single'], runs.correct[m], runs.correct['single'], task.seeds)
     for m in ('joint', 'alternating')
   ]

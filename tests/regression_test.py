@@ -1,11 +1,13 @@
-"""CI regression of the reproduced accuracies: recompute Table II's numbers on the fixed offline configuration
-(experiments/configs/regression.py) and compare them with the committed baseline.
+"""CI regression of the reproduced accuracies: recompute Table II's numbers on each fixed offline configuration
+(experiments/configs/regression.py: dlib-resnet; regression_facenet.py: facenet-casia) and compare them with its
+committed baseline.
 
-Needs the shared LFW images; the dlib-resnet cache of the >= 10-image identities is built on first use
-(about 5 minutes on two cores) into the default cache directory and reused afterwards.
+Needs the shared LFW images; each configuration's cache (dlib-resnet of the >= 10-image identities, facenet-casia
+of the >= 20-image ones) is built on first use into the default cache directory and reused afterwards.
 """
 
 import copy
+import importlib
 import json
 import subprocess
 import sys
@@ -13,37 +15,43 @@ import sys
 import fixtures
 import pytest
 
-from experiments.configs import regression as regression_config
+from experiments import paper_claims
 from mir_jax import paths
 from mir_jax.cache import lookup
 from reproduce import regression
 
 LFW_DIR = fixtures.lfw_images_dir()
 needs_lfw = pytest.mark.skipif(LFW_DIR is None, reason=fixtures.MISSING_DATA_REASON)
-EMBED = [sys.executable, '-m', 'mir_jax.embed', '--dataset=lfw', '--backbone=dlib-resnet', '--subset=min_images10']
+
+
+@pytest.fixture(scope='module', params=regression.CONFIGS, ids=lambda path: path.rsplit('/', 1)[-1][:-3])
+def config(request):
+  return importlib.import_module(request.param[: -len('.py')].replace('/', '.')).get_config()
 
 
 @pytest.fixture(scope='module')
-def numbers():
+def numbers(config):
+  c = config.regression_cache
   try:
-    lookup.find_cache('lfw', 'dlib-resnet', subset='min_images10')
+    lookup.find_cache('lfw', c.backbone, subset=c.subset)
   except Exception:  # pylint: disable=broad-except  (missing: build it, as the docstring says)
-    proc = subprocess.run(EMBED, cwd=paths.repo_root(), capture_output=True, text=True, timeout=1800)
+    argv = [sys.executable, *regression.embed_command(config)]
+    proc = subprocess.run(argv, cwd=paths.repo_root(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-  return regression.compute(regression_config.get_config())
+  return regression.compute(config)
 
 
 @pytest.fixture(scope='module')
-def baseline():
-  with open(regression.baseline_path()) as f:
+def baseline(config):
+  with open(regression.baseline_path(config)) as f:
     return json.load(f)
 
 
 @needs_lfw
-def test_reproduced_accuracies_match_the_committed_baseline(numbers, baseline):
+def test_reproduced_accuracies_match_the_committed_baseline(config, numbers, baseline):
   assert regression.compare(baseline, numbers) == []
   # The baseline covers every schedule under every reading, for every seed of the configuration.
-  config = regression_config.get_config()
+  assert all(k.startswith(paper_claims.row_label(config.regression_cache.backbone)) for k in numbers)
   assert len(numbers) == 3 * len(config.readings.split(','))
   assert all(len(v['values']) == config.train.num_seeds for v in numbers.values())
 

@@ -88,7 +88,7 @@ def test_table1_rows_cells_and_reasons(built):
   for reading in ('tuned', 'paper-literal'):
     for w in ('b', 'a'):
       assert f'fake ({w}) [{reading}]' in names
-      assert f'facenet-vggface2 ({w}) [{reading}]' in names
+      assert f'facenet-vggface2 (VGGFace2, 512-D) ({w}) [{reading}]' in names
   assert {'DeepID2+ (b)', 'FaceNet (a)', 'BaiDu (b)'} <= set(names)  # the paper's rows, as claims
   lfw_b = _cell(t, 'fake (b) [tuned]', 'LFW')
   assert len(lfw_b.values) == 3 and lfw_b.seeds == (0, 1, 2) and lfw_b.paper is None
@@ -102,8 +102,11 @@ def test_table1_rows_cells_and_reasons(built):
   mega = _cell(t, 'fake (b) [tuned]', 'MegaFace')
   assert not mega.values and 'set_size=1000000' in mega.reason
   # A backbone without a cache: every cell says so; the substitute rows carry the paper's FaceNet numbers.
-  fn = _cell(t, 'facenet-vggface2 (a) [tuned]', 'LFW')
+  fn = _cell(t, 'facenet-vggface2 (VGGFace2, 512-D) (a) [tuned]', 'LFW')
   assert not fn.values and 'no lfw cache for facenet-vggface2' in fn.reason and fn.paper == 99.68
+  # A FaceNet row says what it is and what its 512-D against the paper's 128-D can and cannot change.
+  (row,) = [r for r in t.rows if r.name == 'facenet-vggface2 (VGGFace2, 512-D) (a) [tuned]']
+  assert 'VGGFace2' in row.note and '128-D' in row.note and 'cannot change' in row.note
   # The LFW-distractors stand-in: (b) has one value repeated per seed, (a) one per seed's head.
   dist_b = _cell(t, 'fake (b) [tuned]', 'LFW-distractors')
   dist_a = _cell(t, 'fake (a) [tuned]', 'LFW-distractors')

@@ -8,6 +8,8 @@ whole-LFW cache's, because MTCNN detects a batch of images at once and its candi
 last bits on the batch (BUILD.md, "Embedding cache").
 """
 
+import ml_collections
+
 from experiments.configs import reproduce
 
 
@@ -19,4 +21,7 @@ def get_config():
   # One test image of 2,162 is 0.046 pp. The runs are deterministic on one machine; another CPU may sum in
   # another order, so a few images may flip; more than ~10 is a change in what is computed.
   config.regression_tolerance_pp = 0.5
+  config.regression_baseline = 'experiments/baselines/lfw_dlib_resnet.json'
+  # The cache this configuration reads, as `python -m mir_jax.embed` flags (reproduce/regression.py builds it).
+  config.regression_cache = ml_collections.ConfigDict({'backbone': 'dlib-resnet', 'subset': 'min_images10'})
   return config
