@@ -46,11 +46,13 @@ reproduce: env
 	$(PY) -m reproduce.lfw_verification --backbone=facenet-casia --flip --flip_combine=concat --metric=angular --subtract_mean
 	$(PY) -m reproduce.all
 
-# Recompute the CI regression baseline (experiments/baselines/) after an intended change of results.
+# Recompute the CI regression baselines (experiments/baselines/, one per reproduce.regression.CONFIGS) after an
+# intended change of results.
 baseline: env
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=min_images10
-	$(PY) -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --subset=$(FACENET_SUBSET)
+	$(PY) -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --subset=min_images20
 	$(PY) -m reproduce.regression --write
+	$(PY) -m reproduce.regression --write --config=experiments/configs/regression_facenet.py
 
 clean-env:
 	rm -rf $(VENV)
