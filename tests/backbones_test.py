@@ -21,7 +21,13 @@ POWELL = [f'Colin_Powell/Colin_Powell_{i:04d}.jpg' for i in (1, 2, 3)]
 
 
 def test_registry_names():
-  assert set(backbones.backbone_names()) == {'dlib-resnet', 'dlib-resnet-jax', 'facenet-vggface2', 'facenet-casia', 'facenet-jax'}
+  assert set(backbones.backbone_names()) == {
+    'dlib-resnet',
+    'dlib-resnet-jax',
+    'facenet-vggface2',
+    'facenet-casia',
+    'facenet-jax',
+  }
   with pytest.raises(KeyError, match='unknown backbone'):
     backbones.get_backbone('arcface')
 
