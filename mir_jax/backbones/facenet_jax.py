@@ -405,7 +405,7 @@ class FaceNetJax(base.Backbone):
     weights: Optional[os.PathLike] = None,
     *,
     variant: str = 'casia-webface',
-    batch_size: int = 64,
+    batch_size: int = 16,
     image_size: int = 160,
     margin: int = 32,
     standardization: str = 'fixed',
