@@ -12,6 +12,13 @@ behind the FaceNet LFW numbers):
   * no face: fall back to a centred box of LFW's typical face size (`center_box`) and mark
     `detected=False`, so the image still gets an embedding (LFW's protocol scores every pair) and
     the miss is countable. (Sandberg's script skips such images instead; the fallback is ours.)
+    `AlignerConfig.fallback` chooses another policy: the whole image as the box, or a recorded skip.
+    An image smaller than `min_face_size` cannot hold a face MTCNN looks for, so it goes straight to
+    the fallback (MTCNN itself would fail on it with an empty scale pyramid), and an image on which
+    MTCNN raises gets the fallback too, with the error as its reason, without taking its batchmates.
+  * pre-cropped faces (`AlignerConfig(faces='precropped')`): no detector runs; every image is one
+    face and the whole image is its box. For tight crops, where MTCNN misses most faces (it wants
+    some context around a face) and the centre box would cut the face down to part of it.
   * the crop adds `margin` pixels of the *original* image (half on each side), clamps to the image
     and resizes bilinearly.
 
@@ -30,6 +37,7 @@ worker processes, use `Aligner(num_threads=1)`. On CPU the detector's max pools 
 import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -39,6 +47,12 @@ from mir_jax.backbones.base import Detection
 # MTCNN's boxes on LFW deep-funneled images, whose faces are centred, so a centred box of this size is
 # where the LFW face usually is; face-centred crops from other datasets behave alike.
 FALLBACK_FRACTIONS = (0.37, 0.50)
+
+# What an image gets when no face is detected in it: a centred LFW-sized box, the whole image as the
+# box, or a recorded skip (no embedding).
+FALLBACKS = ('center', 'whole', 'skip')
+# Where faces are: found by the detector in each image, or already cropped (the whole image is the box).
+FACES = ('detect', 'precropped')
 
 
 def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:
@@ -55,6 +69,11 @@ def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALL
   bw, bh = fractions[0] * min(h, w), fractions[1] * min(h, w)
   cx, cy = w / 2.0, h / 2.0
   return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dtype=np.float64)
+
+
+def whole_box(image_shape: Sequence[int]) -> np.ndarray:
+  """The whole image as a box: float64 (4,) (0, 0, width, height)."""
+  return np.array([0.0, 0.0, float(image_shape[1]), float(image_shape[0])], dtype=np.float64)
 
 
 def select_face(boxes: np.ndarray, image_shape: Sequence[int]) -> int:
@@ -120,32 +139,81 @@ def use_full_float32(torch, device) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class AlignerConfig:
-  """MTCNN settings; defaults are facenet-pytorch's (and Sandberg's: 20 px, [.6, .7, .7], .709)."""
+  """Aligner settings; MTCNN's defaults are facenet-pytorch's (and Sandberg's: 20 px, [.6, .7, .7], .709).
+
+  Attributes:
+    min_face_size: the smallest face MTCNN looks for, in pixels.
+    thresholds: MTCNN's P-, R- and O-Net score thresholds, each in (0, 1].
+    factor: MTCNN's scale-pyramid factor.
+    fallback_fractions: the 'center' fallback box's size (see `center_box`).
+    fallback: what an image without a detected face gets, one of FALLBACKS.
+    faces: 'detect' (MTCNN finds the face) or 'precropped' (no detector: the whole image is the box,
+      and the MTCNN settings above must stay at their defaults, since nothing reads them).
+  """
 
   min_face_size: int = 20
   thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7)
   factor: float = 0.709
   fallback_fractions: Tuple[float, float] = FALLBACK_FRACTIONS
+  fallback: str = 'center'
+  faces: str = 'detect'
+
+  def __post_init__(self):
+    if self.fallback not in FALLBACKS:
+      raise ValueError(f'fallback must be one of {FALLBACKS}, got {self.fallback!r}')
+    if self.faces not in FACES:
+      raise ValueError(f'faces must be one of {FACES}, got {self.faces!r}')
+    if isinstance(self.min_face_size, bool) or not isinstance(self.min_face_size, int) or self.min_face_size < 1:
+      raise ValueError(f'min_face_size must be a positive integer (pixels), got {self.min_face_size!r}')
+    if len(self.thresholds) != 3 or not all(0.0 < float(t) <= 1.0 for t in self.thresholds):
+      raise ValueError(f'thresholds must be three scores in (0, 1] (P-, R-, O-Net), got {self.thresholds!r}')
+    if self.faces == 'precropped':
+      unused = [
+        f'{f.name}={getattr(self, f.name)!r}'
+        for f in dataclasses.fields(self)
+        if f.name != 'faces' and getattr(self, f.name) != f.default
+      ]
+      if unused:
+        raise ValueError(f"faces='precropped' runs no detector, so {', '.join(unused)} would have no effect")
 
 
 def config_key(config: Optional[AlignerConfig] = None) -> dict:
   """`Aligner(config).config_key()` without loading MTCNN (None = default settings).
 
-  Thread count, device and batch size are left out: they move boxes by float rounding only.
+  Thread count, device and batch size are left out: they move boxes by float rounding only. The
+  default settings keep the key they had before `fallback` and `faces` existed (those enter the key
+  only when they differ from their defaults), so existing caches keep their directories.
   """
   config = config or AlignerConfig()
-  key = dataclasses.asdict(config)
-  key['thresholds'] = list(config.thresholds)
-  key['fallback_fractions'] = list(config.fallback_fractions)
-  return {'detector': 'mtcnn-facenet-pytorch-2.6', **key}
+  if config.faces == 'precropped':
+    return {'detector': 'none', 'faces': 'precropped'}
+  key = {
+    'detector': 'mtcnn-facenet-pytorch-2.6',
+    'min_face_size': config.min_face_size,
+    'thresholds': [float(t) for t in config.thresholds],
+    'factor': config.factor,
+    'fallback_fractions': list(config.fallback_fractions),
+  }
+  if config.fallback != AlignerConfig.fallback:
+    key['fallback'] = config.fallback
+  return key
+
+
+def too_small(image_shape: Sequence[int], min_face_size: int) -> bool:
+  """Whether MTCNN's scale pyramid is empty for this image (facenet-pytorch's own test, its arithmetic).
+
+  Such an image is smaller than `min_face_size` on its shorter side: no face of the wanted size fits, and
+  facenet-pytorch's `detect_face` fails on it (`torch.cat()` of an empty list).
+  """
+  return min(image_shape[0], image_shape[1]) * (12.0 / min_face_size) < 12
 
 
 class Aligner:
-  """MTCNN detector with the selection rule and fallback above.
+  """MTCNN detector with the selection rule and fallback above (or none, for pre-cropped faces).
 
   Attributes:
-    config: the MTCNN settings.
-    num_fallbacks: how many images so far got the centre-box fallback (for reporting).
+    config: the aligner settings.
+    num_fallbacks: how many images so far had no detected face (for reporting).
   """
 
   def __init__(
@@ -168,20 +236,23 @@ class Aligner:
       fast_max_pool: on CPU, swap MTCNN's max pools for `mir_jax.max_pool`'s faster ones (same outputs)
         (False keeps torch's, e.g. to check that the boxes agree).
     """
+    self.config = config or AlignerConfig()
+    self.batch_size = batch_size
+    self.num_fallbacks = 0
+    self.device = device
+    if self.config.faces == 'precropped':
+      return  # no detector to load
     # torch is imported here, not at module import, so that modules that only need `crop` or the
     # selection rule (and subprocess workers) stay light.
     from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
 
-    self.config = config or AlignerConfig()
     if num_threads is not None:
       torch.set_num_threads(num_threads)
     if device is None:
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
     use_full_float32(torch, device)
     self.device = device
-    self.batch_size = batch_size
-    self.num_fallbacks = 0
     self._torch = torch
     self._mtcnn = MTCNN(
       min_face_size=self.config.min_face_size,
@@ -200,19 +271,46 @@ class Aligner:
     """Settings that change the boxes (an embedding cache must key on these too)."""
     return config_key(self.config)
 
+  def no_face(self, image_shape, reason: str) -> Detection:
+    """The configured fallback for an image without a detected face."""
+    self.num_fallbacks += 1
+    policy = self.config.fallback
+    if policy == 'center':
+      box = center_box(image_shape, self.config.fallback_fractions)
+    elif policy == 'whole':
+      box = whole_box(image_shape)
+    else:
+      box = None
+    return Detection(box=box, landmarks=None, detected=False, fallback=policy, reason=reason)
+
   def _to_detection(self, boxes, points, image_shape) -> Detection:
     if boxes is None:
-      self.num_fallbacks += 1
-      return Detection(box=center_box(image_shape, self.config.fallback_fractions), landmarks=None, detected=False)
+      return self.no_face(image_shape, 'no face found by MTCNN')
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
     i = select_face(boxes, image_shape) if len(boxes) > 1 else 0
     return Detection(box=boxes[i], landmarks=points[i], detected=True)
 
   def _detect_stack(self, stack: np.ndarray) -> List[Detection]:
-    """MTCNN on a (n, h, w, 3) uint8 stack of same-size images."""
-    with self._torch.inference_mode():
-      boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
+    """MTCNN on a (n, h, w, 3) uint8 stack of same-size images; every image gets a Detection.
+
+    When MTCNN raises on the stack, each image is retried alone, so one image it cannot handle only
+    costs that image its detection (it gets the fallback, the error as its reason).
+    """
+    if too_small(stack.shape[1:], self.config.min_face_size):
+      h, w = stack.shape[1:3]
+      reason = f'{w}x{h} image is smaller than min_face_size={self.config.min_face_size}'
+      return [self.no_face(stack.shape[1:], reason) for _ in stack]
+    try:
+      with self._torch.inference_mode():
+        boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
+    except (RuntimeError, ValueError, IndexError) as e:
+      if len(stack) == 1:
+        logging.warning(
+          'MTCNN failed on a %s image (%s: %s); it gets the fallback', stack.shape[1:], type(e).__name__, e
+        )
+        return [self.no_face(stack.shape[1:], f'MTCNN failed: {type(e).__name__}: {e}')]
+      return [d for image in stack for d in self._detect_stack(image[None])]
     return [self._to_detection(b, p, stack.shape[1:]) for b, p in zip(boxes, points)]
 
   def detect(self, image: np.ndarray) -> Detection:
@@ -230,15 +328,21 @@ class Aligner:
       images: uint8 HxWx3 RGB arrays.
 
     Returns:
-      One Detection per image.
+      One Detection per image; with faces='precropped', the whole image as the box of each.
     """
     out: List[Optional[Detection]] = [None] * len(images)
     by_shape = {}
     for i, image in enumerate(images):
       image = np.asarray(image)
-      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f'expected uint8 HxWx3 RGB, got {image.dtype} {image.shape}')
       by_shape.setdefault(image.shape, []).append(i)
+    if self.config.faces == 'precropped':
+      reason = 'pre-cropped face (faces=precropped): the whole image is the box'
+      return [
+        Detection(box=whole_box(s), landmarks=None, detected=False, fallback='whole', reason=reason)
+        for s in (np.shape(image) for image in images)
+      ]
     for indices in by_shape.values():
       for start in range(0, len(indices), self.batch_size):
         chunk = indices[start : start + self.batch_size]

@@ -66,11 +66,20 @@ def main(argv: Sequence[str]) -> None:
   rate = (
     f', {result.chunks_computed} chunks in {result.seconds:.0f} s' if result.chunks_computed else ' (already complete)'
   )
+  # Caches finished before the aligner's paths were counted had one fallback, the centre box.
+  paths = info.get('alignment') or {
+    'detected': info['num_embedded'] - info['num_detection_fallbacks'],
+    'center': info['num_detection_fallbacks'],
+    'whole': 0,
+    'skipped_no_face': 0,
+    'unreadable': info['num_bad_images'],
+  }
   print(
     f'cache: {result.directory}{rate}\n'
-    f'  embedded {info["num_embedded"]} of {info["num_records"]} images; '
-    f'{info["num_bad_images"]} unreadable; {info["num_detection_fallbacks"]} without a detected face '
-    f'(centre-box fallback); key {info["key"]}',
+    f'  embedded {info["num_embedded"]} of {info["num_records"]} images: {paths["detected"]} detected, '
+    f'{paths["center"]} with the centre-box fallback, {paths["whole"]} with the whole image as the box; '
+    f'{paths["skipped_no_face"]} skipped (no face), {paths["unreadable"]} unreadable '
+    f'(reasons in {key.SKIPPED_FILE}); key {info["key"]}',
     flush=True,
   )
 

@@ -10,6 +10,7 @@ Pillow ignores those warnings, so such a file decodes (with visible artefacts) r
 Truncated files and broken headers or segments do fail.
 """
 
+import errno
 import os
 import pathlib
 from typing import Union
@@ -61,7 +62,8 @@ def load_rgb(path: PathLike, *, exif_transpose: bool = False) -> np.ndarray:
     A C-contiguous uint8 array of shape (height, width, 3).
 
   Raises:
-    ImageError: the file is missing, empty, not a recognised image, or corrupt/truncated.
+    ImageError: the file is missing (or a broken or looping symlink), unreadable, empty, not a recognised
+      image, or corrupt/truncated.
     RuntimeError: some other code set `PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, which would make Pillow
       pad truncated files with gray instead of failing.
   """
@@ -74,8 +76,12 @@ def load_rgb(path: PathLike, *, exif_transpose: bool = False) -> np.ndarray:
   try:
     size = path.stat().st_size
   except FileNotFoundError:
+    if path.is_symlink():
+      raise ImageError(f'{path}: broken symbolic link (its target {os.readlink(path)} does not exist)') from None
     raise ImageError(f'{path}: file does not exist') from None
   except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise ImageError(f'{path}: symbolic link loop (the link resolves back to itself)') from None
     raise ImageError(f'{path}: cannot stat file: {e}') from e
   if not path.is_file():
     raise ImageError(f'{path}: not a regular file')
@@ -95,6 +101,8 @@ def load_rgb(path: PathLike, *, exif_transpose: bool = False) -> np.ndarray:
     if kind:
       raise ImageError(f'{path}: starts like a {kind} file but its header is corrupt') from None
     raise ImageError(f'{path}: not a recognised image file ({size} bytes)') from None
+  except PermissionError:
+    raise ImageError(f'{path}: permission denied (the file is not readable by this user)') from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ImageError(f'{path}: corrupt or truncated image data: {e}') from e
   return np.ascontiguousarray(rgb)

@@ -1,10 +1,14 @@
 """Tests for mir_jax.align: the face-selection rule, the fallback box, the crop and MTCNN on LFW."""
 
+import json
+
 import fixtures
 import numpy as np
+from PIL import Image
 import pytest
 
 from mir_jax import align
+from mir_jax import paths
 
 LFW_FILES = [
   'George_W_Bush/George_W_Bush_0001.jpg',
@@ -146,6 +150,89 @@ def test_mixed_sizes_keep_order(aligner, lfw_images):
   dets = aligner.detect_batch([lfw_images[0], blank, lfw_images[1]])
   assert [d.detected for d in dets] == [True, False, True]
   np.testing.assert_allclose(dets[1].box, align.center_box(blank.shape))
+
+
+def test_images_below_min_face_size_get_the_fallback(aligner, lfw_images):
+  face = Image.fromarray(lfw_images[0])
+  # facenet-pytorch's MTCNN itself fails below min_face_size (20): its scale pyramid is empty.
+  with pytest.raises(ValueError, match='non-empty list'):
+    aligner._mtcnn.detect(np.asarray(face.resize((19, 19)))[None])
+  sizes = [(12, 12), (1, 1), (19, 250), (250, 12)]
+  small = [np.asarray(face.resize((w, h))) for h, w in sizes]
+  # A batch mixing them with normal images, two of one small size among them.
+  dets = aligner.detect_batch([lfw_images[1], small[0], *small, lfw_images[2]])
+  assert [d.path for d in dets] == ['detected'] + ['center'] * 5 + ['detected']
+  for (h, w), det in zip([sizes[0], *sizes], dets[1:-1]):
+    assert det.reason == f'{w}x{h} image is smaller than min_face_size=20'
+    np.testing.assert_allclose(det.box, align.center_box((h, w)))
+  # Just big enough: MTCNN runs, and finds the face even in a 20-pixel thumbnail.
+  assert aligner.detect(np.asarray(face.resize((20, 20)))).path == 'detected'
+  assert align.too_small((19, 19), 20) and not align.too_small((20, 20), 20)
+  assert align.too_small((39, 500), 40) and not align.too_small((40, 500), 40)
+
+
+def test_one_failing_image_does_not_take_its_batchmates(aligner, lfw_images, monkeypatch):
+  poisoned = lfw_images[0].copy()
+  poisoned[0, 0] = (1, 2, 3)
+  detect = aligner._mtcnn.detect
+
+  def failing_detect(stack, **kwargs):
+    if np.any(np.all(np.asarray(stack)[:, 0, 0] == (1, 2, 3), axis=-1)):
+      raise ValueError('boom')
+    return detect(stack, **kwargs)
+
+  monkeypatch.setattr(aligner._mtcnn, 'detect', failing_detect)
+  batch = [lfw_images[1], poisoned, lfw_images[2], lfw_images[3]]
+  dets = aligner.detect_batch(batch)
+  assert [d.path for d in dets] == ['detected', 'center', 'detected', 'detected']
+  assert dets[1].reason == 'MTCNN failed: ValueError: boom'
+  for image, det in zip([batch[0], batch[2], batch[3]], [dets[0], dets[2], dets[3]]):
+    np.testing.assert_allclose(det.box, aligner.detect(image).box, atol=1e-2)
+
+
+def test_fallback_policies(lfw_images):
+  pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
+  blank = np.full((120, 90, 3), 200, np.uint8)
+  whole = align.Aligner(align.AlignerConfig(fallback='whole'))
+  dets = whole.detect_batch([lfw_images[0], blank])
+  assert [d.path for d in dets] == ['detected', 'whole']
+  np.testing.assert_array_equal(dets[1].box, [0, 0, 90, 120])
+  skip = align.Aligner(align.AlignerConfig(fallback='skip')).detect(blank)
+  assert skip.path == 'skip' and skip.box is None and skip.reason == 'no face found by MTCNN'
+
+
+def test_precropped_faces_are_their_whole_image(lfw_images):
+  aligner = align.Aligner(align.AlignerConfig(faces='precropped'))
+  dets = aligner.detect_batch([lfw_images[0], np.zeros((7, 5, 3), np.uint8)])
+  assert [d.path for d in dets] == ['whole', 'whole']
+  np.testing.assert_array_equal(dets[1].box, [0, 0, 5, 7])
+  with pytest.raises(ValueError, match='min_face_size=40 would have no effect'):
+    align.AlignerConfig(faces='precropped', min_face_size=40)
+  with pytest.raises(ValueError, match='fallback must be one of'):
+    align.AlignerConfig(fallback='centre')
+  with pytest.raises(ValueError, match='three scores'):
+    align.AlignerConfig(thresholds=(0.6, 0.7))
+
+
+def test_default_key_is_the_one_stored_results_were_keyed_on():
+  """The stored tuning results record the aligner key of the caches they read; the default must still match."""
+  stored = []
+  for path in sorted((paths.repo_root() / 'experiments' / 'tuned').glob('*.json')):
+    config = json.loads(path.read_text()).get('context', {}).get('data', {}).get('align_config')
+    if config is not None:
+      stored.append(config)
+  assert stored, 'no stored result records an align_config'
+  assert all(c == align.config_key() for c in stored)
+  assert align.config_key(align.AlignerConfig(fallback='center', faces='detect')) == align.config_key()
+  other = [
+    align.AlignerConfig(min_face_size=40),
+    align.AlignerConfig(thresholds=(0.5, 0.6, 0.6)),
+    align.AlignerConfig(fallback='whole'),
+    align.AlignerConfig(fallback='skip'),
+    align.AlignerConfig(faces='precropped'),
+  ]
+  keys = [json.dumps(align.config_key(c), sort_keys=True) for c in [align.AlignerConfig(), *other]]
+  assert len(set(keys)) == len(keys)
 
 
 def test_config_key_without_detector(aligner):

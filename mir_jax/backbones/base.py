@@ -14,12 +14,23 @@ class Detection:
   Attributes:
     box: (x1, y1, x2, y2) in pixels of the original image, float.
     landmarks: (5, 2) MTCNN landmarks (eyes, nose, mouth corners), or None.
-    detected: False when no face was found and `box` is the centre-crop fallback.
+    detected: False when the detector gave no box and `box` is a fallback.
+    fallback: when not detected, which box stands in (`mir_jax.align.FALLBACKS`): 'center' (a centred
+      LFW-sized box), 'whole' (the whole image) or 'skip' (none: the image is left out, `box` is None);
+      '' reads as 'center', the only fallback earlier aligners had.
+    reason: why the detector gave no box, in words (for the cache's records of fallbacks and skips).
   """
 
-  box: np.ndarray
+  box: Optional[np.ndarray]
   landmarks: Optional[np.ndarray]
   detected: bool
+  fallback: str = ''
+  reason: str = ''
+
+  @property
+  def path(self) -> str:
+    """How the box was found: 'detected', or the fallback's name."""
+    return 'detected' if self.detected else (self.fallback or 'center')
 
 
 class Backbone(abc.ABC):

@@ -32,7 +32,13 @@ class Pipeline:
 
 @dataclasses.dataclass
 class Prepared:
-  """One record after decoding, detection and backbone preprocessing; `error` set when it failed."""
+  """One record after decoding, detection and backbone preprocessing.
+
+  Exactly one of these holds for each: `error` is set (the file could not be decoded or preprocessed: a
+  bad image), `skipped` is set (no face detected and the fallback policy is 'skip'), or it has inputs (or
+  an embedding) and `path` says how its box was found ('detected', 'center', 'whole'), `reason` why no
+  detector box when it was not detected.
+  """
 
   image_id: str
   inputs: Optional[np.ndarray] = None
@@ -40,6 +46,9 @@ class Prepared:
   detected: bool = False
   box: Optional[np.ndarray] = None
   error: Optional[str] = None
+  skipped: Optional[str] = None
+  path: str = ''
+  reason: str = ''
   # Set (and inputs dropped) when the worker embedded the record itself (`Backbone.embed_in_workers`).
   embedding: Optional[np.ndarray] = None
   embedding_flip: Optional[np.ndarray] = None
@@ -58,7 +67,7 @@ def mirror_detection(detection: Detection, width: int) -> Detection:
     lm = np.asarray(detection.landmarks, np.float64).copy()
     lm[:, 0] = width - lm[:, 0]
     landmarks = lm[[1, 0, 2, 4, 3]]
-  return Detection(box=box, landmarks=landmarks, detected=detection.detected)
+  return dataclasses.replace(detection, box=box, landmarks=landmarks)
 
 
 class RecordEmbedder:
@@ -91,17 +100,31 @@ class RecordEmbedder:
       except ValueError as e:  # ImageError: a bad file is recorded and skipped, never fatal
         out[i].error = str(e) or type(e).__name__
     detections = self.aligner.detect_batch(loaded) if loaded else []
+    prepared = []
     for i, image, det in zip(where, loaded, detections):
-      out[i].detected = bool(det.detected)
-      out[i].box = np.asarray(det.box, np.float32).reshape(4)
-      out[i].inputs = self.backbone.preprocess(image, det)
-      if self.pipeline.flip:
-        flip_input = getattr(self.backbone, 'flip_input', None)
-        if flip_input is not None:
-          out[i].flipped = flip_input(out[i].inputs)
-        else:
-          mirrored = np.ascontiguousarray(image[:, ::-1])
-          out[i].flipped = self.backbone.preprocess(mirrored, mirror_detection(det, image.shape[1]))
+      p = out[i]
+      p.detected, p.path, p.reason = bool(det.detected), det.path, det.reason
+      if p.path == 'skip':
+        p.skipped = det.reason or 'no face detected'
+        continue
+      p.box = np.asarray(det.box, np.float32).reshape(4)
+      try:
+        p.inputs = self.backbone.preprocess(image, det)
+        if self.pipeline.flip:
+          flip_input = getattr(self.backbone, 'flip_input', None)
+          if flip_input is not None:
+            p.flipped = flip_input(p.inputs)
+          else:
+            mirrored = np.ascontiguousarray(image[:, ::-1])
+            p.flipped = self.backbone.preprocess(mirrored, mirror_detection(det, image.shape[1]))
+      except (RuntimeError, ValueError) as e:  # one image the backbone cannot cut is recorded, not fatal
+        p.inputs = p.flipped = None
+        p.error = (
+          f'{type(self.backbone).__name__} could not preprocess this {image.shape[1]}x{image.shape[0]} image: {e}'
+        )
+        continue
+      prepared.append(i)
+    where = prepared
     if self.embed and where:
       done = [out[i] for i in where]
       for p, e in zip(done, embed_all(self.backbone, [p.inputs for p in done], len(done))):

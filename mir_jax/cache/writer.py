@@ -292,7 +292,7 @@ class _ShardWriter:
         chunk = chunks[c]
         prepared = [next(stream) for _ in chunk]
         waited = time.time() - chunk_started
-        ok = [p for p in prepared if p.error is None]
+        ok = [p for p in prepared if p.error is None and p.skipped is None]
         if ok and all(p.embedding is not None for p in ok):  # the workers ran the backbone
           embeddings = np.stack([p.embedding for p in ok])
           flipped = np.stack([p.embedding_flip for p in ok]) if spec.flip else None
@@ -337,6 +337,14 @@ class _ShardWriter:
             if p.error is not None
           ],
           'fallbacks': [p.image_id for p in ok if not p.detected],
+          # Which box each of those got ('center' or 'whole') and why; and the images the 'skip' policy left
+          # out: with `detected` in each record, every image's path through the aligner is on record.
+          'fallback_boxes': [{'image_id': p.image_id, 'box': p.path, 'reason': p.reason} for p in ok if not p.detected],
+          'no_face_skips': [
+            {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.skipped}
+            for p in prepared
+            if p.error is None and p.skipped is not None
+          ],
           'seconds': time.time() - chunk_started,
           # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
           # backbone; the larger one is the pipeline's bottleneck.
@@ -372,7 +380,20 @@ class _ShardWriter:
     num_bytes = sum(self.shard_path(c).stat().st_size for c in range(num_chunks))
     bad = [b for s in stats for b in s['bad_images']]
     fallbacks = [f for s in stats for f in s['fallbacks']]
+    # Chunks written before these were recorded had only the centre-box fallback and no skips.
+    fallback_boxes = [
+      b
+      for s in stats
+      for b in s.get('fallback_boxes', [{'image_id': f, 'box': 'center', 'reason': ''} for f in s['fallbacks']])
+    ]
+    no_face_skips = [x for s in stats for x in s.get('no_face_skips', [])]
     n_written = sum(shard_lengths)
+    alignment = {
+      'detected': n_written - len(fallbacks),
+      **{name: sum(b['box'] == name for b in fallback_boxes) for name in ('center', 'whole')},
+      'skipped_no_face': len(no_face_skips),
+      'unreadable': len(bad),
+    }
     info = {
       **plan,
       'directory': os.fspath(directory),
@@ -380,12 +401,23 @@ class _ShardWriter:
       'num_embedded': n_written,
       'num_bad_images': len(bad),
       'num_detection_fallbacks': len(fallbacks),
+      'num_no_face_skips': len(no_face_skips),
+      # Images per path through the aligner: detected, each fallback box, left out; they sum to num_records.
+      'alignment': alignment,
       'num_identities': len(names),
       'embedding_dim': int(dim),
       'seconds_embedding': sum(s['seconds'] for s in stats),
       'completed_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
     }
-    _write_json(directory / key.SKIPPED_FILE, {'bad_images': bad, 'detection_fallbacks': fallbacks})
+    _write_json(
+      directory / key.SKIPPED_FILE,
+      {
+        'bad_images': bad,
+        'detection_fallbacks': fallbacks,
+        'fallback_boxes': fallback_boxes,
+        'no_face_skips': no_face_skips,
+      },
+    )
     text = description or f'{spec.dataset} embedded with {spec.backbone_config}'
     tfds.folder_dataset.write_metadata(
       data_dir=directory,
@@ -397,7 +429,8 @@ class _ShardWriter:
       description=(
         f'{text}\n\nmir-jax embedding cache (key {spec.key()}): {n_written} of '
         f'{plan["num_records"]} images embedded, {len(bad)} unreadable, {len(fallbacks)} '
-        'without a detected face (centre-box fallback). Full settings in mir_cache.json.'
+        f'without a detected face (fallback box), {len(no_face_skips)} left out for having none. '
+        'Full settings in mir_cache.json.'
       ),
       metadata=tfds.core.MetadataDict(mir=info),
     )

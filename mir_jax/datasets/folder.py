@@ -23,9 +23,12 @@ LAYOUT = """\
 def read_folder(root: images.PathLike, *, missing_help: Optional[str] = None) -> Listing[FaceRecord]:
   """Lists every image of a folder-per-identity tree, sorted by identity then file name.
 
-  No pixels are read. Files whose extension is not an image extension (and stray subfolders) are
-  ignored but returned in `ignored`; identity folders without a single image are returned in
-  `skipped` and logged, because an identity that vanishes silently changes the class count.
+  No pixels are read. Every entry of an identity folder with an image extension that is not a folder
+  becomes a record, symlinks too (broken or looping ones included), so that decoding records why a bad
+  one fails. Files whose extension is not an image extension, and files at the root, are ignored but
+  returned in `ignored`; identity folders without a single image, subfolders inside an identity folder
+  (not part of the layout, so their images are not read) and folders that cannot be listed are returned
+  in `skipped` and logged, because an identity or images that vanish silently change what is embedded.
 
   Args:
     root: the directory holding one subfolder per identity.
@@ -47,12 +50,24 @@ def read_folder(root: images.PathLike, *, missing_help: Optional[str] = None) ->
   with os.scandir(root) as it:
     entries = sorted(it, key=lambda e: e.name)
   for entry in entries:
-    if not entry.is_dir():
+    if not _is_dir(entry):
       ignored.append(os.path.abspath(entry.path))
       continue
     identity = entry.name
-    found, not_images = _images_in(entry.path)
+    try:
+      found, not_images, subfolders = _images_in(entry.path)
+    except OSError as e:
+      skipped.append(Skipped(os.path.abspath(entry.path), f'cannot list identity folder: {e}'))
+      logging.warning('Skipping identity %r: %s', identity, skipped[-1].reason)
+      continue
     ignored.extend(not_images)
+    for sub in subfolders:
+      skipped.append(
+        Skipped(
+          sub, f'subfolder inside identity folder {identity!r}: not read (the layout is <root>/<identity>/<image>)'
+        )
+      )
+      logging.warning('Not reading %s: %s', sub, skipped[-1].reason)
     if not found:
       skipped.append(
         Skipped(os.path.abspath(entry.path), f'identity folder has no images ({len(not_images)} other entries)')
@@ -80,13 +95,23 @@ def read_folder(root: images.PathLike, *, missing_help: Optional[str] = None) ->
   return Listing(records, skipped, ignored)
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+  """`entry.is_dir()`, False for a symlink that cannot be followed (a loop raises ELOOP)."""
+  try:
+    return entry.is_dir()
+  except OSError:
+    return False
+
+
 def _images_in(directory: str):
-  """Sorted image file names in `directory`, and absolute paths of every other entry."""
-  found, others = [], []
+  """Sorted image file names in `directory`, absolute paths of other non-folder entries, and of subfolders."""
+  found, others, subfolders = [], [], []
   with os.scandir(directory) as it:
     for entry in it:
-      if entry.is_file() and images.is_image_file(entry.name):
+      if _is_dir(entry):
+        subfolders.append(os.path.abspath(entry.path))
+      elif images.is_image_file(entry.name):
         found.append(entry.name)
       else:
         others.append(os.path.abspath(entry.path))
-  return sorted(found), sorted(others)
+  return sorted(found), sorted(others), sorted(subfolders)
