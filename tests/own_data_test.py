@@ -208,3 +208,46 @@ def test_unreadable_file_is_a_recorded_bad_image(tmp_path):
   os.chmod(path, 0)
   with pytest.raises(images.ImageError, match='permission denied'):
     images.load_rgb(path)
+
+
+@needs_lfw
+def test_fallback_policies_and_precropped_faces_from_the_command_line(tmp_path):
+  """Each aligner option names its own cache, and the cache records which path every image took."""
+  lfw = fixtures.require_lfw_images()
+  root = tmp_path / 'photos'
+  (a, files_a), (b, files_b) = fixtures.lfw_people_with(lfw, min_images=2, count=2)
+  for name, files in ((a, files_a), (b, files_b)):
+    (root / name).mkdir(parents=True)
+    for f in files[:2]:
+      shutil.copyfile(lfw / name / f, root / name / f)
+  Image.fromarray(np.full((100, 80, 3), 128, np.uint8)).save(root / a / 'blank.jpg')
+  faces = sorted(f'{n}/{os.path.splitext(f)[0]}' for n, fs in ((a, files_a), (b, files_b)) for f in fs[:2])
+  blank = f'{a}/blank'
+  whole = ('whole', 'the whole image is the box')
+  cases = [
+    ([], {**{i: DETECTED for i in faces}, blank: ('center', 'no face found by MTCNN')}, {}),
+    (
+      ['--fallback=skip'],
+      {**{i: DETECTED for i in faces}, blank: ('skip', 'no face found by MTCNN')},
+      {'fallback': 'skip'},
+    ),
+    (
+      ['--fallback=whole', '--min_face_size=30', '--thresholds=0.6,0.7,0.8'],
+      {**{i: DETECTED for i in faces}, blank: ('whole', 'no face found by MTCNN')},
+      {'fallback': 'whole', 'min_face_size': 30, 'thresholds': (0.6, 0.7, 0.8)},
+    ),
+    (['--faces=precropped'], {i: whole for i in [*faces, blank]}, {'faces': 'precropped'}),
+  ]
+  directories = set()
+  for flags, expected, align_options in cases:
+    proc = _embed(root, tmp_path / 'cache', *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    directory = lookup.find_cache(
+      'folder', 'dlib-resnet', data_dir=tmp_path / 'cache', manual_dir=root, align_options=align_options
+    )
+    assert_outcomes(outcomes(directory), expected)
+    directories.add(directory)
+  assert len(directories) == len(cases)
+  # MTCNN settings mean nothing when no detector runs: refused, not silently ignored.
+  proc = _embed(root, tmp_path / 'cache', '--faces=precropped', '--min_face_size=30')
+  assert proc.returncode != 0 and 'min_face_size=30 would have no effect' in proc.stderr

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from absl import flags
 
+from mir_jax import align
 from mir_jax.cache import lookup
 from mir_jax.cache import selection
 
@@ -36,6 +37,26 @@ def define_cache_flags() -> None:
     'flip',
     False,
     'The cache also holds the embedding of the mirrored face (evaluations then average each embedding with it).',
+  )
+  # The aligner's settings; their defaults are AlignerConfig's, and only values that differ enter the cache key.
+  aligner = align.AlignerConfig()
+  flags.DEFINE_enum(
+    'faces',
+    aligner.faces,
+    align.FACES,
+    'detect: MTCNN finds the face in each image. precropped: every image already is one face (a tight crop, '
+    'e.g. from another detector); no detector runs and the whole image is the box.',
+  )
+  flags.DEFINE_enum(
+    'fallback',
+    aligner.fallback,
+    align.FALLBACKS,
+    "What an image without a detected face gets: center (a centred box of LFW's face size), whole (the "
+    'whole image as the box) or skip (left out, recorded with its reason).',
+  )
+  flags.DEFINE_integer('min_face_size', aligner.min_face_size, 'Smallest face MTCNN looks for, in pixels.')
+  flags.DEFINE_list(
+    'thresholds', [str(t) for t in aligner.thresholds], "MTCNN's P-, R- and O-Net score thresholds, comma-separated."
   )
 
 
@@ -84,4 +105,22 @@ def find_cache_args(flag_values: Optional[flags.FlagValues] = None) -> Dict[str,
     'backbone_options': parse_options(fv.backbone_option),
     'reader_kwargs': parse_options(fv.reader_option),
     'flip': fv.flip,
+    'align_options': align_options(fv),
   }
+
+
+def align_options(fv: flags.FlagValues) -> Dict[str, Any]:
+  """The aligner flags that differ from `AlignerConfig`'s defaults (what `lookup.cache_spec` takes).
+
+  Raises:
+    selection.UsageError: a value is malformed, or an MTCNN setting is given with --faces=precropped.
+  """
+  try:
+    thresholds = tuple(float(t) for t in fv.thresholds)
+  except ValueError:
+    raise selection.UsageError(
+      f'--thresholds takes three comma-separated numbers, got {",".join(fv.thresholds)}'
+    ) from None
+  given = {'faces': fv.faces, 'fallback': fv.fallback, 'min_face_size': fv.min_face_size, 'thresholds': thresholds}
+  defaults = align.AlignerConfig()
+  return {k: v for k, v in given.items() if v != getattr(defaults, k)}

@@ -38,10 +38,27 @@ def make_backbone_factory(backbone: str, backbone_options: Dict[str, Any]):
   return functools.partial(backbones.get_backbone, backbone, **backbone_options)
 
 
-def make_aligner_factory(num_threads: Optional[int]):
+def aligner_config(align_options: Optional[Dict[str, Any]] = None):
+  """`align.AlignerConfig(**align_options)` (None or {} = the defaults).
+
+  Raises:
+    selection.UsageError: the options are not valid aligner settings.
+  """
   from mir_jax import align  # pylint: disable=g-import-not-at-top
 
-  return functools.partial(align.Aligner, num_threads=num_threads)
+  options = dict(align_options or {})
+  try:
+    if 'thresholds' in options:
+      options['thresholds'] = tuple(float(t) for t in options['thresholds'])
+    return align.AlignerConfig(**options)
+  except (TypeError, ValueError) as e:
+    raise selection.UsageError(f'aligner options {options}: {e}') from None
+
+
+def make_aligner_factory(num_threads: Optional[int], config=None):
+  from mir_jax import align  # pylint: disable=g-import-not-at-top
+
+  return functools.partial(align.Aligner, config, num_threads=num_threads)
 
 
 def cache_spec(
@@ -55,11 +72,14 @@ def cache_spec(
   backbone_options: Optional[Dict[str, Any]] = None,
   reader_kwargs: Optional[Dict[str, Any]] = None,
   flip: bool = False,
+  align_options: Optional[Dict[str, Any]] = None,
 ) -> Tuple[List[FaceRecord], key.CacheSpec]:
   """The records a cache of these settings holds and its spec, without building the backbone or aligner.
 
+  `align_options` are `align.AlignerConfig` fields (faces, fallback, min_face_size, thresholds); None = defaults.
+
   Raises:
-    selection.UsageError: the images are missing or a subset does not apply.
+    selection.UsageError: the images are missing, a subset does not apply, or an aligner option is invalid.
   """
   from mir_jax import align  # pylint: disable=g-import-not-at-top
 
@@ -68,12 +88,12 @@ def cache_spec(
     dataset, manual_dir, subset=subset, limit=limit, pairs_file=pairs_file, reader_kwargs=reader_kwargs
   )
   backbone_config = backbones.config_key(backbone, **dict(backbone_options or {}))
-  # The default aligner's settings, read without loading MTCNN's weights.
+  # The aligner's settings, read without loading MTCNN's weights.
   spec = key.CacheSpec(
     dataset=dataset,
     reader_options=reader_options,
     backbone_config=backbone_config,
-    align_config=align.config_key(),
+    align_config=align.config_key(aligner_config(align_options)),
     flip=flip,
   )
   return records, spec
@@ -98,7 +118,7 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
   records, spec = cache_spec(dataset, backbone, **settings)
   backbone_factory = make_backbone_factory(backbone, dict(settings.get('backbone_options') or {}))
   # Workers share the cores, so each pins torch to one thread; alone, this process may use them all.
-  aligner_factory = make_aligner_factory(1 if num_workers > 0 else None)
+  aligner_factory = make_aligner_factory(1 if num_workers > 0 else None, aligner_config(settings.get('align_options')))
   model = backbone_factory()
   if key.canonical_config(model.config_key()) != key.canonical_config(spec.backbone_config):
     raise RuntimeError(
@@ -122,6 +142,7 @@ def find_cache(
   backbone_options=None,
   flip=False,
   reader_kwargs=None,
+  align_options=None,
 ) -> pathlib.Path:
   """The complete cache `python -m mir_jax.embed` builds for these settings.
 
@@ -140,6 +161,7 @@ def find_cache(
     backbone_options=backbone_options,
     flip=flip,
     reader_kwargs=reader_kwargs,
+    align_options=align_options,
   )
   directory = key.cache_dir(data_dir, spec)
   if not flip and not key.is_complete(directory):
@@ -169,6 +191,8 @@ def find_cache(
     data_dir=None if data_dir == default_data_dir() else data_dir,
     backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
     reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()],
+    # --thresholds is one comma-separated flag.
+    **{k: ','.join(map(str, v)) if k == 'thresholds' else v for k, v in (align_options or {}).items()},
   )
   state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
   raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
