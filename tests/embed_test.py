@@ -276,3 +276,36 @@ def test_find_cache_refuses_a_cache_of_other_images(tmp_path, monkeypatch):
   info['records_fingerprint'] = key.records_fingerprint(ours)
   (directory / 'mir_cache.json').write_text(json.dumps(info))
   assert lookup.find_cache('folder', 'x', data_dir=tmp_path, manual_dir=tmp_path) == directory
+
+
+def _photo_folder(root, people):
+  from PIL import Image
+
+  for name, count in people.items():
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+      Image.new('RGB', (8, 8), (i, 0, 0)).save(root / name / f'{i}.png')
+  return root
+
+
+def test_two_photo_folders_name_two_caches(tmp_path):
+  a = _photo_folder(tmp_path / 'a', {'ann': 2, 'bob': 2})
+  b = _photo_folder(tmp_path / 'b', {'cat': 2, 'dan': 3})
+  same_list_elsewhere = _photo_folder(tmp_path / 'c', {'ann': 2, 'bob': 2})
+  spec = lambda root: lookup.cache_spec('folder', 'dlib-resnet', manual_dir=root)[1]
+  names = [spec(d).name() for d in (a, b, same_list_elsewhere)]
+  assert len(set(names)) == 3
+  assert spec(a).name() == spec(a / 'ann' / '..').name()  # one folder, however it is spelled
+  _photo_folder(a, {'eve': 1})
+  assert spec(a).name() != names[0]  # a photo added: a new cache, not a refusal of the old one
+
+
+@needs_lfw
+def test_a_named_dataset_keeps_one_key_for_every_copy_of_its_images(tmp_path):
+  # Copies of LFW hold the same images wherever they live; find_cache checks a copy against the cache instead.
+  (tmp_path / 'lfw').symlink_to(LFW_DIR)
+  specs = [
+    lookup.cache_spec('lfw', 'dlib-resnet', manual_dir=d, subset='min_images20')[1] for d in (LFW_DIR, tmp_path / 'lfw')
+  ]
+  assert specs[0].name() == specs[1].name()
+  assert 'root' not in specs[0].reader_options

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from absl import logging
 
 from mir_jax import paths
+from mir_jax.cache import key
 from mir_jax.datasets.records import FaceRecord
 
 # Where each dataset's images live inside the shared data dir (README of ../shared/data).
@@ -37,6 +38,10 @@ _WHAT_TO_PUT = {
   'megaface': 'the MegaFace challenge 1 root (facescrub_images/, megaface_images/, devkit/templatelists/)',
   'folder': 'a folder with one subfolder of images per identity',
 }
+
+
+# Datasets whose cache key holds the folder's resolved path and a digest of its image list (see select_records).
+KEYED_ON_CONTENTS = ('folder',)
 
 
 class UsageError(ValueError):
@@ -172,4 +177,10 @@ def select_records(
     records = limit_records(records, limit)
   if not records:
     raise UsageError('the selection is empty')
+  if dataset in KEYED_ON_CONTENTS:
+    # Any folder of anyone's photos reads as dataset 'folder': unlike a named dataset, whose copies hold the
+    # same images wherever they live, two folders must not name one cache. So the key holds where the folder
+    # is and what it lists; adding a photo names a new cache rather than refusing the old one.
+    options['root'] = os.fspath(manual_dir.resolve())
+    options['records_fingerprint'] = key.records_fingerprint(records)
   return records, options, listing
