@@ -17,6 +17,7 @@ Subsets (`--subset`, LFW only; folds count from 0 as in `mir_jax.datasets.lfw`):
 images when even the first identity is larger), so a limited run still holds complete identities.
 """
 
+import shlex
 import sys
 from typing import Sequence
 
@@ -39,6 +40,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_workers', 2, 'Decode/detect/preprocess processes; 0 = all in this process.')
   flags.DEFINE_integer('chunk_size', writer.DEFAULT_CHUNK_SIZE, 'Images per shard (the unit of resumption).')
   flags.DEFINE_integer('batch_size', writer.DEFAULT_BATCH_SIZE, 'Images per backbone call.')
+  flags.DEFINE_bool(
+    'verify',
+    False,
+    'Check every shard of the cache (sha256, record count, readability) and recompute exactly the damaged ones.',
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -61,11 +67,18 @@ def main(argv: Sequence[str]) -> None:
     batch_size=FLAGS.batch_size,
     num_workers=FLAGS.num_workers,
     description=f'{FLAGS.dataset} embedded with {args["backbone"]}',
+    verify=FLAGS.verify,
+    command=shlex.join(['python', '-m', 'mir_jax.embed', *sys.argv[1:]]),
   )
+  for damage in result.damaged:
+    print(f'damaged, recomputed: {damage}', flush=True)
   info = reader.read_info(result.directory)
-  rate = (
-    f', {result.chunks_computed} chunks in {result.seconds:.0f} s' if result.chunks_computed else ' (already complete)'
-  )
+  if result.chunks_computed:
+    rate = f', {result.chunks_computed} chunks in {result.seconds:.0f} s'
+  elif FLAGS.verify:
+    rate = f' (already complete; all {result.num_chunks} shards verified intact)'
+  else:
+    rate = ' (already complete; --verify checks its shards)'
   # Caches finished before the aligner's paths were counted had one fallback, the centre box.
   paths = info.get('alignment') or {
     'detected': info['num_embedded'] - info['num_detection_fallbacks'],

@@ -12,6 +12,7 @@ and the trained heads as an orbax checkpoint in `workdir/checkpoint`.
 import dataclasses
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -24,6 +25,7 @@ from mir_jax import options
 from mir_jax import protocols
 from mir_jax import readings
 from mir_jax import runner
+from mir_jax.cache import key as cache_key
 
 
 def make_task(config, dataset: embedding_sets.EmbeddingSet) -> protocols.Classification:
@@ -144,7 +146,11 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # orbax logs every file it writes at INFO; -v 0 brings it back
     logging.set_verbosity(logging.WARNING)
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  _print_summary(train_and_evaluate(config, workdir), workdir)
+  try:
+    result = train_and_evaluate(config, workdir)
+  except cache_key.CacheError as e:  # a missing, incomplete or damaged cache: the message says how to (re)build it
+    sys.exit(f'error: {e}')
+  _print_summary(result, workdir)
 
 
 def define_flags():

@@ -495,3 +495,134 @@ def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   assert len(calls) >= 5 and max(calls.values()) <= 4, calls
   inline = build(records, tmp_path / 'a', num_workers=0).directory
   np.testing.assert_array_equal(reader.load_embeddings(inline)[0], reader.load_embeddings(pooled.directory)[0])
+
+
+def _child_build_concurrent(img_dir, data_dir, log):
+  """Entry point of the two processes the two-writer test starts at once."""
+  records = make_images(pathlib.Path(img_dir), bad=False)
+  build(records, data_dir, delay=0.03, log=log)
+
+
+def test_two_writers_at_once_embed_each_image_once_into_one_intact_cache(tmp_path):
+  img, data_dir, log = tmp_path / 'img', tmp_path / 'cache', tmp_path / 'log'
+  records = make_images(img, bad=False)
+  code = (
+    'import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
+    'cache_test._child_build_concurrent(sys.argv[2], sys.argv[3], sys.argv[4])'
+  )
+  args = [sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img), os.fspath(data_dir), os.fspath(log)]
+  children = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  errors = [child.communicate(timeout=300)[1] for child in children]
+  assert [child.returncode for child in children] == [0, 0], errors
+  # One built the cache; the other waited for it, said so, and then found it complete.
+  assert sum('another process is building' in e for e in errors) == 1, errors
+  lines = log.read_text().splitlines()
+  assert len({line.split()[0] for line in lines}) == 1
+  assert sum(int(line.split()[1]) for line in lines) == len(records)
+  d = key.cache_dir(data_dir, make_spec())
+  assert not list((d / key.WORK_DIR).glob('*.tmp'))
+  x, _, meta = reader.load_embeddings(d, verify=True)
+  xr, _, mr = reader.load_embeddings(build(records, tmp_path / 'ref').directory)
+  assert meta['image_ids'] == mr['image_ids']
+  np.testing.assert_array_equal(x, xr)
+
+
+def test_a_second_writer_can_refuse_instead_of_waiting(tmp_path):
+  from mir_jax.cache import lock
+
+  d = tmp_path / 'cache_dir'
+  code = (
+    'import sys, time; from mir_jax.cache import lock\n'
+    'with lock.exclusive(sys.argv[1]):\n'
+    '  print("held", flush=True); time.sleep(60)\n'
+  )
+  holder = subprocess.Popen([sys.executable, '-c', code, os.fspath(d)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(key.CacheError, match=f'being built by process {holder.pid} '):
+      with lock.exclusive(d, wait=False):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  # The kernel dropped the dead holder's lock.
+  with lock.exclusive(d, wait=False):
+    pass
+
+
+def _flip_byte(path: pathlib.Path, position: int) -> None:
+  data = bytearray(path.read_bytes())
+  data[position] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_named_on_read_and_verify_recomputes_exactly_it(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache', command='python -m mir_jax.embed --dataset=toy').directory
+  x0, _, _ = reader.load_embeddings(d)
+  shards = sorted(d.glob('*.array_record-*'))
+  mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+  _flip_byte(shards[3], 300)  # inside the records: array_record's own hashes catch it on read
+  with pytest.raises(key.CacheError) as raised:
+    reader.load_embeddings(d)
+  message = str(raised.value)
+  assert shards[3].name in message and 'python -m mir_jax.embed --dataset=toy --verify' in message
+  assert all(p.name not in message for p in shards if p != shards[3])
+  with pytest.raises(key.CacheError, match=shards[3].name):
+    reader.load_embeddings(d, verify=True)
+
+  # A plain rerun trusts the complete cache; --verify recomputes the damaged chunk and nothing else.
+  log = tmp_path / 'log'
+  assert build(records, tmp_path / 'cache', log=os.fspath(log)).chunks_computed == 0
+  result = build(records, tmp_path / 'cache', log=os.fspath(log), verify=True)
+  assert result.chunks_computed == 1 and result.chunks_reused == 4
+  assert len(result.damaged) == 1 and result.damaged[0].startswith(shards[3].name)
+  assert sum(int(line.split()[1]) for line in log.read_text().splitlines()) == 4
+  for p in shards:
+    if p != shards[3]:
+      assert p.stat().st_mtime_ns == mtimes[p.name]
+  x1, _, _ = reader.load_embeddings(d, verify=True)
+  np.testing.assert_array_equal(x1, x0)
+  again = build(records, tmp_path / 'cache', log=os.fspath(log), verify=True)
+  assert again.chunks_computed == 0 and again.damaged == []
+
+
+def test_verify_catches_damage_that_reads_back_without_error(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  x0, _, _ = reader.load_embeddings(d)
+  shard = sorted(d.glob('*.array_record-*'))[1]
+  _flip_byte(shard, shard.stat().st_size - 1)  # the file's padding, which no array_record hash covers
+  x1, _, _ = reader.load_embeddings(d)
+  np.testing.assert_array_equal(x1, x0)
+  with pytest.raises(key.CacheError, match=f'{shard.name}: its sha256 differs'):
+    reader.load_embeddings(d, verify=True)
+  assert build(records, tmp_path / 'cache', verify=True).chunks_computed == 1
+  reader.load_embeddings(d, verify=True)
+
+
+def test_verify_reads_every_record_of_a_cache_without_recorded_digests(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  for stats_path in (d / key.WORK_DIR).glob('chunk-*.json'):  # as caches written before digests were
+    stats = json.loads(stats_path.read_text())
+    del stats['sha256']
+    stats_path.write_text(json.dumps(stats))
+  reader.load_embeddings(d, verify=True)
+  shard = sorted(d.glob('*.array_record-*'))[2]
+  _flip_byte(shard, 300)
+  with pytest.raises(key.CacheError, match=f'{shard.name}: it does not read back'):
+    reader.load_embeddings(d, verify=True)
+  assert build(records, tmp_path / 'cache', verify=True).chunks_computed == 1
+
+
+def test_changed_records_message_says_what_changed_and_both_ways_on(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  build(records, tmp_path / 'cache')
+  with pytest.raises(key.CacheError) as raised:
+    build(records[:-1] + [FaceRecord(records[0].path, 'zed', 'zed/zed_0001')], tmp_path / 'cache')
+  message = str(raised.value)
+  assert "1 images added or relabelled ('zed/zed_0001 of zed')" in message
+  assert f"1 gone ('{records[-1].image_id} of {records[-1].identity}')" in message
+  assert f'that run read {tmp_path / "img"}' in message
+  assert 'pass another --data_dir' in message

@@ -9,7 +9,9 @@ backbone, alignment) and every later step reads the cache. The modules, in the o
   key        what a cache holds (`CacheSpec`), the directory name that hashes it, and the file layout.
   pipeline   the per-image work: decode, detect, preprocess and, for one-core backbones, embed.
   workers    the worker processes running that work, and what keeps their memory bounded.
+  lock       one writer per cache directory.
   writer     `build`: the resumable shard writer.
+  verify     checking every shard against its recorded digest; marking the damaged ones for recomputation.
   reader     `load_embeddings`, `data_source`, `read_info`: reading a complete cache back.
 
 Layout, under a data dir (default `<repo>/data_cache`, see `lookup.default_data_dir`):
@@ -19,8 +21,12 @@ Layout, under a data dir (default `<repo>/data_cache`, see `lookup.default_data_
     dataset_info.json, features.json, metadata.json   TFDS metadata, written once every shard exists
     mir_cache.json        what was embedded, how (key inputs), counts, timings
     skipped_images.json   images that could not be decoded (path + reason) and detection fallbacks
-    _work/plan.json       the fixed chunking of this run (record order, chunk size, number of chunks)
-    _work/chunk-000NN.json  per-chunk statistics, written just before the chunk's shard is renamed into place
+    _work/plan.json       the fixed chunking of this run (record order, chunk size, number of chunks), the
+                          folder it read and the command that built it
+    _work/records.tsv     the run's image ids and identities (to say what changed when a rerun lists others)
+    _work/chunk-000NN.json  per-chunk statistics incl. the shard's sha256, written just before the shard is
+                          renamed into place
+    _work/lock            the writer lock (`lock`)
 
 `<name>` is `<dataset>_<backbone>_<key>` where `key` hashes everything that changes the embeddings: the
 dataset name and reader options (which images), the backbone's `config_key()` (which network and input

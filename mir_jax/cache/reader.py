@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from mir_jax.cache import key
+from mir_jax.cache import verify as verify_lib
 
 
 def resolve(source: os.PathLike, data_dir: Optional[os.PathLike] = None) -> pathlib.Path:
@@ -60,14 +61,24 @@ def _text(v) -> str:
   return v.decode('utf-8') if isinstance(v, bytes) else str(v)
 
 
+def _damage_error(directory: pathlib.Path, damaged) -> key.CacheError:
+  shards = '\n'.join(f'  {d}' for d in damaged)
+  return key.CacheError(
+    f'{len(damaged)} shard(s) of the embedding cache {directory} are damaged:\n{shards}\n'
+    f'Recompute exactly those with:\n  {verify_lib.repair_command(directory)}'
+  )
+
+
 def load_embeddings(
-  source: os.PathLike, data_dir: Optional[os.PathLike] = None
+  source: os.PathLike, data_dir: Optional[os.PathLike] = None, *, verify: bool = False
 ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
   """Reads a whole cache into memory.
 
   Args:
     source: see `resolve`.
     data_dir: see `resolve`.
+    verify: first check every shard against the sha256 recorded when it was written (`mir_jax.cache.verify`); a
+      damaged one raises. Without it a read that fails does the same check to say which shard is damaged.
 
   Returns:
     (x, labels, meta): float32 (n, dim) embeddings, int64 (n,) labels indexing `meta['names']`, and a dict
@@ -79,10 +90,19 @@ def load_embeddings(
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   directory = resolve(source, data_dir)
+  if verify and (damaged := verify_lib.check(directory)):
+    raise _damage_error(directory, damaged)
   builder = tfds.builder_from_directory(os.fspath(directory))
   ds = builder.as_data_source()[key.SPLIT]
   n = len(ds)
-  rows = ds.__getitems__(list(range(n))) if n else []
+  try:
+    rows = ds.__getitems__(list(range(n))) if n else []
+  except Exception as e:  # pylint: disable=broad-except
+    # array_record's RuntimeError names neither the shard nor a remedy ("block header hash mismatch").
+    damaged = verify_lib.check(directory)
+    if damaged:
+      raise _damage_error(directory, damaged) from e
+    raise
   dim = builder.info.features['embedding'].shape[0]
   x = np.stack([r['embedding'] for r in rows]).astype(np.float32) if n else np.zeros((0, dim), np.float32)
   labels = np.asarray([r['label'] for r in rows], np.int64)

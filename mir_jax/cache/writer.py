@@ -13,12 +13,16 @@ from absl import logging
 import numpy as np
 
 from mir_jax.cache import key
+from mir_jax.cache import lock
 from mir_jax.cache import pipeline as pipeline_lib
+from mir_jax.cache import verify as verify_lib
 from mir_jax.cache import workers
 from mir_jax.datasets.records import FaceRecord
 
 DEFAULT_CHUNK_SIZE = 256
 DEFAULT_BATCH_SIZE = 32
+# Under _work: the records of the run, one `image_id<TAB>identity` per line, to say what changed.
+RECORDS_FILE = 'records.tsv'
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,8 +93,17 @@ def features_for(dim: int, names: Sequence[str], flip: bool):
   return tfds.features.FeaturesDict(spec)
 
 
-def _chunk_stats_path(directory: pathlib.Path, c: int) -> pathlib.Path:
-  return directory / key.WORK_DIR / f'chunk-{c:05d}.json'
+def _images_root(records: Sequence[FaceRecord]) -> str:
+  """The folder holding every image (for messages), or '' when the paths share none."""
+  try:
+    return os.path.commonpath([os.path.dirname(os.path.abspath(r.path)) for r in records if r.path])
+  except ValueError:
+    return ''
+
+
+def _record_lines(records: Sequence[FaceRecord]) -> List[str]:
+  """What `key.records_fingerprint` hashes, one line per record: kept so that a changed list can be diffed."""
+  return sorted(f'{r.image_id}\t{r.identity}' for r in records)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -104,6 +117,8 @@ class BuildResult:
   chunks_computed: int
   chunks_reused: int
   seconds: float
+  # With `verify`: the shards found damaged (and recomputed), each with its reason; empty when all were intact.
+  damaged: List[str] = dataclasses.field(default_factory=list)
 
 
 def build(
@@ -119,6 +134,8 @@ def build(
   task_size: int = 16,
   progress: bool = True,
   description: str = '',
+  verify: bool = False,
+  command: str = '',
 ) -> BuildResult:
   """Embeds `records` into the cache for `spec`, resuming whatever an earlier run finished.
 
@@ -137,6 +154,12 @@ def build(
     task_size: images handed to a worker at once (MTCNN batches same-size images within a task).
     progress: show a tqdm bar with images/s.
     description: human-readable text for the TFDS dataset description.
+    verify: first check every finished shard (`verify.check`) and recompute exactly the damaged ones, even
+      in a complete cache.
+    command: the shell command that builds this cache, recorded so that error messages can name it.
+
+  Only one process builds a cache directory at a time (`lock`): a second one waits for the first, then
+  finds the cache complete or resumes it.
 
   Returns:
     A BuildResult; `directory` is the TFDS dataset directory.
@@ -155,22 +178,63 @@ def build(
   if not records:
     raise ValueError('nothing to embed: the record list is empty')
   directory = key.cache_dir(data_dir, spec)
+  with lock.exclusive(directory):
+    return _build_locked(
+      records,
+      spec,
+      pipeline,
+      directory,
+      started,
+      verify=verify,
+      command=command,
+      description=description,
+      writer_options=dict(
+        backbone=backbone,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        task_size=task_size,
+        progress=progress,
+      ),
+      chunk_size=chunk_size,
+    )
+
+
+def _build_locked(
+  records, spec, pipeline, directory, started, *, verify, command, description, writer_options, chunk_size
+) -> BuildResult:
   name = spec.name()
   work = directory / key.WORK_DIR
+  fingerprint = key.records_fingerprint(records)
+  # Shards a killed run left half-written; while this process holds the lock no other one is writing.
+  for stale in work.glob('*.tmp'):
+    stale.unlink(missing_ok=True)
+  damaged: List[verify_lib.Damage] = []
   if key.is_complete(directory):
     info = json.loads((directory / key.INFO_FILE).read_text())
-    if info.get('records_fingerprint') != key.records_fingerprint(records):
-      raise key.CacheError(_changed_message(directory))
-    logging.info('Cache %s is complete; nothing to do.', directory)
-    return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], 0.0)
-  work.mkdir(parents=True, exist_ok=True)
+    if info.get('records_fingerprint') != fingerprint:
+      raise key.CacheError(_changed_message(directory, records))
+    if not verify:
+      logging.info('Cache %s is complete; nothing to do.', directory)
+      return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], 0.0)
+    damaged = verify_lib.check(directory)
+    if not damaged:
+      logging.info('Cache %s is complete and its %d shards are intact.', directory, info['num_chunks'])
+      return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], time.time() - started)
+    verify_lib.invalidate(directory, damaged)
 
   plan_path = work / 'plan.json'
-  fingerprint = key.records_fingerprint(records)
   if plan_path.is_file():
     plan = json.loads(plan_path.read_text())
     if plan['records_fingerprint'] != fingerprint or plan['num_records'] != len(records):
-      raise key.CacheError(_changed_message(directory))
+      raise key.CacheError(_changed_message(directory, records))
+    if verify and not damaged:  # a partial cache: check what the earlier runs finished
+      damaged = verify_lib.check(directory)
+      verify_lib.invalidate(directory, damaged)
+    for d in damaged:
+      logging.warning('Damaged shard, recomputing it: %s', d)
+    if command and not plan.get('command'):  # a cache from before commands were recorded
+      plan['command'] = command
+      _write_json(plan_path, plan)
     if plan['chunk_size'] != chunk_size:
       logging.info('Resuming with the existing chunk size %d (asked for %d).', plan['chunk_size'], chunk_size)
     chunk_size = plan['chunk_size']
@@ -183,7 +247,10 @@ def build(
       'records_fingerprint': fingerprint,
       'chunk_size': chunk_size,
       'num_chunks': math.ceil(len(records) / chunk_size),
+      'images_root': _images_root(records),
+      'command': command,
     }
+    _atomic_write_text(work / RECORDS_FILE, ''.join(line + '\n' for line in _record_lines(records)))
     _write_json(plan_path, plan)
   num_chunks = plan['num_chunks']
   writer = _ShardWriter(
@@ -193,11 +260,7 @@ def build(
     pipeline=pipeline,
     chunks=[records[i * chunk_size : (i + 1) * chunk_size] for i in range(num_chunks)],
     identities=sorted({r.identity for r in records}),
-    backbone=backbone,
-    batch_size=batch_size,
-    num_workers=num_workers,
-    task_size=task_size,
-    progress=progress,
+    **writer_options,
   )
 
   done, todo = [], []
@@ -209,13 +272,28 @@ def build(
   if todo:
     writer.write(todo)
   writer.finalize(plan, description)
-  return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started)
+  return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started, [str(d) for d in damaged])
 
 
-def _changed_message(directory: pathlib.Path) -> str:
+def _changed_message(directory: pathlib.Path, records: Sequence[FaceRecord]) -> str:
+  """Why a cache of the same settings does not fit these records: what differs, and both ways on."""
+  work = directory / key.WORK_DIR
+  text = f'{directory} was built from a different list of images than this run lists'
+  try:
+    plan = json.loads((work / 'plan.json').read_text())
+  except (OSError, ValueError):
+    plan = {}
+  if plan.get('images_root'):
+    text += f' (that run read {plan["images_root"]})'
+  if (work / RECORDS_FILE).is_file():
+    before = set((work / RECORDS_FILE).read_text().splitlines())
+    now = set(_record_lines(records))
+    added, removed = sorted(now - before), sorted(before - now)
+    show = lambda lines: ', '.join(repr(x.replace('\t', ' of ')) for x in lines[:3])
+    text += f': {len(added)} images added or relabelled ({show(added)}) and {len(removed)} gone ({show(removed)})'
   return (
-    f'{directory} was started on a different list of images (the dataset changed on disk since). '
-    'Delete that directory to rebuild it.'
+    f'{text}. The images changed on disk since that cache was made. To keep it, pass another --data_dir; '
+    f'to replace it with one of the images as they are now, delete {directory} and rerun.'
   )
 
 
@@ -250,7 +328,7 @@ class _ShardWriter:
     return key.shard_path(self.directory, self.name, c, len(self.chunks))
 
   def chunk_done(self, c: int) -> bool:
-    stats_path = _chunk_stats_path(self.directory, c)
+    stats_path = verify_lib.chunk_stats_path(self.directory, c)
     if not stats_path.is_file():
       return False
     try:
@@ -305,7 +383,8 @@ class _ShardWriter:
           features = features_for(dim, self.identities, spec.flip)
         by_id = {r.image_id: r for r in chunk}
         final = self.shard_path(c)
-        tmp = directory / key.WORK_DIR / (final.name + '.tmp')
+        # Unique per process, though the lock already keeps a second writer out.
+        tmp = directory / key.WORK_DIR / f'{final.name}.{os.getpid()}.tmp'
         writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), 'group_size:1')
         for j, p in enumerate(ok):
           r = by_id[p.image_id]
@@ -326,6 +405,7 @@ class _ShardWriter:
         with open(tmp, 'rb') as f:
           os.fsync(f.fileno())
         stats = {
+          'sha256': verify_lib.file_sha256(tmp),
           'chunk': c,
           'num_records': len(chunk),
           'num_written': len(ok),
@@ -353,7 +433,7 @@ class _ShardWriter:
           'num_workers': self.num_workers,
         }
         # Statistics first, shard second: a shard is only trusted when its statistics exist and agree.
-        _write_json(_chunk_stats_path(directory, c), stats)
+        _write_json(verify_lib.chunk_stats_path(directory, c), stats)
         os.replace(tmp, final)
         _fsync_dir(directory)
         bar.update(len(chunk))
@@ -367,7 +447,7 @@ class _ShardWriter:
 
     spec, directory, names = self.spec, self.directory, self.identities
     num_chunks = len(self.chunks)
-    stats = [json.loads(_chunk_stats_path(directory, c).read_text()) for c in range(num_chunks)]
+    stats = [json.loads(verify_lib.chunk_stats_path(directory, c).read_text()) for c in range(num_chunks)]
     for c, s in enumerate(stats):
       n = _num_records(self.shard_path(c))
       if n != s['num_written']:
