@@ -53,7 +53,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     args = cache_flags.find_cache_args()
     data_dir = args.pop('data_dir')
-    records, spec, pipeline, model = lookup.prepare(FLAGS.dataset, **args, num_workers=FLAGS.num_workers)
+    records, spec, pipeline, model, left_out = lookup.prepare(FLAGS.dataset, **args, num_workers=FLAGS.num_workers)
   except selection.UsageError as e:
     sys.exit(f'error: {e}')
   print(f'{len(records)} images of {FLAGS.dataset} -> {key.cache_dir(data_dir, spec)}', flush=True)
@@ -68,6 +68,7 @@ def main(argv: Sequence[str]) -> None:
     num_workers=FLAGS.num_workers,
     description=f'{FLAGS.dataset} embedded with {args["backbone"]}',
     verify=FLAGS.verify,
+    left_out=left_out,
     command=shlex.join(['python', '-m', 'mir_jax.embed', *sys.argv[1:]]),
   )
   for damage in result.damaged:
@@ -91,7 +92,8 @@ def main(argv: Sequence[str]) -> None:
     f'cache: {result.directory}{rate}\n'
     f'  embedded {info["num_embedded"]} of {info["num_records"]} images: {paths["detected"]} detected, '
     f'{paths["center"]} with the centre-box fallback, {paths["whole"]} with the whole image as the box; '
-    f'{paths["skipped_no_face"]} skipped (no face), {paths["unreadable"]} unreadable '
+    f'{paths["skipped_no_face"]} skipped (no face), {paths["unreadable"]} unreadable; '
+    f'{info.get("num_left_out_by_reader", 0)} other entries of the folder left out by the reader '
     f'(reasons in {key.SKIPPED_FILE}); key {info["key"]}',
     flush=True,
   )

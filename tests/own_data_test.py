@@ -198,6 +198,16 @@ def test_the_reader_says_what_it_left_out(corpus):
     ),
   }
   assert sorted(listing.ignored) == sorted([str(root / 'stray.jpg'), str(root / 'Empty Person' / 'README.txt')])
+  # The cache records the same, so none of it vanishes once the logs are gone.
+  root, data_dir, _, proc = corpus
+  info = reader.read_info(lookup.find_cache('folder', 'dlib-resnet', data_dir=data_dir, manual_dir=root))
+  recorded = {x['path']: x['reason'] for x in info['skipped']['left_out_by_reader']}
+  assert recorded == {
+    **{s.where: s.reason for s in listing.skipped},
+    **{path: 'not an image file (by its extension)' for path in listing.ignored},
+  }
+  assert info['num_left_out_by_reader'] == len(recorded) == 4
+  assert '4 other entries of the folder left out by the reader' in proc.stdout
 
 
 @needs_lfw

@@ -73,7 +73,7 @@ def _write_official_count_splits(pairs, path):
 def _embed(dataset, manual_dir, data_dir, reader_kwargs=None):
   """What `python -m mir_jax.embed --dataset=<dataset> --backbone=dlib-resnet --manual_dir=<dir>
   --data_dir=<dir> [--reader_option=k=v]` does (in this process, without worker processes)."""
-  records, spec, pipeline, model = lookup.prepare(
+  records, spec, pipeline, model, _ = lookup.prepare(
     dataset, BACKBONE, manual_dir=manual_dir, reader_kwargs=reader_kwargs, num_workers=0
   )
   result = writer.build(

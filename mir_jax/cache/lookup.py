@@ -81,10 +81,28 @@ def cache_spec(
   Raises:
     selection.UsageError: the images are missing, a subset does not apply, or an aligner option is invalid.
   """
+  records, spec, _ = _spec_and_listing(
+    dataset,
+    backbone,
+    manual_dir=manual_dir,
+    subset=subset,
+    limit=limit,
+    pairs_file=pairs_file,
+    backbone_options=backbone_options,
+    reader_kwargs=reader_kwargs,
+    flip=flip,
+    align_options=align_options,
+  )
+  return records, spec
+
+
+def _spec_and_listing(
+  dataset, backbone, *, manual_dir, subset, limit, pairs_file, backbone_options, reader_kwargs, flip, align_options
+):
   from mir_jax import align  # pylint: disable=g-import-not-at-top
 
   manual_dir = manual_dir or selection.default_manual_dir(dataset)
-  records, reader_options, _ = selection.select_records(
+  records, reader_options, listing = selection.select_records(
     dataset, manual_dir, subset=subset, limit=limit, pairs_file=pairs_file, reader_kwargs=reader_kwargs
   )
   backbone_config = backbones.config_key(backbone, **dict(backbone_options or {}))
@@ -96,7 +114,14 @@ def cache_spec(
     align_config=align.config_key(aligner_config(align_options)),
     flip=flip,
   )
-  return records, spec
+  return records, spec, listing
+
+
+def left_out(listing) -> List[Dict[str, str]]:
+  """What the dataset reader left out (empty identity folders, nested folders, non-image files), each with
+  its reason: a cache records them so that nothing a user put in the folder vanishes without a trace."""
+  out = [{'path': s.where, 'reason': s.reason} for s in listing.skipped]
+  return out + [{'path': path, 'reason': 'not an image file (by its extension)'} for path in listing.ignored]
 
 
 def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: Any):
@@ -108,14 +133,18 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
     **settings: the other keyword arguments of `cache_spec` (manual_dir, subset, backbone_options, flip, ...).
 
   Returns:
-    (records, spec, pipeline, backbone_instance).
+    (records, spec, pipeline, backbone_instance, left_out): `left_out` is `left_out(listing)`, for
+    `writer.build`.
 
   Raises:
     selection.UsageError: the images are missing or a subset does not apply.
     RuntimeError: the built backbone's key is not the one `find_cache` computes for these settings, so the
       cache would be built where no lookup finds it.
   """
-  records, spec = cache_spec(dataset, backbone, **settings)
+  defaults = dict.fromkeys(
+    ('manual_dir', 'subset', 'limit', 'pairs_file', 'backbone_options', 'reader_kwargs', 'align_options')
+  )
+  records, spec, listing = _spec_and_listing(dataset, backbone, **{**defaults, 'flip': False, **settings})
   backbone_factory = make_backbone_factory(backbone, dict(settings.get('backbone_options') or {}))
   # Workers share the cores, so each pins torch to one thread; alone, this process may use them all.
   aligner_factory = make_aligner_factory(1 if num_workers > 0 else None, aligner_config(settings.get('align_options')))
@@ -127,7 +156,7 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
     )
   spec = dataclasses.replace(spec, backbone_config=model.config_key())
   pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory, flip=spec.flip)
-  return records, spec, pipeline, model
+  return records, spec, pipeline, model, left_out(listing)
 
 
 def find_cache(

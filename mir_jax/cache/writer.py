@@ -136,6 +136,7 @@ def build(
   description: str = '',
   verify: bool = False,
   command: str = '',
+  left_out: Sequence[dict] = (),
 ) -> BuildResult:
   """Embeds `records` into the cache for `spec`, resuming whatever an earlier run finished.
 
@@ -157,6 +158,8 @@ def build(
     verify: first check every finished shard (`verify.check`) and recompute exactly the damaged ones, even
       in a complete cache.
     command: the shell command that builds this cache, recorded so that error messages can name it.
+    left_out: what the dataset reader found but did not list (`lookup.left_out`: path and reason each),
+      recorded in `skipped_images.json`.
 
   Only one process builds a cache directory at a time (`lock`): a second one waits for the first, then
   finds the cache complete or resumes it.
@@ -188,6 +191,7 @@ def build(
       verify=verify,
       command=command,
       description=description,
+      left_out=left_out,
       writer_options=dict(
         backbone=backbone,
         batch_size=batch_size,
@@ -200,7 +204,7 @@ def build(
 
 
 def _build_locked(
-  records, spec, pipeline, directory, started, *, verify, command, description, writer_options, chunk_size
+  records, spec, pipeline, directory, started, *, verify, command, description, left_out, writer_options, chunk_size
 ) -> BuildResult:
   name = spec.name()
   work = directory / key.WORK_DIR
@@ -271,7 +275,7 @@ def _build_locked(
 
   if todo:
     writer.write(todo)
-  writer.finalize(plan, description)
+  writer.finalize(plan, description, left_out)
   return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started, [str(d) for d in damaged])
 
 
@@ -441,8 +445,9 @@ class _ShardWriter:
       bar.close()
       stream.close()
 
-  def finalize(self, plan: dict, description: str) -> None:
-    """Checks every shard against its statistics, then writes the TFDS metadata and `mir_cache.json`."""
+  def finalize(self, plan: dict, description: str, left_out: Sequence[dict] = ()) -> None:
+    """Checks every shard against its statistics, then writes the TFDS metadata and `mir_cache.json`;
+    `left_out`: what the dataset reader did not list as images (see `build`)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     spec, directory, names = self.spec, self.directory, self.identities
@@ -482,6 +487,8 @@ class _ShardWriter:
       'num_bad_images': len(bad),
       'num_detection_fallbacks': len(fallbacks),
       'num_no_face_skips': len(no_face_skips),
+      # Not images to this cache (never records): the reader's skips, e.g. an empty identity folder.
+      'num_left_out_by_reader': len(left_out),
       # Images per path through the aligner: detected, each fallback box, left out; they sum to num_records.
       'alignment': alignment,
       'num_identities': len(names),
@@ -496,6 +503,7 @@ class _ShardWriter:
         'detection_fallbacks': fallbacks,
         'fallback_boxes': fallback_boxes,
         'no_face_skips': no_face_skips,
+        'left_out_by_reader': list(left_out),
       },
     )
     text = description or f'{spec.dataset} embedded with {spec.backbone_config}'
