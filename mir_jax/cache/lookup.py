@@ -61,7 +61,22 @@ def make_aligner_factory(num_threads: Optional[int], config=None):
   return functools.partial(align.Aligner, config, num_threads=num_threads)
 
 
-def cache_spec(
+def cache_spec(dataset: str, backbone: str, **settings: Any) -> Tuple[List[FaceRecord], key.CacheSpec]:
+  """The records a cache of these settings holds and its spec, without building the backbone or aligner.
+
+  Args:
+    dataset, backbone: the dataset reader and backbone names.
+    **settings: the keyword arguments of `cache_spec_and_listing` (manual_dir, subset, limit, pairs_file,
+      backbone_options, reader_kwargs, flip, align_options).
+
+  Raises:
+    selection.UsageError: the images are missing, a subset does not apply, or an aligner option is invalid.
+  """
+  records, spec, _ = cache_spec_and_listing(dataset, backbone, **settings)
+  return records, spec
+
+
+def cache_spec_and_listing(
   dataset: str,
   backbone: str,
   *,
@@ -73,32 +88,14 @@ def cache_spec(
   reader_kwargs: Optional[Dict[str, Any]] = None,
   flip: bool = False,
   align_options: Optional[Dict[str, Any]] = None,
-) -> Tuple[List[FaceRecord], key.CacheSpec]:
-  """The records a cache of these settings holds and its spec, without building the backbone or aligner.
+) -> Tuple[List[FaceRecord], key.CacheSpec, Any]:
+  """`cache_spec`, plus the dataset reader's listing (with what it left out, for `left_out`).
 
   `align_options` are `align.AlignerConfig` fields (faces, fallback, min_face_size, thresholds); None = defaults.
 
   Raises:
     selection.UsageError: the images are missing, a subset does not apply, or an aligner option is invalid.
   """
-  records, spec, _ = _spec_and_listing(
-    dataset,
-    backbone,
-    manual_dir=manual_dir,
-    subset=subset,
-    limit=limit,
-    pairs_file=pairs_file,
-    backbone_options=backbone_options,
-    reader_kwargs=reader_kwargs,
-    flip=flip,
-    align_options=align_options,
-  )
-  return records, spec
-
-
-def _spec_and_listing(
-  dataset, backbone, *, manual_dir, subset, limit, pairs_file, backbone_options, reader_kwargs, flip, align_options
-):
   from mir_jax import align  # pylint: disable=g-import-not-at-top
 
   manual_dir = manual_dir or selection.default_manual_dir(dataset)
@@ -141,10 +138,7 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
     RuntimeError: the built backbone's key is not the one `find_cache` computes for these settings, so the
       cache would be built where no lookup finds it.
   """
-  defaults = dict.fromkeys(
-    ('manual_dir', 'subset', 'limit', 'pairs_file', 'backbone_options', 'reader_kwargs', 'align_options')
-  )
-  records, spec, listing = _spec_and_listing(dataset, backbone, **{**defaults, 'flip': False, **settings})
+  records, spec, listing = cache_spec_and_listing(dataset, backbone, **settings)
   backbone_factory = make_backbone_factory(backbone, dict(settings.get('backbone_options') or {}))
   # Workers share the cores, so each pins torch to one thread; alone, this process may use them all.
   aligner_factory = make_aligner_factory(1 if num_workers > 0 else None, aligner_config(settings.get('align_options')))
