@@ -497,29 +497,51 @@ def test_workers_are_replaced_after_their_task_budget(tmp_path, monkeypatch):
   np.testing.assert_array_equal(reader.load_embeddings(inline)[0], reader.load_embeddings(pooled.directory)[0])
 
 
+def _records_in(img_dir):
+  """The records of the images `make_images` wrote, read back without rewriting them."""
+  paths = sorted(pathlib.Path(img_dir).glob('*/*.png'))
+  return [FaceRecord(str(p), p.parent.name, f'{p.parent.name}/{p.stem}') for p in paths]
+
+
 def _child_build_concurrent(img_dir, data_dir, log):
   """Entry point of the two processes the two-writer test starts at once."""
-  records = make_images(pathlib.Path(img_dir), bad=False)
-  build(records, data_dir, delay=0.03, log=log)
+  build(_records_in(img_dir), data_dir, delay=0.03, log=log)
+
+
+def _wait_for(path: pathlib.Path, text: str, timeout: float = 120.0) -> bool:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if path.is_file() and text in path.read_text():
+      return True
+    time.sleep(0.05)
+  return False
 
 
 def test_two_writers_at_once_embed_each_image_once_into_one_intact_cache(tmp_path):
+  from mir_jax.cache import lock
+
   img, data_dir, log = tmp_path / 'img', tmp_path / 'cache', tmp_path / 'log'
   records = make_images(img, bad=False)
+  d = key.cache_dir(data_dir, make_spec())
   code = (
     'import sys; sys.path.insert(0, sys.argv[1]); import cache_test; '
     'cache_test._child_build_concurrent(sys.argv[2], sys.argv[3], sys.argv[4])'
   )
   args = [sys.executable, '-c', code, os.path.dirname(__file__), os.fspath(img), os.fspath(data_dir), os.fspath(log)]
-  children = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-  errors = [child.communicate(timeout=300)[1] for child in children]
-  assert [child.returncode for child in children] == [0, 0], errors
-  # One built the cache; the other waited for it, said so, and then found it complete.
-  assert sum('another process is building' in e for e in errors) == 1, errors
+  errs = [tmp_path / f'stderr{i}' for i in range(2)]
+  # Both start while this process holds the lock, so both meet a writer (whatever their start-up times),
+  # then race for it once it is released.
+  with lock.exclusive(d):
+    children = [subprocess.Popen(args, stderr=open(e, 'w')) for e in errs]
+    for e in errs:
+      assert _wait_for(e, 'another process is building'), e.read_text()[-3000:]
+  for child in children:
+    child.wait(timeout=300)
+  assert [child.returncode for child in children] == [0, 0], [e.read_text()[-3000:] for e in errs]
+  # One of them embedded every image once; the other waited for it and found the cache complete.
   lines = log.read_text().splitlines()
   assert len({line.split()[0] for line in lines}) == 1
   assert sum(int(line.split()[1]) for line in lines) == len(records)
-  d = key.cache_dir(data_dir, make_spec())
   assert not list((d / key.WORK_DIR).glob('*.tmp'))
   x, _, meta = reader.load_embeddings(d, verify=True)
   xr, _, mr = reader.load_embeddings(build(records, tmp_path / 'ref').directory)
@@ -626,3 +648,34 @@ def test_changed_records_message_says_what_changed_and_both_ways_on(tmp_path):
   assert f"1 gone ('{records[-1].image_id} of {records[-1].identity}')" in message
   assert f'that run read {tmp_path / "img"}' in message
   assert 'pass another --data_dir' in message
+
+
+def test_verify_distrusts_a_complete_cache_missing_its_statistics_or_plan(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  d = build(records, tmp_path / 'cache').directory
+  x0, _, _ = reader.load_embeddings(d)
+  shards = sorted(d.glob('*.array_record-*'))
+  (d / key.WORK_DIR / 'chunk-00001.json').unlink()  # a copy cut short: nothing vouches for shard 1
+  with pytest.raises(key.CacheError, match=f'{shards[1].name}: its statistics .* are missing'):
+    reader.load_embeddings(d, verify=True)
+  assert build(records, tmp_path / 'cache', verify=True).chunks_computed == 1
+  # Copied without _work/plan.json: the plan's copy in mir_cache.json names the shards.
+  (d / key.WORK_DIR / 'plan.json').unlink()
+  _flip_byte(shards[2], 300)
+  with pytest.raises(key.CacheError, match=f'{shards[2].name}: its sha256 differs'):
+    reader.load_embeddings(d)
+  x1, _, _ = reader.load_embeddings(build(records, tmp_path / 'cache', verify=True).directory, verify=True)
+  np.testing.assert_array_equal(x1, x0)
+
+
+def test_a_cache_of_no_embedded_image_is_refused_not_completed(tmp_path):
+  root = tmp_path / 'img'
+  (root / 'ann').mkdir(parents=True)
+  records = []
+  for i in range(3):
+    path = root / 'ann' / f'{i}.png'
+    path.write_bytes(b'not a png at all')
+    records.append(FaceRecord(str(path), 'ann', f'ann/{i}'))
+  with pytest.raises(key.CacheError, match=r'none of the 3 images could be embedded, e\.g\.\n  .*0\.png: '):
+    build(records, tmp_path / 'cache')
+  assert not key.is_complete(key.cache_dir(tmp_path / 'cache', make_spec()))

@@ -99,7 +99,10 @@ def load_embeddings(
     rows = ds.__getitems__(list(range(n))) if n else []
   except Exception as e:  # pylint: disable=broad-except
     # array_record's RuntimeError names neither the shard nor a remedy ("block header hash mismatch").
-    damaged = verify_lib.check(directory)
+    try:
+      damaged = verify_lib.check(directory)
+    except key.CacheError:
+      raise e from None
     if damaged:
       raise _damage_error(directory, damaged) from e
     raise

@@ -56,12 +56,14 @@ def _read_all(path: pathlib.Path) -> int:
     reader.close()
 
 
-def check_chunk(directory: pathlib.Path, plan: dict, c: int) -> Optional[Damage]:
-  """The damage of chunk `c`'s shard, or None when it is intact (or was never finished: nothing to check)."""
+def check_chunk(directory: pathlib.Path, plan: dict, c: int, complete: bool) -> Optional[Damage]:
+  """The damage of chunk `c`'s shard, or None when it is intact (or, in a cache still being built, was never
+  finished: nothing to check yet)."""
   shard = key.shard_path(directory, plan['name'], c, plan['num_chunks'])
   stats_path = chunk_stats_path(directory, c)
   if not stats_path.is_file():
-    return None
+    # A complete cache had statistics for every chunk: without them nothing vouches for the shard.
+    return Damage(c, shard, f'its statistics {key.WORK_DIR}/{stats_path.name} are missing') if complete else None
   try:
     stats = json.loads(stats_path.read_text())
   except ValueError as e:
@@ -82,17 +84,22 @@ def check_chunk(directory: pathlib.Path, plan: dict, c: int) -> Optional[Damage]
 
 
 def read_plan(directory: pathlib.Path) -> dict:
-  path = directory / key.WORK_DIR / 'plan.json'
-  if not path.is_file():
-    raise key.CacheError(f'{directory} has no {key.WORK_DIR}/plan.json, so its shards cannot be checked')
-  return json.loads(path.read_text())
+  """The build's plan (shard name and count, the command): `_work/plan.json`, else the copy of it in
+  `mir_cache.json` (a cache copied without its `_work` folder)."""
+  for path in (directory / key.WORK_DIR / 'plan.json', directory / key.INFO_FILE):
+    try:
+      return json.loads(path.read_text())
+    except (OSError, ValueError):
+      continue
+  raise key.CacheError(f'{directory} has neither {key.WORK_DIR}/plan.json nor {key.INFO_FILE}: not an embedding cache')
 
 
 def check(directory: os.PathLike) -> List[Damage]:
   """Every damaged shard of a (complete or partial) cache directory."""
   directory = pathlib.Path(directory)
   plan = read_plan(directory)
-  return [d for c in range(plan['num_chunks']) if (d := check_chunk(directory, plan, c)) is not None]
+  complete = key.is_complete(directory)
+  return [d for c in range(plan['num_chunks']) if (d := check_chunk(directory, plan, c, complete)) is not None]
 
 
 def invalidate(directory: os.PathLike, damaged: List[Damage]) -> None:

@@ -12,6 +12,7 @@ from typing import Any, List, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from mir_jax import align
 from mir_jax.cache import key
 from mir_jax.cache import lock
 from mir_jax.cache import pipeline as pipeline_lib
@@ -473,9 +474,19 @@ class _ShardWriter:
     ]
     no_face_skips = [x for s in stats for x in s.get('no_face_skips', [])]
     n_written = sum(shard_lengths)
+    if not n_written:
+      # A cache of nothing would read as complete and fail later, far from the cause (a wrong folder, a
+      # backbone failing on every image): left incomplete, it says why each time.
+      why = [f'{b["path"]}: {b["reason"]}' for b in bad[:3]] + [
+        f'{x["path"]}: {x["reason"]}' for x in no_face_skips[:3]
+      ]
+      raise key.CacheError(
+        f'none of the {plan["num_records"]} images could be embedded, e.g.\n  ' + '\n  '.join(why[:3]) + '\n'
+        f'(every reason is in {key.WORK_DIR}/chunk-*.json of {directory})'
+      )
     alignment = {
       'detected': n_written - len(fallbacks),
-      **{name: sum(b['box'] == name for b in fallback_boxes) for name in ('center', 'whole')},
+      **{name: sum(b['box'] == name for b in fallback_boxes) for name in align.FALLBACKS if name != 'skip'},
       'skipped_no_face': len(no_face_skips),
       'unreadable': len(bad),
     }
