@@ -137,6 +137,11 @@ def use_full_float32(torch, device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+  """torch's out-of-memory errors are RuntimeErrors (CUDA's subclass it, the CPU allocator's say so)."""
+  return type(error).__name__ == 'OutOfMemoryError' or 'out of memory' in str(error).lower()
+
+
 @dataclasses.dataclass(frozen=True)
 class AlignerConfig:
   """Aligner settings; MTCNN's defaults are facenet-pytorch's (and Sandberg's: 20 px, [.6, .7, .7], .709).
@@ -305,6 +310,8 @@ class Aligner:
       with self._torch.inference_mode():
         boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
     except (RuntimeError, ValueError, IndexError) as e:
+      if is_out_of_memory(e):  # the machine's limit, not the image's fault: a fallback would key on the device
+        raise
       if len(stack) == 1:
         logging.warning(
           'MTCNN failed on a %s image (%s: %s); it gets the fallback', stack.shape[1:], type(e).__name__, e

@@ -17,7 +17,6 @@ Subsets (`--subset`, LFW only; folds count from 0 as in `mir_jax.datasets.lfw`):
 images when even the first identity is larger), so a limited run still holds complete identities.
 """
 
-import shlex
 import sys
 from typing import Sequence
 
@@ -57,20 +56,10 @@ def main(argv: Sequence[str]) -> None:
   except selection.UsageError as e:
     sys.exit(f'error: {e}')
   print(f'{len(records)} images of {FLAGS.dataset} -> {key.cache_dir(data_dir, spec)}', flush=True)
-  result = writer.build(
-    records,
-    spec,
-    pipeline,
-    data_dir=data_dir,
-    backbone=model,
-    chunk_size=FLAGS.chunk_size,
-    batch_size=FLAGS.batch_size,
-    num_workers=FLAGS.num_workers,
-    description=f'{FLAGS.dataset} embedded with {args["backbone"]}',
-    verify=FLAGS.verify,
-    left_out=left_out,
-    command=shlex.join(['python', '-m', 'mir_jax.embed', *sys.argv[1:]]),
-  )
+  try:
+    result = _build(records, spec, pipeline, model, left_out, args, data_dir)
+  except key.CacheError as e:  # the images changed under a cache, or none could be embedded
+    sys.exit(f'error: {e}')
   for damage in result.damaged:
     print(f'damaged, recomputed: {damage}', flush=True)
   info = reader.read_info(result.directory)
@@ -93,9 +82,26 @@ def main(argv: Sequence[str]) -> None:
     f'  embedded {info["num_embedded"]} of {info["num_records"]} images: {paths["detected"]} detected, '
     f'{paths["center"]} with the centre-box fallback, {paths["whole"]} with the whole image as the box; '
     f'{paths["skipped_no_face"]} skipped (no face), {paths["unreadable"]} unreadable; '
-    f'{info.get("num_left_out_by_reader", 0)} other entries of the folder left out by the reader '
+    f'{info.get("num_left_out_by_reader", 0)} entries the dataset reader left out '
     f'(reasons in {key.SKIPPED_FILE}); key {info["key"]}',
     flush=True,
+  )
+
+
+def _build(records, spec, pipeline, model, left_out, args, data_dir) -> writer.BuildResult:
+  return writer.build(
+    records,
+    spec,
+    pipeline,
+    data_dir=data_dir,
+    backbone=model,
+    chunk_size=FLAGS.chunk_size,
+    batch_size=FLAGS.batch_size,
+    num_workers=FLAGS.num_workers,
+    description=f'{FLAGS.dataset} embedded with {args["backbone"]}',
+    verify=FLAGS.verify,
+    left_out=left_out,
+    command=lookup.command_for(FLAGS.dataset, **args, data_dir=data_dir, absolute=True),
   )
 
 

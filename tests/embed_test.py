@@ -298,6 +298,11 @@ def test_two_photo_folders_name_two_caches(tmp_path):
   assert spec(a).name() == spec(a / 'ann' / '..').name()  # one folder, however it is spelled
   _photo_folder(a, {'eve': 1})
   assert spec(a).name() != names[0]  # a photo added: a new cache, not a refusal of the old one
+  with_eve = spec(a).name()
+  from PIL import Image
+
+  Image.new('RGB', (9, 9), (7, 7, 7)).save(a / 'eve' / '0.png')  # replaced under the same name
+  assert spec(a).name() != with_eve
 
 
 @needs_lfw
@@ -309,3 +314,16 @@ def test_a_named_dataset_keeps_one_key_for_every_copy_of_its_images(tmp_path):
   ]
   assert specs[0].name() == specs[1].name()
   assert 'root' not in specs[0].reader_options
+
+
+def test_the_recorded_repair_command_works_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  command = lookup.command_for(
+    'folder', 'dlib-resnet', manual_dir='photos', data_dir='caches', flip=True, align_options={'faces': 'precropped'}
+  )
+  assert (
+    command
+    == 'python -m mir_jax.embed --dataset=folder --backbone=dlib-resnet --flip --manual_dir=photos --data_dir=caches --faces=precropped'
+  )
+  absolute = lookup.command_for('folder', 'dlib-resnet', manual_dir='photos', data_dir='caches', absolute=True)
+  assert f'--manual_dir={tmp_path / "photos"} --data_dir={tmp_path / "caches"}' in absolute

@@ -204,10 +204,11 @@ def test_the_reader_says_what_it_left_out(corpus):
   recorded = {x['path']: x['reason'] for x in info['skipped']['left_out_by_reader']}
   assert recorded == {
     **{s.where: s.reason for s in listing.skipped},
-    **{path: 'not an image file (by its extension)' for path in listing.ignored},
+    str(root / 'stray.jpg'): 'beside the identity folders, in none of them (the layout is <root>/<identity>/<image>)',
+    str(root / 'Empty Person' / 'README.txt'): 'not an image file (by its extension)',
   }
   assert info['num_left_out_by_reader'] == len(recorded) == 4
-  assert '4 other entries of the folder left out by the reader' in proc.stdout
+  assert '4 entries the dataset reader left out' in proc.stdout
 
 
 @needs_lfw

@@ -114,11 +114,20 @@ def cache_spec_and_listing(
   return records, spec, listing
 
 
-def left_out(listing) -> List[Dict[str, str]]:
-  """What the dataset reader left out (empty identity folders, nested folders, non-image files), each with
-  its reason: a cache records them so that nothing a user put in the folder vanishes without a trace."""
-  out = [{'path': s.where, 'reason': s.reason} for s in listing.skipped]
-  return out + [{'path': path, 'reason': 'not an image file (by its extension)'} for path in listing.ignored]
+def left_out(listing, root: Optional[os.PathLike] = None) -> List[Dict[str, str]]:
+  """What the dataset reader left out (empty identity folders, nested folders, non-image files, files beside
+  the identity folders), each with its reason: a cache records them so that nothing a user put in the folder
+  vanishes without a trace."""
+  top = os.path.abspath(root) if root else None
+
+  def why(path: str) -> str:
+    if top and os.path.dirname(os.path.abspath(path)) == top:
+      return 'beside the identity folders, in none of them (the layout is <root>/<identity>/<image>)'
+    return 'not an image file (by its extension)'
+
+  return [{'path': s.where, 'reason': s.reason} for s in listing.skipped] + [
+    {'path': path, 'reason': why(path)} for path in listing.ignored
+  ]
 
 
 def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: Any):
@@ -150,7 +159,8 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
     )
   spec = dataclasses.replace(spec, backbone_config=model.config_key())
   pipeline = pipeline_lib.Pipeline(backbone_factory=backbone_factory, aligner_factory=aligner_factory, flip=spec.flip)
-  return records, spec, pipeline, model, left_out(listing)
+  root = settings.get('manual_dir') or selection.default_manual_dir(dataset)
+  return records, spec, pipeline, model, left_out(listing, root)
 
 
 def find_cache(
@@ -203,22 +213,55 @@ def find_cache(
         'pass another --data_dir to rebuild'
       )
     return directory
-  command = embed_command(
+  command = command_for(
+    dataset,
+    backbone,
+    data_dir=None if data_dir == default_data_dir() else data_dir,
+    manual_dir=manual_dir,
+    subset=subset,
+    limit=limit,
+    pairs_file=pairs_file,
+    backbone_options=backbone_options,
+    flip=flip,
+    reader_kwargs=reader_kwargs,
+    align_options=align_options,
+  )
+  state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
+  raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
+
+
+def command_for(
+  dataset: str,
+  backbone: str,
+  *,
+  data_dir=None,
+  manual_dir=None,
+  subset=None,
+  limit=None,
+  pairs_file=None,
+  backbone_options=None,
+  flip=False,
+  reader_kwargs=None,
+  align_options=None,
+  absolute: bool = False,
+) -> str:
+  """The embed command of `find_cache`'s settings; `absolute` spells its paths from the root, so that the
+  command a cache records rebuilds that very cache from any directory."""
+  where = lambda p: os.path.abspath(p) if absolute and p else p
+  return embed_command(
     dataset,
     backbone,
     subset=subset,
     limit=limit,
     flip=flip,
-    manual_dir=manual_dir,
-    pairs_file=pairs_file,
-    data_dir=None if data_dir == default_data_dir() else data_dir,
+    manual_dir=where(manual_dir),
+    pairs_file=where(pairs_file),
+    data_dir=where(data_dir),
     backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
     reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()],
     # --thresholds is one comma-separated flag.
     **{k: ','.join(map(str, v)) if k == 'thresholds' else v for k, v in (align_options or {}).items()},
   )
-  state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
-  raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
 
 
 def embed_command(dataset: str, backbone: str, **flags_: Any) -> str:

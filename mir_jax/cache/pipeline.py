@@ -9,6 +9,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
+from mir_jax import align
 from mir_jax.backbones.base import Detection
 from mir_jax.datasets.records import FaceRecord
 
@@ -118,6 +119,8 @@ class RecordEmbedder:
             mirrored = np.ascontiguousarray(image[:, ::-1])
             p.flipped = self.backbone.preprocess(mirrored, mirror_detection(det, image.shape[1]))
       except (RuntimeError, ValueError) as e:  # one image the backbone cannot cut is recorded, not fatal
+        if align.is_out_of_memory(e):
+          raise
         p.inputs = p.flipped = None
         p.error = (
           f'{type(self.backbone).__name__} could not preprocess this {image.shape[1]}x{image.shape[0]} image: {e}'

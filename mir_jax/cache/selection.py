@@ -183,4 +183,18 @@ def select_records(
     # is and what it lists; adding a photo names a new cache rather than refusing the old one.
     options['root'] = os.fspath(manual_dir.resolve())
     options['records_fingerprint'] = key.records_fingerprint(records)
+    # A photo replaced under the same name must not keep its old embedding.
+    options['files_fingerprint'] = files_fingerprint(records)
   return records, options, listing
+
+
+def files_fingerprint(records: Sequence[FaceRecord]) -> str:
+  """A digest of each image file's size and modification time (of the link itself where it leads nowhere)."""
+  h = hashlib.sha256()
+  for r in sorted(records, key=lambda r: r.image_id):
+    try:
+      st = os.stat(r.path)
+    except OSError:
+      st = os.lstat(r.path)
+    h.update(f'{r.image_id}\t{st.st_size}\t{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()[:16]
