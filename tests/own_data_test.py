@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Dict, Tuple
 
 import fixtures
@@ -29,7 +30,7 @@ LFW_DIR = fixtures.lfw_images_dir()
 needs_lfw = pytest.mark.skipif(LFW_DIR is None, reason=fixtures.MISSING_DATA_REASON)
 # chmod cannot deny root a read, so the unreadable file only is one for other users.
 IS_ROOT = os.geteuid() == 0
-ROOT_REASON = 'running as root, which reads a chmod 000 file anyway: the unreadable-file case cannot be built'
+NOBODY = 65534  # the conventional unprivileged uid
 
 PERSON = 'Alice'  # the identity folder holding most cases
 UNICODE_PERSON = 'Zoë Ñúñez  名前 (copy 2)'
@@ -153,6 +154,8 @@ def corpus(tmp_path_factory):
   lfw = fixtures.require_lfw_images()
   base = tmp_path_factory.mktemp('own data')
   root = base / 'my photos'
+  # The embed subprocess runs as this user: as root it would read a chmod 000 file, so the corpus then
+  # leaves that file out and test_unreadable_file_is_a_recorded_bad_image checks it under another uid.
   expected = build_corpus(lfw, root, unreadable=not IS_ROOT)
   proc = _embed(root, base / 'cache')
   return root, base / 'cache', expected, proc
@@ -212,13 +215,25 @@ def test_the_reader_says_what_it_left_out(corpus):
 
 
 @needs_lfw
-@pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON)
-def test_unreadable_file_is_a_recorded_bad_image(tmp_path):
-  path = tmp_path / 'unreadable.jpg'
-  shutil.copyfile(fixtures.some_lfw_image(LFW_DIR), path)
-  os.chmod(path, 0)
-  with pytest.raises(images.ImageError, match='permission denied'):
-    images.load_rgb(path)
+def test_unreadable_file_is_a_recorded_bad_image():
+  # Root reads a chmod 000 file anyway, so as root the read runs under another effective uid (CI runs as
+  # root); the directory is one that uid may enter, so what it meets is the file's own permission.
+  directory = pathlib.Path(tempfile.mkdtemp())
+  try:
+    os.chmod(directory, 0o755)
+    path = directory / 'unreadable.jpg'
+    shutil.copyfile(fixtures.some_lfw_image(LFW_DIR), path)
+    os.chmod(path, 0)
+    if IS_ROOT:
+      os.seteuid(NOBODY)
+    try:
+      with pytest.raises(images.ImageError, match='permission denied'):
+        images.load_rgb(path)
+    finally:
+      if IS_ROOT:
+        os.seteuid(0)
+  finally:
+    shutil.rmtree(directory)
 
 
 @needs_lfw
