@@ -163,39 +163,22 @@ def prepare(dataset: str, backbone: str, *, num_workers: int = 2, **settings: An
   return records, spec, pipeline, model, left_out(listing, root)
 
 
-def find_cache(
-  dataset: str,
-  backbone: str,
-  *,
-  data_dir: Optional[os.PathLike] = None,
-  manual_dir=None,
-  subset=None,
-  limit=None,
-  pairs_file=None,
-  backbone_options=None,
-  flip=False,
-  reader_kwargs=None,
-  align_options=None,
-) -> pathlib.Path:
+def find_cache(dataset: str, backbone: str, *, data_dir: Optional[os.PathLike] = None, **settings: Any) -> pathlib.Path:
   """The complete cache `python -m mir_jax.embed` builds for these settings.
+
+  Args:
+    dataset, backbone: the dataset reader and backbone names.
+    data_dir: the cache root (default `default_data_dir()`).
+    **settings: the keyword arguments of `cache_spec_and_listing` (manual_dir, subset, limit, pairs_file,
+      backbone_options, reader_kwargs, flip, align_options).
 
   Raises:
     key.CacheError: it is missing or incomplete; the message holds the embed command that builds it.
     selection.UsageError: the images are missing or a subset does not apply.
   """
   data_dir = pathlib.Path(data_dir) if data_dir else default_data_dir()
-  records, spec = cache_spec(
-    dataset,
-    backbone,
-    manual_dir=manual_dir,
-    subset=subset,
-    limit=limit,
-    pairs_file=pairs_file,
-    backbone_options=backbone_options,
-    flip=flip,
-    reader_kwargs=reader_kwargs,
-    align_options=align_options,
-  )
+  flip, manual_dir = settings.get('flip', False), settings.get('manual_dir')
+  records, spec = cache_spec(dataset, backbone, **settings)
   directory = key.cache_dir(data_dir, spec)
   if not flip and not key.is_complete(directory):
     # A cache built with --flip holds these very embeddings too (and the mirrored faces' beside them), so
@@ -213,19 +196,7 @@ def find_cache(
         'pass another --data_dir to rebuild'
       )
     return directory
-  command = command_for(
-    dataset,
-    backbone,
-    data_dir=None if data_dir == default_data_dir() else data_dir,
-    manual_dir=manual_dir,
-    subset=subset,
-    limit=limit,
-    pairs_file=pairs_file,
-    backbone_options=backbone_options,
-    flip=flip,
-    reader_kwargs=reader_kwargs,
-    align_options=align_options,
-  )
+  command = command_for(dataset, backbone, data_dir=None if data_dir == default_data_dir() else data_dir, **settings)
   state = 'is incomplete (interrupted run)' if directory.exists() else 'does not exist'
   raise key.CacheError(f'the embedding cache {directory} {state}. Build it first with:\n  {command}')
 
