@@ -183,101 +183,81 @@ def build(
     raise ValueError('nothing to embed: the record list is empty')
   directory = key.cache_dir(data_dir, spec)
   with lock.exclusive(directory):
-    return _build_locked(
-      records,
-      spec,
-      pipeline,
-      directory,
-      started,
-      verify=verify,
-      command=command,
-      description=description,
-      left_out=left_out,
-      writer_options=dict(
-        backbone=backbone,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        task_size=task_size,
-        progress=progress,
-      ),
-      chunk_size=chunk_size,
+    name = spec.name()
+    work = directory / key.WORK_DIR
+    fingerprint = key.records_fingerprint(records)
+    # Shards a killed run left half-written; while this process holds the lock no other one is writing.
+    for stale in work.glob('*.tmp'):
+      stale.unlink(missing_ok=True)
+    damaged: List[verify_lib.Damage] = []
+    if key.is_complete(directory):
+      info = json.loads((directory / key.INFO_FILE).read_text())
+      if info.get('records_fingerprint') != fingerprint:
+        raise key.CacheError(_changed_message(directory, records))
+      if not verify:
+        logging.info('Cache %s is complete; nothing to do.', directory)
+        return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], 0.0)
+      damaged = verify_lib.check(directory)
+      if not damaged:
+        logging.info('Cache %s is complete and its %d shards are intact.', directory, info['num_chunks'])
+        return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], time.time() - started)
+      verify_lib.invalidate(directory, damaged)
+
+    plan_path = work / 'plan.json'
+    if plan_path.is_file():
+      plan = json.loads(plan_path.read_text())
+      if plan['records_fingerprint'] != fingerprint or plan['num_records'] != len(records):
+        raise key.CacheError(_changed_message(directory, records))
+      if verify and not damaged:  # a partial cache: check what the earlier runs finished
+        damaged = verify_lib.check(directory)
+        verify_lib.invalidate(directory, damaged)
+      for d in damaged:
+        logging.warning('Damaged shard, recomputing it: %s', d)
+      if command and not plan.get('command'):  # a cache from before commands were recorded
+        plan['command'] = command
+        _write_json(plan_path, plan)
+      if plan['chunk_size'] != chunk_size:
+        logging.info('Resuming with the existing chunk size %d (asked for %d).', plan['chunk_size'], chunk_size)
+      chunk_size = plan['chunk_size']
+    else:
+      plan = {
+        'spec': spec.as_dict(),
+        'key': spec.key(),
+        'name': name,
+        'num_records': len(records),
+        'records_fingerprint': fingerprint,
+        'chunk_size': chunk_size,
+        'num_chunks': math.ceil(len(records) / chunk_size),
+        'images_root': _images_root(records),
+        'command': command,
+      }
+      _atomic_write_text(work / RECORDS_FILE, ''.join(line + '\n' for line in _record_lines(records)))
+      _write_json(plan_path, plan)
+    num_chunks = plan['num_chunks']
+    writer = _ShardWriter(
+      directory=directory,
+      name=name,
+      spec=spec,
+      pipeline=pipeline,
+      chunks=[records[i * chunk_size : (i + 1) * chunk_size] for i in range(num_chunks)],
+      identities=sorted({r.identity for r in records}),
+      backbone=backbone,
+      batch_size=batch_size,
+      num_workers=num_workers,
+      task_size=task_size,
+      progress=progress,
     )
 
+    done, todo = [], []
+    for c in range(num_chunks):
+      (done if writer.chunk_done(c) else todo).append(c)
+    if done:
+      logging.info('Resuming %s: %d of %d chunks already complete.', directory, len(done), num_chunks)
 
-def _build_locked(
-  records, spec, pipeline, directory, started, *, verify, command, description, left_out, writer_options, chunk_size
-) -> BuildResult:
-  name = spec.name()
-  work = directory / key.WORK_DIR
-  fingerprint = key.records_fingerprint(records)
-  # Shards a killed run left half-written; while this process holds the lock no other one is writing.
-  for stale in work.glob('*.tmp'):
-    stale.unlink(missing_ok=True)
-  damaged: List[verify_lib.Damage] = []
-  if key.is_complete(directory):
-    info = json.loads((directory / key.INFO_FILE).read_text())
-    if info.get('records_fingerprint') != fingerprint:
-      raise key.CacheError(_changed_message(directory, records))
-    if not verify:
-      logging.info('Cache %s is complete; nothing to do.', directory)
-      return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], 0.0)
-    damaged = verify_lib.check(directory)
-    if not damaged:
-      logging.info('Cache %s is complete and its %d shards are intact.', directory, info['num_chunks'])
-      return BuildResult(directory, info['num_chunks'], 0, info['num_chunks'], time.time() - started)
-    verify_lib.invalidate(directory, damaged)
-
-  plan_path = work / 'plan.json'
-  if plan_path.is_file():
-    plan = json.loads(plan_path.read_text())
-    if plan['records_fingerprint'] != fingerprint or plan['num_records'] != len(records):
-      raise key.CacheError(_changed_message(directory, records))
-    if verify and not damaged:  # a partial cache: check what the earlier runs finished
-      damaged = verify_lib.check(directory)
-      verify_lib.invalidate(directory, damaged)
-    for d in damaged:
-      logging.warning('Damaged shard, recomputing it: %s', d)
-    if command and not plan.get('command'):  # a cache from before commands were recorded
-      plan['command'] = command
-      _write_json(plan_path, plan)
-    if plan['chunk_size'] != chunk_size:
-      logging.info('Resuming with the existing chunk size %d (asked for %d).', plan['chunk_size'], chunk_size)
-    chunk_size = plan['chunk_size']
-  else:
-    plan = {
-      'spec': spec.as_dict(),
-      'key': spec.key(),
-      'name': name,
-      'num_records': len(records),
-      'records_fingerprint': fingerprint,
-      'chunk_size': chunk_size,
-      'num_chunks': math.ceil(len(records) / chunk_size),
-      'images_root': _images_root(records),
-      'command': command,
-    }
-    _atomic_write_text(work / RECORDS_FILE, ''.join(line + '\n' for line in _record_lines(records)))
-    _write_json(plan_path, plan)
-  num_chunks = plan['num_chunks']
-  writer = _ShardWriter(
-    directory=directory,
-    name=name,
-    spec=spec,
-    pipeline=pipeline,
-    chunks=[records[i * chunk_size : (i + 1) * chunk_size] for i in range(num_chunks)],
-    identities=sorted({r.identity for r in records}),
-    **writer_options,
-  )
-
-  done, todo = [], []
-  for c in range(num_chunks):
-    (done if writer.chunk_done(c) else todo).append(c)
-  if done:
-    logging.info('Resuming %s: %d of %d chunks already complete.', directory, len(done), num_chunks)
-
-  if todo:
-    writer.write(todo)
-  writer.finalize(plan, description, left_out)
-  return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started, [str(d) for d in damaged])
+    if todo:
+      writer.write(todo)
+    writer.finalize(plan, description, left_out)
+    return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started, [str(d) for d in damaged])
 
 
 def _changed_message(directory: pathlib.Path, records: Sequence[FaceRecord]) -> str:
