@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Set
 
 from absl import logging
 
@@ -66,6 +66,8 @@ class ChoiceStore:
     self.config = config
     self.directory = directory if os.path.isabs(directory) else os.path.join(paths.repo_root(), directory)
     self.timings: Dict[str, float] = {}
+    # Every choice file read back or written, for the provenance manifest (reproduce/provenance.py).
+    self.used: Set[str] = set()
 
   def reading(
     self,
@@ -117,6 +119,7 @@ class ChoiceStore:
         records = runner.tune(task, schedules, opts, grid, variant.commonality_weight, t.alternate_every)
       self.timings[f'tune {os.path.basename(path)}'] = time.perf_counter() - start
       save(path, records, context)
+    self.used.add(path)
     source = os.path.relpath(path, paths.repo_root())
     if name == 'paper-literal':
       return readings.literal_reading(literal.steps, literal.learning_rate, literal.l2, records, source)

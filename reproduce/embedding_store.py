@@ -32,6 +32,8 @@ class EmbeddingStore:
     self._sets: Dict[Tuple, embedding_sets.EmbeddingSet] = {}
     self._specs: Dict[str, dict] = {}
     self.timings: Dict[str, float] = {}
+    # cache directory -> data key of every cache loaded, for the provenance manifest (reproduce/provenance.py).
+    self.directories: Dict[str, str] = {}
 
   def get(
     self, dataset: str, backbone: str, manual_dir: str = '', subset: str = '', limit: int = 0, **reader_kwargs
@@ -60,6 +62,7 @@ class EmbeddingStore:
         raise Unavailable(f'{backbone} cannot run here: {e}') from None
       start = time.perf_counter()
       self._sets[key] = embedding_sets.load(str(directory))
+      self.directories[str(directory)] = data_key(dataset, backbone)
       self.timings[f'load {os.path.basename(os.path.dirname(directory))}'] = time.perf_counter() - start
       spec = reader.read_info(directory)['spec']
       # What made the embeddings, not which subset of images was cached nor whether the mirrored faces'
