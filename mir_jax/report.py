@@ -568,15 +568,16 @@ def render_latex(table: Table) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_all(table: Table, out_dir: str, stem: str) -> Dict[str, str]:
-  """Writes `stem`.md, .csv, .json and .tex into `out_dir`; returns {format: path}."""
+def write_all(table: Table, out_dir: str, stem: str, provenance: str = '') -> Dict[str, str]:
+  """Writes `stem`.md, .csv, .json and .tex into `out_dir`; returns {format: path}. `provenance`: the file name
+  of the manifest recording what produced the table, named in the JSON."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {ext: os.path.join(out_dir, f'{stem}.{ext}') for ext in ('md', 'csv', 'json', 'tex')}
   with open(paths['md'], 'w', encoding='utf-8') as f:
     f.write(render_summary(table) + '\n#### Every cell\n\n' + render_markdown(table).split('\n', 2)[2])
   _write_csv(table, paths['csv'])
   with open(paths['json'], 'w', encoding='utf-8') as f:
-    json.dump(to_json(table), f, indent=1, ensure_ascii=False)
+    json.dump({**to_json(table), **({'provenance': provenance} if provenance else {})}, f, indent=1, ensure_ascii=False)
   with open(paths['tex'], 'w', encoding='utf-8') as f:
     f.write(render_latex(table))
   return paths

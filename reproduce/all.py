@@ -24,7 +24,7 @@ def run(ctx: context.Context, figure_seed: int = 0):
   """Builds and writes everything; returns {name: Table} plus the figure results."""
   tables = {'table1': table1.build(ctx), 'table2': table2.build(ctx), 'ablations': ablations.build(ctx)}
   for name, table in tables.items():
-    report.write_all(table, ctx.output_dir, name)
+    report.write_all(table, ctx.output_dir, name, provenance=ctx.provenance_file)
   figures = pca_figure.build(ctx, figure_seed)
   return tables, figures
 

@@ -1,4 +1,5 @@
-"""The command-line side every reproduce command shares: its flags, running it, timing it."""
+"""The command-line side every reproduce command shares: its flags, running it, timing it, recording what
+produced its outputs."""
 
 import json
 import os
@@ -30,29 +31,47 @@ def quiet_logs():
 
 
 def run_command(name: str, body, argv):
-  """Runs body(ctx) -> lines to print for the command `name`, timing it into <output_dir>/<name>_timings.json."""
+  """main() of the command `name`: runs body(ctx) -> lines to print on a Context of the flags (`run`)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   quiet_logs()
+  run(name, body, context.Context(flags.FLAGS.config, flags.FLAGS.output_dir))
+
+
+def run(name: str, body, ctx: context.Context):
+  """Runs body(ctx) -> lines to print, timing it into <output_dir>/<name>_timings.json and recording what
+  produced its outputs in <output_dir>/<name>.provenance.json."""
+  from reproduce import provenance  # pylint: disable=g-import-not-at-top
+
+  # The code that runs is the code at the start; tuning files written on the way make the tree dirty.
+  started, git = provenance.now(), provenance.git_state()
   start = time.perf_counter()
-  ctx = context.Context(flags.FLAGS.config, flags.FLAGS.output_dir)
+  ctx.provenance_file = provenance.file_name(name)
   for line in body(ctx):
     print(line)
   total = time.perf_counter() - start
   write_timings(ctx, name, total)
+  manifest = provenance.collect(name, ctx=ctx, total_seconds=total, started=started, git=git)
+  provenance.write(os.path.join(ctx.output_dir, ctx.provenance_file), manifest)
   print(f'{name}: done in {total:.1f} s; outputs in {ctx.output_dir}')
 
 
-def table_command(name: str, build):
-  """main() of a command that builds one `report.Table`, writes it in every format and prints its summary."""
+def table_body(name: str, build):
+  """The body (for `run`) of a command that builds one `report.Table`, writes it in every format and returns
+  its summary."""
   from mir_jax import report  # pylint: disable=g-import-not-at-top
 
   def body(ctx):
     table = build(ctx)
-    report.write_all(table, ctx.output_dir, name)
+    report.write_all(table, ctx.output_dir, name, provenance=ctx.provenance_file)
     return [report.render_summary(table)]
 
-  return lambda argv: run_command(name, body, argv)
+  return body
+
+
+def table_command(name: str, build):
+  """main() of a command that builds one `report.Table` (`table_body`)."""
+  return lambda argv: run_command(name, table_body(name, build), argv)
 
 
 def write_timings(ctx: context.Context, name: str, total: float):

@@ -23,6 +23,9 @@ class Context:
     self.embeddings = embeddings if embeddings is not None else embedding_store.EmbeddingStore(config.data_dir)
     self.choices = choice_store.ChoiceStore(config, config.tuned_dir)
     self.heads = head_memo.HeadMemo(config, self.choices, self.embeddings.spec)
+    # The manifest that will describe this process's outputs (`cli.run` names it; '' outside a command), so
+    # each output can say which one.
+    self.provenance_file = ''
 
   def backbones(self) -> List[str]:
     return [b.strip() for b in self.config.backbones.split(',') if b.strip()]

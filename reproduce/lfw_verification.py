@@ -12,7 +12,8 @@ FaceNet as Sandberg validated it (`validate_on_lfw.py --distance_metric 1 --subt
 The protocol is `mir_jax.evaluators.verification`: per fold, the threshold maximising accuracy on the other
 nine folds scores the held-out fold; accuracy mean +- std over folds, AUC, VAL@FAR=1e-3. Every pair whose
 image could not be embedded is listed with the reason, never dropped silently
-(`mir_jax.evaluators.lfw_pairs`). Results go to `<output_dir>/lfw_verification_<cache name>[...].json`.
+(`mir_jax.evaluators.lfw_pairs`). Results go to `<output_dir>/lfw_verification_<cache name>[...].json`, and
+what produced them to the `.provenance.json` beside it (reproduce/provenance.py).
 
 This script never embeds: when the cache is missing it prints the embed command that builds it.
 """
@@ -35,6 +36,7 @@ from mir_jax.cache import reader
 from mir_jax.cache import selection
 from mir_jax.evaluators import lfw_pairs
 from mir_jax.evaluators import verification
+from reproduce import provenance
 
 FLAGS = flags.FLAGS
 
@@ -84,6 +86,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from mir_jax.datasets import lfw  # pylint: disable=g-import-not-at-top
 
+  started, git, start = provenance.now(), provenance.git_state(), time.perf_counter()
   try:
     args = cache_flags.find_cache_args()
     if FLAGS.cache:
@@ -119,8 +122,24 @@ def main(argv: Sequence[str]) -> None:
     ]
   )
   out = out_dir / f'lfw_verification_{pathlib.Path(summary["cache"]["directory"]).parent.name}{suffix}.json'
+  summary['provenance'] = provenance.file_name(out.stem)
   out.write_text(json.dumps(summary, indent=1) + '\n')
-  print(f'wrote {out}')
+  manifest = provenance.collect(
+    out.stem,
+    config=_flag_values(),
+    caches=[directory],
+    protocol_files=[pairs_file],
+    total_seconds=time.perf_counter() - start,
+    started=started,
+    git=git,
+  )
+  provenance.write(out_dir / summary['provenance'], manifest)
+  print(f'wrote {out} and {out_dir / summary["provenance"]}')
+
+
+def _flag_values() -> Dict[str, Any]:
+  """This command's flags (the cache's and its own, not absl's), as it ran."""
+  return {f.name: f.value for m, fs in FLAGS.flags_by_module_dict().items() if not m.startswith('absl.') for f in fs}
 
 
 if __name__ == '__main__':

@@ -89,6 +89,8 @@ def build(ctx: context.Context, figure_seed: int = 0):
         results.append(figure(ctx, backbone, reading, figure_seed))
       except embedding_store.Unavailable as e:
         results.append({'backbone': backbone, 'reading': reading, 'unavailable': str(e)})
+  for r in results:
+    r['provenance'] = ctx.provenance_file
   os.makedirs(ctx.output_dir, exist_ok=True)
   with open(os.path.join(ctx.output_dir, 'pca_figure.json'), 'w') as f:
     json.dump(results, f, indent=1)

@@ -203,8 +203,15 @@ def test_lfw_subset_end_to_end(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr
   assert f'{covered} evaluated of 6000' in proc.stdout
-  (written,) = out.glob('lfw_verification_*.json')
-  assert json.loads(written.read_text())['accuracy_mean'] == pytest.approx(summary['accuracy_mean'])
+  (written,) = [p for p in out.glob('lfw_verification_*.json') if not p.name.endswith('.provenance.json')]
+  result_json = json.loads(written.read_text())
+  assert result_json['accuracy_mean'] == pytest.approx(summary['accuracy_mean'])
+  # Beside it, what produced it: the cache read and the pairs.txt that scored it.
+  manifest = json.loads((out / result_json['provenance']).read_text())
+  assert result_json['provenance'] == written.stem + '.provenance.json'
+  assert [c['directory'] for c in manifest['caches']] == [str(result.directory)]
+  assert [f['path'] for f in manifest['protocol_files']] == [str(PAIRS.resolve())]
+  assert manifest['config']['backbone'] == 'dlib-resnet'
 
 
 @needs_lfw
