@@ -36,6 +36,9 @@ class Reading:
   # schedule -> whether the setting met the convergence rule (`mir_jax.tuning`), and how it was judged.
   converged: Dict[str, bool] = dataclasses.field(default_factory=dict)
   evidence: Dict[str, str] = dataclasses.field(default_factory=dict)
+  # schedule -> {steps: mean validation accuracy} of its setting at every budget the rule trained: the
+  # curve the report draws beside the training loss.
+  validation: Dict[str, Dict[int, float]] = dataclasses.field(default_factory=dict)
 
   def setting(self, schedule: str) -> Setting:
     if schedule not in self.settings:
@@ -74,6 +77,7 @@ def literal_reading(
     'constant',
     {k: c.converged for k, c in checks.items()},
     evidence,
+    {k: {c.steps: c.val_accuracy, **{int(b): a for b, a in c.later.items()}} for k, c in checks.items()},
   )
 
 
@@ -110,4 +114,7 @@ def tuned_reading(choices: Dict[str, tuning.Choice], source: str, lr_schedule: s
     lr_schedule,
     {s: c.converged for s, c in choices.items()},
     evidence,
+    {
+      s: {int(b): a for b, a in c.curve.get(f'({c.learning_rate:g}, {c.l2:g})', {}).items()} for s, c in choices.items()
+    },
   )

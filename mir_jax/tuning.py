@@ -87,6 +87,16 @@ class Grid:
     if not self.learning_rates or not self.l2s:
       raise ValueError('the grid needs at least one learning rate and one L2')
 
+  def rule_text(self) -> str:
+    """The convergence rule in words, with this grid's numbers."""
+    later = ', '.join(f'{2**j}B' for j in range(1, self.plateau_doublings + 1))
+    return (
+      f'a head of B steps has converged when its validation accuracy beats always answering the largest '
+      f'identity and its own untrained start by more than {100 * self.tolerance:g} points, and {later} steps '
+      f'stay within {100 * self.tolerance:g} points of it, either way; B doubles from {self.first_steps} up '
+      f'to {self.max_steps} steps.'
+    )
+
   def budgets(self) -> List[int]:
     out = [self.first_steps]
     while out[-1] * 2 <= self.max_steps:

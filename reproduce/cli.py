@@ -51,6 +51,7 @@ def run(name: str, body, ctx: context.Context):
     print(line)
   total = time.perf_counter() - start
   write_timings(ctx, name, total)
+  write_curves(ctx, name)
   manifest = provenance.collect(name, ctx=ctx, total_seconds=total, started=started, git=git)
   provenance.write(os.path.join(ctx.output_dir, ctx.provenance_file), manifest)
   print(f'{name}: done in {total:.1f} s; outputs in {ctx.output_dir}')
@@ -94,3 +95,9 @@ def write_timings(ctx: context.Context, name: str, total: float):
       f,
       indent=1,
     )
+
+
+def write_curves(ctx: context.Context, name: str):
+  """<output_dir>/<name>_curves.json: what the report plots beside the tables (`Context.all_curves`)."""
+  with open(os.path.join(ctx.output_dir, f'{name}_curves.json'), 'w') as f:
+    json.dump(ctx.all_curves(), f)

@@ -1,7 +1,7 @@
 """What a reproduce process holds: its configuration, the embedding store, the tuning-choice store and the
 memo of trained heads, plus the protocols every table builds on a backbone's caches."""
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from mir_jax import choice_store
 from mir_jax import options
@@ -23,6 +23,9 @@ class Context:
     self.embeddings = embeddings if embeddings is not None else embedding_store.EmbeddingStore(config.data_dir)
     self.choices = choice_store.ChoiceStore(config, config.tuned_dir)
     self.heads = head_memo.HeadMemo(config, self.choices, self.embeddings.spec)
+    # What the report plots beyond the tables, by kind (e.g. 'open_set': rank-1 against distractor-set
+    # size); `all_curves()` adds every trained head's training and validation curves.
+    self.curves: Dict[str, list] = {}
     # The manifest that will describe this process's outputs (`cli.run` names it; '' outside a command), so
     # each output can say which one.
     self.provenance_file = ''
@@ -37,6 +40,9 @@ class Context:
     self, task: protocols.Classification, key: str, schedules, reading: str, variant: Optional[options.Variant] = None
   ) -> head_memo.Trained:
     return self.heads.trained(task, key, schedules, reading, variant or self.base_variant)
+
+  def all_curves(self) -> Dict[str, list]:
+    return {'heads': self.heads.curves(), **self.curves}
 
   @property
   def timings(self):

@@ -4,7 +4,8 @@ Table I, Table II, the ablations' base row and the PCA figure share the LFW head
 returns the heads of a (task, schedule, reading, variant) trained earlier in the process, or trains them.
 """
 
-from typing import Dict, Optional, Sequence
+import dataclasses
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -94,3 +95,38 @@ class HeadMemo:
         self._heads[key] = runs
       by_schedule[schedule] = self._heads[key]
     return Trained(by_schedule)
+
+  def curves(self) -> List[dict]:
+    """Per head group trained in this process: its training loss against steps (mean over seeds, and each
+    seed's), the validation accuracy of its setting at every budget the convergence rule trained, and the
+    rule's verdict; what the report plots to show that a head converged."""
+    out = []
+    for (data_key, task_name, _, seeds, schedule, reading_name, variant), runs in self._heads.items():
+      # (seeds, blocks of log_every steps): the update's whole loss (L2 included) and its identity
+      # cross-entropy, each averaged over the block.
+      loss = np.asarray(runs.result.history['loss'], np.float64)
+      ce = np.asarray(runs.result.history['ce'], np.float64)
+      reading = runs.reading
+      out.append(
+        {
+          'group': f'{data_key} {task_name} {schedule} {reading_name} {variant.label()}',
+          'data_key': data_key,
+          'task': task_name,
+          'schedule': schedule,
+          'reading': reading_name,
+          'variant': variant.label(),
+          'seeds': list(seeds),
+          'setting': dataclasses.asdict(reading.setting(schedule)),
+          'lr_schedule': reading.lr_schedule,
+          'source': reading.source,
+          'converged': reading.converged.get(schedule),
+          'evidence': reading.evidence.get(schedule, ''),
+          'loss_steps': [(i + 1) * runs.opts.log_every for i in range(loss.shape[1])],
+          'loss_mean': np.nanmean(loss, axis=0).tolist(),
+          'loss_per_seed': loss.tolist(),
+          'ce_mean': np.nanmean(ce, axis=0).tolist(),
+          'validation': {str(b): a for b, a in sorted(reading.validation.get(schedule, {}).items())},
+          'test_accuracy': runs.accuracy[schedule].tolist(),
+        }
+      )
+    return out

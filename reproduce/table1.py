@@ -92,7 +92,7 @@ def measured_rows(ctx: context.Context, backbone: str, reading: str) -> List[rep
 
   # LFW-distractors: the MegaFace protocol on LFW images.
   task = ctx.lfw_distractors(backbone)
-  original, mir, seeds, heads = _open_set_rank1(ctx, task, key, reading)
+  original, mir, seeds, heads = _open_set_rank1(ctx, task, key, reading, f'LFW-distractors {backbone} {reading}')
   metric = 'rank-1 identification, MegaFace challenge-1 protocol on LFW (stand-in)'
   cells['b']['LFW-distractors'] = report.Cell(
     [100 * original['rank1']] * len(seeds),
@@ -160,12 +160,21 @@ def anchor_rows(ctx: context.Context, backbone: str) -> List[report.Row]:
   ]
 
 
-def _open_set_rank1(ctx, task, key, reading):
+def _open_set_rank1(ctx, task, key, reading, label):
   """`open_set.run` with joint heads trained on the task's head set, one per seed of
-  `lfw_distractors.num_seeds`; returns (original, per-head results, those seeds, the heads)."""
+  `lfw_distractors.num_seeds`; returns (original, per-head results, those seeds, the heads). Rank-1
+  against the distractor-set size goes to the process's curves under `label`, for the report."""
   seeds = ctx.seeds[: ctx.config.lfw_distractors.num_seeds]
   heads = ctx.trained(open_set.head_task(task, seeds), key, ['joint'], reading)
-  original, mir = open_set.run(task, lambda x: heads.character('joint', x))
+
+  def character(x):
+    return heads.character('joint', x)
+
+  original, mir = open_set.run(task, character)
+  by_size = open_set.rank1_by_set_size(task, character, ctx.config.open_set_curve_sizes)
+  ctx.curves.setdefault('open_set', []).append(
+    {'label': label, 'task': task.description, 'seeds': list(seeds), 'converged': heads.converged('joint'), **by_size}
+  )
   return original, mir, seeds, heads
 
 
@@ -241,7 +250,9 @@ def _megaface(ctx, backbone, reading, cells, paper):
         reason=f'MegaFace protocol not applicable to the supplied data: {e}',
       )
     return
-  original, mir, seeds, heads = _open_set_rank1(ctx, task, embedding_store.data_key(c.head_dataset, backbone), reading)
+  original, mir, seeds, heads = _open_set_rank1(
+    ctx, task, embedding_store.data_key(c.head_dataset, backbone), reading, f'MegaFace {backbone} {reading}'
+  )
   metric = f'MegaFace challenge-1 rank-1, {c.set_size} distractors'
   cells['b']['MegaFace'] = report.Cell(
     [100 * original['rank1']] * len(seeds),

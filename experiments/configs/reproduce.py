@@ -36,6 +36,9 @@ def get_config():
   config.lfw_distractors = ml_collections.ConfigDict(
     {'probe_min_images': 10, 'distractor_max_images': 1, 'head_min_images': 2, 'head_max_images': 9, 'num_seeds': 5}
   )
+  # The report's rank-1 against distractor-set size (the MegaFace plot) for the open-set protocols: nested
+  # random subsets of these sizes, plus the whole set.
+  config.open_set_curve_sizes = (10, 30, 100, 300, 1000, 3000, 10000, 100000)
   # YTF and MegaFace are read from caches built from a user's copy (BUILD.md, "Datasets").
   # manual_dir '' = not supplied (the shared data has neither): those cells then say how to supply them.
   config.ytf = ml_collections.ConfigDict(

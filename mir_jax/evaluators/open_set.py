@@ -48,3 +48,30 @@ def run(task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray]) 
     for p, d in zip(character(task.probe_x), character(task.distractor_x))
   ]
   return original, mir
+
+
+def rank1_by_set_size(
+  task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray], sizes: Sequence[int], seed: int = 0
+) -> Dict[str, object]:
+  """Rank-1 against the number of distractors (MegaFace's "rank-1 vs # distractors" plot), original and MIR.
+
+  The distractor sets are nested: the first m of one seeded permutation, for each m in `sizes` that is
+  below the set's size, and the whole set. `character` as in `run`.
+
+  Returns:
+    {'sizes': [...], 'original': [rank-1 per size], 'mir': [[rank-1 per size] per head]}, rank-1 in [0, 1].
+  """
+  m = len(task.distractor_x)
+  sizes = sorted({int(k) for k in sizes if 0 < int(k) < m} | {m})
+  order = np.random.default_rng(seed).permutation(m)
+
+  def curve(probes, distractors):
+    return [
+      identification.megaface_rank1(probes, task.probe_labels, distractors[order[:k]], max_rank=1, dtype=np.float32)[
+        'rank1'
+      ]
+      for k in sizes
+    ]
+
+  mir = [curve(p, d) for p, d in zip(character(task.probe_x), character(task.distractor_x))]
+  return {'sizes': sizes, 'original': curve(task.probe_x, task.distractor_x), 'mir': mir}

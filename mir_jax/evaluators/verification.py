@@ -119,6 +119,10 @@ class VerificationResult:
   val_threshold: np.ndarray
   auc_per_fold: np.ndarray
   auc: float  # over all pairs, each at its held-out distance
+  # The ROC over all pairs at their held-out distances (sklearn's, collinear points dropped): what the
+  # report plots.
+  roc_fpr: np.ndarray
+  roc_tpr: np.ndarray
 
   n_pairs: int
   metric: str
@@ -156,6 +160,7 @@ class VerificationResult:
       'val_per_fold': self.val.tolist(),
       'far_per_fold': self.far.tolist(),
       'val_threshold_per_fold': self.val_threshold.tolist(),
+      'roc': {'fpr': self.roc_fpr.tolist(), 'tpr': self.roc_tpr.tolist()},
     }
 
 
@@ -224,6 +229,10 @@ def evaluate(
     far.append(fa)
     vthr.append(vt)
     aucs.append(_auc(dist[test], same[test]))
+  if same.all() or (~same).all():
+    fpr = tpr = np.zeros(0)
+  else:
+    fpr, tpr, _ = sk_metrics.roc_curve(same, -held_out)
   return VerificationResult(
     folds=fold_ids,
     accuracy=np.asarray(acc),
@@ -233,6 +242,8 @@ def evaluate(
     val_threshold=np.asarray(vthr),
     auc_per_fold=np.asarray(aucs),
     auc=_auc(held_out, same),
+    roc_fpr=fpr,
+    roc_tpr=tpr,
     n_pairs=int(len(same)),
     metric=metric,
     subtract_mean=subtract_mean,
