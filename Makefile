@@ -38,13 +38,14 @@ test: lint env
 # The main job: embed all of LFW with the two offline backbones, dlib's ResNet and Sandberg's CASIA-WebFace FaceNet
 # (resumable; skipped when cached; FaceNet with the mirrored faces too, for his flip-concatenated verification), LFW
 # pair verification of each (FaceNet as Sandberg validated it, BUILD.md), then every table and figure (Table I,
-# Table II, ablations, Figs. 2-3) into outputs/reproduce.
+# Table II, ablations, Figs. 2-3) into outputs/reproduce, and last the report page over all of it (its path printed).
 reproduce: env
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet
 	$(PY) -m mir_jax.embed --dataset=lfw --backbone=facenet-casia --flip
 	$(PY) -m reproduce.lfw_verification --backbone=dlib-resnet
 	$(PY) -m reproduce.lfw_verification --backbone=facenet-casia --flip --flip_combine=concat --metric=angular --subtract_mean
 	$(PY) -m reproduce.all
+	$(PY) -m reproduce.report
 
 # Recompute the CI regression baselines (experiments/baselines/, one per reproduce.regression.CONFIGS) after an
 # intended change of results.

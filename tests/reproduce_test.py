@@ -13,11 +13,9 @@ import pytest
 from experiments.configs import reproduce as reproduce_config
 from mir_jax import embedding_sets
 from mir_jax import report
-from reproduce import ablations
 from reproduce import context
 from reproduce import embedding_store
 from reproduce import pca_figure
-from reproduce import table1
 from reproduce import table2
 
 
@@ -69,12 +67,10 @@ def tiny_config(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory):
-  tmp_path = tmp_path_factory.mktemp('reproduce')
-  ctx = synthetic_context(tiny_config(tmp_path), output_dir=str(tmp_path / 'out'))
-  tables = {'table1': table1.build(ctx), 'table2': table2.build(ctx), 'ablations': ablations.build(ctx)}
-  figures = pca_figure.build(ctx)
-  return ctx, tables, figures, tmp_path
+def built(synthetic_run):
+  """The tables and figures of `python -m reproduce.all` on this set (conftest.py makes the run once)."""
+  r = synthetic_run
+  return r.ctx, r.tables, r.figures, r.tmp_path
 
 
 def _cell(table, row, column):
