@@ -32,6 +32,7 @@ from mir_jax import options
 from mir_jax import paths
 from mir_jax import report
 from reproduce import claims
+from reproduce import cli
 from reproduce import provenance
 from reproduce import report_plots
 
@@ -464,6 +465,7 @@ def rewrite_readme(path: str, excerpt: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logs()
   f = flags.FLAGS
   if f.check:
     manifests = sorted(glob.glob(os.path.join(f.input_dir, f'*{provenance.SUFFIX}')))
