@@ -60,10 +60,11 @@ def unavailable() -> Optional[str]:
   return f'cannot open a headless browser: missing {" and ".join(missing)}' if missing else None
 
 
-def inspect(page_path: str, screenshot_path: Optional[str] = None, width: int = 1280) -> dict:
+def inspect(page_path: str, screenshot_path: Optional[str] = None, width: int = 1280, height: int = 0) -> dict:
   """Opens page_path in headless Chromium; returns {'tables': [data-table, ...], 'verdicts': [{'verdict',
   'text', 'collapsed'}, ...] (text as shown once every <details> is open), 'images': [{'src', 'complete', 'naturalWidth', 'naturalHeight'}, ...], 'screenshot': path or
-  None, 'console_errors': [...]}. Raises Unavailable (naming the install) when Chromium or playwright is missing."""
+  None, 'console_errors': [...]}. The screenshot is of the whole page, or of its first `height` pixels when
+  given (a picture for a README). Raises Unavailable (naming the install) when Chromium or playwright is missing."""
   why = unavailable()
   if why:
     raise Unavailable(why)
@@ -82,7 +83,8 @@ def inspect(page_path: str, screenshot_path: Optional[str] = None, width: int = 
       page.goto(url, wait_until='load')
       if screenshot_path:  # as the page opens, before _SCRIPT expands its <details>
         os.makedirs(os.path.dirname(os.path.abspath(screenshot_path)), exist_ok=True)
-        page.screenshot(path=screenshot_path, full_page=True)
+        clip = {'x': 0, 'y': 0, 'width': width, 'height': height} if height else None
+        page.screenshot(path=screenshot_path, full_page=True, clip=clip)
       result = page.evaluate(_SCRIPT)
       result['console_errors'] = errors
       result['screenshot'] = screenshot_path or None
@@ -131,7 +133,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   try:
-    result = inspect(f.page, f.screenshot or None, f.width)
+    result = inspect(f.page, f.screenshot or None, f.width, f.height)
   except Unavailable as e:
     sys.exit(f'error: {e}')
   print(summary(result))
@@ -143,4 +145,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('page', os.path.join(paths.OUTPUT_DIR, 'report', 'index.html'), 'The page to open.')
   flags.DEFINE_string('screenshot', '', 'Where to write a full-page PNG screenshot; none when empty.')
   flags.DEFINE_integer('width', 1280, 'Viewport width in CSS pixels.')
+  flags.DEFINE_integer('height', 0, "The screenshot's height from the top in CSS pixels; 0 = the whole page.")
   app.run(main)

@@ -88,16 +88,15 @@ def markdown(claims: List[dict], measured_only: bool = True) -> str:
 
 
 def measured_part(table: report.Table) -> report.Table:
-  """The rows and columns of `table` that hold a measurement, with the direction claims among them: the
-  excerpt a reader compares with the paper first (`report.render_summary` renders it)."""
+  """The rows and columns of `table` that hold a measurement: the excerpt a reader compares with the paper
+  first (`report.render_summary` renders it; the direction claims are `markdown`'s)."""
   rows_ = [r for r in table.rows if any(c.values for c in r.cells.values())]
   columns = [c for c in table.columns if any(r.cells.get(c) and r.cells[c].values for r in rows_)]
-  names = {r.name for r in rows_}
   return report.Table(
     table.title,
     columns,
     [report.Row(r.name, {c: v for c, v in r.cells.items() if c in columns}, r.claim_only, r.note) for r in rows_],
-    [d for d in table.directions if d.better in names and d.worse in names and d.column in columns],
+    [],
     table.rule,
     [],
   )

@@ -439,13 +439,15 @@ def readme_excerpt(input_dir: str) -> str:
   the page shows."""
   inputs = load(input_dir)
   commits = sorted({str(m.get('git', {}).get('commit', ''))[:12] for m in inputs.manifests.values()})
+  cpus = sorted({f'{m["device"]["cpu"]}, {m["device"]["cpu_count"]} cores' for m in inputs.manifests.values()})
   parts = [
-    f'From `{os.path.relpath(os.path.abspath(input_dir), paths.repo_root())}` (commit{"s" if len(commits) > 1 else ""} '
-    f'{", ".join(commits) or "unknown"}; the full page: `python -m reproduce.report`).',
+    f'From `{os.path.relpath(os.path.abspath(input_dir), paths.repo_root())}`, made at commit'
+    f'{"s" if len(commits) > 1 else ""} {", ".join(commits) or "unknown"} on {"; ".join(cpus) or "an unrecorded machine"} '
+    '(the whole page, with every cell, curve and manifest: `python -m reproduce.report`).',
     '',
     claims.markdown(claims.records(inputs.tables)),
   ]
-  for stem in ('table1', 'table2'):
+  for stem, _ in TABLES:
     if stem in inputs.tables:
       parts.append(report.render_summary(claims.measured_part(inputs.tables[stem])))
   return '\n'.join(parts)

@@ -28,14 +28,16 @@ def _verdict_word(converged) -> str:
 
 def head_curves(group: dict, path: str) -> str:
   """Training loss against steps (each seed thin, their mean thick) beside the validation accuracy of the
-  same setting at every budget the convergence rule trained (the chosen budget marked)."""
+  same setting at every budget the convergence rule trained (the chosen budget marked). The group's name
+  goes in the page's caption, not the figure."""
   fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 2.8))
   steps = np.asarray(group['loss_steps'])
   for seed_loss in group['loss_per_seed']:
     left.plot(steps, seed_loss, color='tab:blue', alpha=0.25, linewidth=0.8)
-  left.plot(steps, group['loss_mean'], color='tab:blue', linewidth=2, label='loss (mean over seeds)')
+  # Markers, so that a head logged at one point only (a short test head) still shows it.
+  left.plot(steps, group['loss_mean'], '.-', color='tab:blue', linewidth=2, label='loss (mean over seeds)')
   if any(np.isfinite(v) for v in group.get('ce_mean', [])):
-    left.plot(steps, group['ce_mean'], color='tab:orange', linewidth=1.2, label='identity cross-entropy')
+    left.plot(steps, group['ce_mean'], '.-', color='tab:orange', linewidth=1.2, label='identity cross-entropy')
   left.set_yscale('log')
   left.set_xlabel('update')
   left.set_title('training loss (final heads)', fontsize=9)
@@ -54,7 +56,7 @@ def head_curves(group: dict, path: str) -> str:
   right.set_xlabel('steps trained')
   right.set_ylabel('validation Ac (%)')
   right.set_title(f'validation Ac; {_verdict_word(group["converged"])}', fontsize=9)
-  fig.suptitle(group['group'], fontsize=8)
+  fig.tight_layout()
   return _save(fig, path)
 
 
