@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
+from mir_jax import backbones
 from mir_jax import paths
 from mir_jax.cache import key as cache_key
 
@@ -63,23 +64,13 @@ def now() -> str:
 
 # Keyed by size and mtime as well as the path: `check` may run in the process that wrote the manifest,
 # after the file changed.
-_SHA256: Dict[tuple, str] = {}
-
-
 def sha256_file(path: os.PathLike) -> Optional[str]:
-  """The file's sha256, None when there is no such file; weights files are large, so read in chunks."""
+  """The file's sha256 (hashed once per path, size and mtime, as the cache keys hash weights), None when there
+  is no such file."""
   try:
-    st = os.stat(path)
+    return backbones.file_fingerprint(path)['sha256']
   except OSError:
     return None
-  key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-  if key not in _SHA256:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-      for block in iter(lambda: f.read(1 << 20), b''):
-        digest.update(block)
-    _SHA256[key] = digest.hexdigest()
-  return _SHA256[key]
 
 
 def git_state(root: Optional[os.PathLike] = None) -> Dict[str, Any]:
