@@ -143,5 +143,8 @@ def test_readme_excerpt_is_the_pages_claims(run_dir, tmp_path):
   assert text.startswith('intro\n') and text.endswith('outro\n') and 'old' not in text
   assert text.count(report_page.README_BEGIN) == 1
   assert claims.headline(claims.records(report_page.load(run_dir).tables)) in text
+  unmarked = tmp_path / 'unmarked.md'
+  unmarked.write_text('no markers here\n')
   with pytest.raises(ValueError, match='markers'):
-    report_page.rewrite_readme(str(tmp_path / 'none.md') if (tmp_path / 'none.md').write_text('x') else '', excerpt)
+    report_page.rewrite_readme(str(unmarked), excerpt)
+  assert unmarked.read_text() == 'no markers here\n'
