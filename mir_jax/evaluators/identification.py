@@ -19,7 +19,10 @@ import numpy as np
 from sklearn import linear_model
 
 # Bytes of one probes x distractors score block; bounds the working memory of `megaface_rank1`.
-_DEFAULT_BLOCK_BYTES = 1 << 27
+DEFAULT_BLOCK_BYTES = 1 << 27
+# The numpy backend's score dtype: float64 keeps a tie between a gallery image and an identical distractor
+# exact in practice.
+DEFAULT_DTYPE = np.float64
 
 
 def _check_features(name: str, x, dim: Optional[int] = None) -> np.ndarray:
@@ -31,19 +34,41 @@ def _check_features(name: str, x, dim: Optional[int] = None) -> np.ndarray:
   return x
 
 
-def _l2_normalize(x, dtype, name: str) -> np.ndarray:
+def _l2_normalize(x, dtype, name: str, whole=None, start: int = 0) -> np.ndarray:
+  """`x` L2-normalised in `dtype`. When `x` is the block of `whole` that starts at row `start`, a bad row
+  raises naming how many rows of all of `whole` are bad, not just of this block."""
   x = np.asarray(x, dtype)
-  if not np.isfinite(x).all():
-    raise ValueError(f'{name} contain NaN or inf')
   norms = np.linalg.norm(x, axis=1, keepdims=True)
-  if (norms == 0).any():
-    # A zero vector has no direction; a silent epsilon would give it cosine 0 to everything.
-    raise ValueError(f'{name} contain {int((norms == 0).sum())} all-zero row(s)')
+  if not (np.isfinite(x).all() and norms.all()):
+    check_rows(x if whole is None else whole, name, dtype, start)
   return x / norms
 
 
+def check_rows(features, name: str, dtype=DEFAULT_DTYPE, start: int = 0, block_rows: int = 1 << 16) -> None:
+  """Raises ValueError if a row of `features[start:]` holds NaN or inf, or has norm 0 in `dtype`, saying how
+  many such rows there are and the first one's index.
+
+  A zero vector has no direction; a silent epsilon would give it cosine 0 to everything. `features` is read
+  `block_rows` rows at a time (it may be a memory map), so this costs one pass and bounded memory.
+  """
+  counts, firsts = {'nonfinite': 0, 'zero': 0}, {}
+  for s in range(start, features.shape[0], block_rows):
+    x = np.asarray(features[s : s + block_rows], dtype)
+    nonfinite = ~np.isfinite(x).all(axis=1)
+    for kind, bad in (('nonfinite', nonfinite), ('zero', ~nonfinite & (np.linalg.norm(x, axis=1) == 0))):
+      if bad.any():
+        counts[kind] += int(bad.sum())
+        firsts.setdefault(kind, s + int(np.argmax(bad)))
+  if counts['nonfinite']:
+    raise ValueError(
+      f'{name}: {counts["nonfinite"]} row(s) contain NaN or inf (the first is row {firsts["nonfinite"]})'
+    )
+  if counts['zero']:
+    raise ValueError(f'{name}: {counts["zero"]} all-zero row(s) (the first is row {firsts["zero"]})')
+
+
 def top_distractor_scores(
-  probes: np.ndarray, distractors, max_rank: int, dtype=np.float64, block_bytes: int = _DEFAULT_BLOCK_BYTES
+  probes: np.ndarray, distractors, max_rank: int, dtype=DEFAULT_DTYPE, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> np.ndarray:
   """The `max_rank` highest cosine scores of each probe against the distractors, descending.
 
@@ -63,7 +88,7 @@ def top_distractor_scores(
   top = np.full((n, max_rank), -np.inf, dtype)
   block = max(1, block_bytes // (max(n, 1) * np.dtype(dtype).itemsize))
   for start in range(0, m, block):
-    chunk = _l2_normalize(distractors[start : start + block], dtype, 'distractor_features')
+    chunk = _l2_normalize(distractors[start : start + block], dtype, 'distractor_features', distractors, start)
     scores = probes @ chunk.T
     if max_rank == 1:
       np.maximum(top[:, 0], scores.max(axis=1), out=top[:, 0])
@@ -73,13 +98,25 @@ def top_distractor_scores(
   return -np.sort(-top, axis=1)
 
 
+def _top_scores_backend(backend: str):
+  """(top-k distractor score function, its default dtype) of a `megaface_rank1` backend."""
+  if backend == 'numpy':
+    return top_distractor_scores, DEFAULT_DTYPE
+  if backend == 'jax':
+    from mir_jax.evaluators import sharded_topk  # pylint: disable=g-import-not-at-top  (JAX only when asked)
+
+    return sharded_topk.top_distractor_scores, sharded_topk.DEFAULT_DTYPE
+  raise ValueError(f"backend must be 'numpy' or 'jax', got {backend!r}")
+
+
 def megaface_rank1(
   probe_features,
   probe_labels,
   distractor_features,
   max_rank: int = 10,
-  dtype=np.float64,
-  block_bytes: int = _DEFAULT_BLOCK_BYTES,
+  dtype=None,
+  block_bytes: int = DEFAULT_BLOCK_BYTES,
+  backend: str = 'numpy',
 ) -> Dict[str, object]:
   """MegaFace challenge 1 identification: rank-1 accuracy and the CMC curve up to `max_rank`.
 
@@ -92,9 +129,13 @@ def megaface_rank1(
       the features the compared method produces for the distractors too (e.g. the MIR head's output), so
       probes and distractors live in the same space.
     max_rank: the CMC curve is computed for ranks 1..max_rank (its cost grows only mildly with it).
-    dtype: dtype of the score computation. float64 (default) keeps a tie between a gallery image and an
-      identical distractor exact in practice; float32 halves the time and memory on large sets.
-    block_bytes: bound of the working memory of one probes x distractors score block.
+    dtype: dtype of the score computation; None = the backend's default (numpy: `DEFAULT_DTYPE`, float64;
+      jax: `sharded_topk.DEFAULT_DTYPE`, float32). float32 halves the time and memory on large sets.
+    block_bytes: bound of the working memory of one probes x distractors score block (per device for jax).
+    backend: what computes each probe's top distractor scores, the only part that grows with the
+      distractors: 'numpy' (`top_distractor_scores`, blocked on the host) or 'jax'
+      (`sharded_topk.top_distractor_scores`, the blocks sharded over `jax.devices()`). The rest of the
+      protocol is the same code for both.
 
   Returns:
     dict with 'rank1' (float in [0, 1]), 'cmc' ((max_rank,) accuracy at ranks 1..max_rank), 'num_correct'
@@ -113,8 +154,10 @@ def megaface_rank1(
   if distractors.shape[0] == 0:
     raise ValueError('no distractors: rank-1 would be trivially 1')
 
+  scorer, default_dtype = _top_scores_backend(backend)
+  dtype = default_dtype if dtype is None else dtype
   probes = _l2_normalize(probes, dtype, 'probe_features')
-  top = top_distractor_scores(probes, distractors, max_rank, dtype, block_bytes)
+  top = scorer(probes, distractors, max_rank, dtype, block_bytes)
 
   correct_at = []  # per identity: (max_rank, num_triples) bool
   num_identities = 0
@@ -169,7 +212,7 @@ def classification_accuracy(logits_or_pred, labels):
   return float(acc) if np.ndim(acc) == 0 else acc
 
 
-def one_nn_predict(train_x, train_y, test_x, block_bytes: int = _DEFAULT_BLOCK_BYTES) -> np.ndarray:
+def one_nn_predict(train_x, train_y, test_x, block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
   """Cosine 1-nearest-neighbour labels of `test_x`; on equal scores the earliest training example wins."""
   train = _l2_normalize(_check_features('train_x', train_x), np.float64, 'train_x')
   test = _l2_normalize(_check_features('test_x', test_x, train.shape[1]), np.float64, 'test_x')
