@@ -218,16 +218,26 @@ def lfw_distractors(
   )
 
 
-def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet, head_min_images: int = 2) -> OpenSet:
+def megaface(
+  ds: embedding_sets.EmbeddingSet,
+  head: embedding_sets.EmbeddingSet,
+  head_min_images: int = 2,
+  noise: Optional[np.ndarray] = None,
+) -> OpenSet:
   """MegaFace challenge 1 from a MegaFace cache (roles 'probe' / 'distractor') and a labelled head set.
 
   The head set must not contain the probe identities; its identities with >= head_min_images are used.
-  Overlap by name is refused (FaceScrub and LFW share celebrities, for example).
+  Overlap by name is refused (FaceScrub and LFW share celebrities, for example). `noise`, an (n,) bool over
+  the rows of `ds` (e.g. `datasets.megaface.noise_mask` of the official noise lists), leaves those images
+  out before scoring; the description says how many of each role.
   """
   if ds.roles is None:
     raise ValueError('megaface needs roles (a cache from `python -m mir_jax.embed --dataset=megaface`)')
   roles = np.asarray(ds.roles)
-  probe, distractor = roles == 'probe', roles == 'distractor'
+  noisy = np.zeros(len(roles), bool) if noise is None else np.asarray(noise, bool)
+  if noisy.shape != roles.shape:
+    raise ValueError(f'noise must be one bool per embedding ({roles.shape}), got shape {noisy.shape}')
+  probe, distractor = (roles == 'probe') & ~noisy, (roles == 'distractor') & ~noisy
   if not probe.any() or not distractor.any():
     raise ValueError(
       f'the MegaFace set has {probe.sum()} probe and {distractor.sum()} distractor embeddings; both are needed'
@@ -248,6 +258,11 @@ def megaface(ds: embedding_sets.EmbeddingSet, head: embedding_sets.EmbeddingSet,
     f'MegaFace challenge 1: {probe.sum()} FaceScrub probe images of {len(probe_names)} identities, '
     f'{distractor.sum()} distractors; the MIR head trains on {len(head_names)} other identities'
   )
+  if noise is not None:
+    desc += (
+      f'; on the noise lists and left out: {(noisy & (roles == "probe")).sum()} probe images, '
+      f'{(noisy & (roles == "distractor")).sum()} distractors'
+    )
   return OpenSet(
     'megaface',
     ds.x[probe],

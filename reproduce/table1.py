@@ -13,7 +13,8 @@ FaceNet, DeepFace, BaiDu), printed as claims because no public weights for them 
   YTF pairs        10-fold verification accuracy on YTF's 5,000 video pairs: (b) original embeddings,
                    (a) character features of the (a) heads of the YTF column.
   MegaFace         challenge-1 rank-1 (set size `config.megaface.set_size`): (b) original, (a) character
-                   features of a MIR head trained on `config.megaface.head_dataset` (no probe identity).
+                   features of a MIR head trained on `config.megaface.head_dataset` (no probe identity);
+                   the images on the configured noise lists left out, and counted in the cells' notes.
   LFW-distractors  the MegaFace protocol on LFW (offline stand-in, named as such; `lfw_distractors`).
 
 Each cell: mean +- std and 95% CI over seeds, the paper's number, the difference and a verdict; a cell
@@ -28,6 +29,7 @@ Writes table1.{md,csv,json,tex} to --output_dir and prints the markdown.
 from typing import Dict, List
 
 from absl import app
+import numpy as np
 
 from experiments import paper_claims
 from mir_jax import protocols
@@ -203,7 +205,13 @@ def _ytf(ctx, backbone, reading, cells, paper):
   try:
     # Official counts (10 splits x 250 + 250) unless config.ytf.official_counts is off (a fixture, a subset).
     counts = {} if c.official_counts else {'num_folds': None, 'same_per_fold': None}
-    pairs = ytf_reader.read_splits(ytf_pairs.splits_file(c.manual_dir), skip_missing=True, root=c.manual_dir, **counts)
+    pairs = ytf_reader.read_splits(
+      ytf_pairs.splits_file(c.manual_dir),
+      skip_missing=True,
+      root=c.manual_dir,
+      errata=c.splits_errata or None,
+      **counts,
+    )
     # Only reading and matching the pairs may fail into a cell; an error while scoring them is a bug.
     result = ytf_pairs.run(ds, pairs, lambda x: runs.character('joint', x))
   except (FileNotFoundError, listing.DatasetError, protocols.NoMatchingPairs) as e:
@@ -211,6 +219,8 @@ def _ytf(ctx, backbone, reading, cells, paper):
       cells[w]['YTF pairs'] = report.Cell(reason=f'YTF pair protocol not available: {e}')
     return
   metric = f'YTF pair verification accuracy ({result.num_folds}-fold)'
+  if c.splits_errata:
+    result.accounting += f' splits.txt rows replaced by those of {c.splits_errata}.'
   cells['b']['YTF pairs'] = report.Cell([result.original] * len(ctx.seeds), ctx.seeds, metric, note=result.accounting)
   cells['a']['YTF pairs'] = report.Cell(
     result.mir,
@@ -241,8 +251,9 @@ def _megaface(ctx, backbone, reading, cells, paper):
       )
     return
   try:
-    task = protocols.megaface(ds, head)
-  except ValueError as e:  # e.g. the head set shares identities with the probes
+    noise, noise_note = _megaface_noise(c, ds)
+    task = protocols.megaface(ds, head, noise=noise)
+  except ValueError as e:  # e.g. the head set shares identities with the probes, or a noise list is unreadable
     for w in ('b', 'a'):
       cells[w]['MegaFace'] = report.Cell(
         paper=paper[w].get('MegaFace'),
@@ -260,6 +271,7 @@ def _megaface(ctx, backbone, reading, cells, paper):
     metric,
     paper['b'].get('MegaFace'),
     paper_claims.PAPER_METRIC if paper['b'] else '',
+    note=noise_note,
   )
   cells['a']['MegaFace'] = report.Cell(
     [100 * m['rank1'] for m in mir],
@@ -270,6 +282,26 @@ def _megaface(ctx, backbone, reading, cells, paper):
     note=f'{task.description}. Heads: {heads.describe("joint")}.',
     flag=heads.flag('joint'),
   )
+
+
+def _megaface_noise(c, ds):
+  """(rows of the MegaFace set on `c`'s noise lists, what was removed in words), or (None, '') when
+  neither `c.facescrub_noise_list` nor `c.megaface_noise_list` is set."""
+  lists = [('probe', c.facescrub_noise_list), ('distractor', c.megaface_noise_list)]
+  if not any(path for _, path in lists):
+    return None, ''
+  from mir_jax.datasets import megaface as megaface_reader  # pylint: disable=g-import-not-at-top
+
+  if ds.image_ids is None:
+    raise ValueError('the noise lists name images, and this MegaFace set has no image ids')
+  noise, removed = np.zeros(len(ds.labels), bool), []
+  for role, path in lists:
+    if path:
+      entries = megaface_reader.read_noise_list(path)
+      on_list = megaface_reader.noise_mask(ds.image_ids, entries, role)
+      noise |= on_list
+      removed.append(f'{on_list.sum()} {role} images named by {path} ({len(entries)} entries)')
+  return noise, f'Noise lists applied before scoring, removed: {"; ".join(removed)}.'
 
 
 def build(ctx: context.Context) -> report.Table:

@@ -255,6 +255,52 @@ def test_ytf_fixture_splits_and_missing_video(ytf_fixture):
   assert len(kept.skipped) == len(uses_gone) and len(kept) == len(fx.pairs) - len(uses_gone)
 
 
+_SPLITS_HEADER = 'split number, pair number in split, first name, second name, is same:\n'
+
+
+def _write_splits(path, rows):
+  path.write_text(_SPLITS_HEADER + ''.join(f'{", ".join(map(str, r))}\n' for r in rows))
+  return path
+
+
+def test_ytf_errata_replace_rows_by_split_and_pair(tmp_path):
+  shipped = [
+    (1, 1, 'ann/1', 'ann/2', 1),
+    (1, 2, 'ann/1', 'bob/1', 0),
+    (2, 1, 'bob/1', 'bob/2', 1),
+    (2, 2, 'bob/2', 'cat/1', 0),
+  ]
+  splits = _write_splits(tmp_path / 'splits.txt', shipped)
+  # Pair 2 of split 1 relabelled, pair 1 of split 2 given another video; (2, 2) repeated unchanged.
+  errata = _write_splits(
+    tmp_path / 'errata.txt', [(1, 2, 'ann/1', 'bob/1', 1), (2, 1, 'bob/1', 'bob/3', 1), (2, 2, 'bob/2', 'cat/1', 0)]
+  )
+  pairs = ytf.read_splits(splits, num_folds=None, same_per_fold=None, errata=errata)
+  assert [(p.fold, p.video_a, p.video_b, p.same, p.corrected) for p in pairs] == [
+    (0, 'ann/1', 'ann/2', True, False),
+    (0, 'ann/1', 'bob/1', True, True),
+    (1, 'bob/1', 'bob/3', True, True),
+    (1, 'bob/2', 'cat/1', False, False),
+  ]
+  # The counts are those of the file as shipped (one same, one different per split), not the corrected ones.
+  assert [p.same for p in ytf.read_splits(splits, num_folds=None, same_per_fold=None)] == [True, False] * 2
+
+
+def test_ytf_errata_errors_name_the_line(tmp_path):
+  splits = _write_splits(tmp_path / 'splits.txt', [(1, 1, 'ann/1', 'ann/2', 1), (1, 2, 'ann/1', 'bob/1', 0)])
+  read = lambda errata: ytf.read_splits(splits, num_folds=None, same_per_fold=None, errata=errata)
+  with pytest.raises(DatasetError, match=r'errata.txt:2: no row of .* has this split and pair number'):
+    read(_write_splits(tmp_path / 'errata.txt', [(3, 1, 'ann/1', 'ann/2', 0)]))
+  with pytest.raises(DatasetError, match=r'errata.txt:3: split 1 pair 2 is corrected twice \(also line 2\)'):
+    read(_write_splits(tmp_path / 'errata.txt', [(1, 2, 'ann/1', 'bob/1', 1)] * 2))
+  with pytest.raises(DatasetError, match='errata.txt:2: same must be 0 or 1'):
+    read(_write_splits(tmp_path / 'errata.txt', [(1, 2, 'ann/1', 'bob/1', 2)]))
+  with pytest.raises(DatasetError, match='no corrected rows'):
+    read(_write_splits(tmp_path / 'errata.txt', []))
+  with pytest.raises(DatasetError, match='does not exist'):
+    read(tmp_path / 'nowhere.txt')
+
+
 # MegaFace.
 
 
@@ -314,3 +360,29 @@ def test_megaface_bad_set_size_and_list_files(megaface_fixture):
   list_file.write_text('{"paths": []}')
   with pytest.raises(DatasetError, match='"path"'):
     megaface.read_megaface(fx.root)
+
+
+def test_megaface_noise_lists(tmp_path):
+  # InsightFace's layout: comment lines, bare FaceScrub file names, tab-separated MegaFace lines.
+  facescrub = tmp_path / 'facescrub_noises.txt'
+  facescrub.write_text('# noisy FaceScrub images\nAnn_Lee_12.png\nBob_Ray/Bob_Ray_3.jpg\n\nZed_Zo_1.png\n')
+  megaface_list = tmp_path / 'megaface_noises.txt'
+  megaface_list.write_text('#header\n1\t10/10@N0/1_0.jpg\n20/20@N0/2_0.jpg\n')
+  assert megaface.read_noise_list(facescrub) == ['Ann_Lee_12', 'Bob_Ray/Bob_Ray_3', 'Zed_Zo_1']
+  assert megaface.read_noise_list(megaface_list) == ['10/10@N0/1_0', '20/20@N0/2_0']
+  ids = [
+    'facescrub/Ann_Lee/Ann_Lee_12',  # by file name
+    'facescrub/Ann_Lee/Ann_Lee_13',
+    'facescrub/Bob_Ray/Bob_Ray_3',  # by path
+    'facescrub/Bob_Ray/Bob_Ray_30',
+    'megaface/10/10@N0/1_0',
+    'megaface/10/10@N0/1_1',
+    'megaface/Ann_Lee_12',  # a distractor is never matched by the FaceScrub list
+  ]
+  assert megaface.noise_mask(ids, megaface.read_noise_list(facescrub), 'probe').tolist() == [1, 0, 1, 0, 0, 0, 0]
+  assert megaface.noise_mask(ids, megaface.read_noise_list(megaface_list), 'distractor').tolist() == [0] * 4 + [1, 0, 0]
+  (tmp_path / 'empty.txt').write_text('# nothing\n')
+  with pytest.raises(DatasetError, match='names no image'):
+    megaface.read_noise_list(tmp_path / 'empty.txt')
+  with pytest.raises(DatasetError, match='cannot be read'):
+    megaface.read_noise_list(tmp_path / 'nowhere.txt')

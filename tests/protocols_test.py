@@ -322,6 +322,20 @@ def test_megaface_needs_roles():
     protocols.megaface(ds._replace(roles=np.full(len(ds.labels), 'probe')), head)
 
 
+def test_megaface_leaves_out_noise_before_scoring():
+  ds = _megaface_set()
+  head = _head_set(['h_a', 'h_b'], [3, 3])
+  noise = np.zeros(len(ds.labels), bool)
+  noise[[0, 3]] = True  # a probe (row 0) and a distractor (row 3)
+  task = protocols.megaface(ds, head, noise=noise)
+  assert _origin(task.probe_x).tolist() == [r for r in np.flatnonzero(ds.roles == 'probe') if r != 0]
+  assert _origin(task.distractor_x).tolist() == [r for r in np.flatnonzero(ds.roles == 'distractor') if r != 3]
+  assert 'on the noise lists and left out: 1 probe images, 1 distractors' in task.description
+  assert 'noise' not in protocols.megaface(ds, head).description
+  with pytest.raises(ValueError, match='one bool per embedding'):
+    protocols.megaface(ds, head, noise=noise[:-1])
+
+
 # video_means and ytf_pairs
 
 

@@ -278,3 +278,43 @@ def test_builder_splits_file_is_accepted(built):
   cells = _table_cells(config)
   assert len(cells['b']['YTF pairs'].values) == len(SEEDS)
   assert f'{len(ytf.pairs)} pairs evaluated in {ytf.num_folds} folds' in cells['b']['YTF pairs'].note
+
+
+def test_noise_lists_and_ytf_errata_reach_the_cells(built, tmp_path):
+  megaface = built['megaface']
+  probe_images = [p for paths in megaface.probes.values() for p in paths]
+  # InsightFace's forms: FaceScrub noise by bare file name, MegaFace noise by path (one not in this set).
+  facescrub_noise = tmp_path / 'facescrub_noises.txt'
+  facescrub_noise.write_text(f'# noisy probes\n{probe_images[0].split("/")[-1]}\n')
+  megaface_noise = tmp_path / 'megaface_noises.txt'
+  megaface_noise.write_text(f'{megaface.distractors[0]}\n{megaface.distractors[1]}\n999/99999@N00/gone.jpg\n')
+  # The errata flip the label of the first pair, one of the fixture's own.
+  lines = (built['ytf_official'] / 'splits.txt').read_text().splitlines()
+  first = [f.strip() for f in lines[1].split(',')]
+  first[4] = str(1 - int(first[4]))
+  errata = tmp_path / 'errata.txt'
+  errata.write_text(f'{lines[0]}\n{", ".join(first)}\n')
+  config = built['config'].copy_and_resolve_references()
+  config.megaface.facescrub_noise_list = str(facescrub_noise)
+  config.megaface.megaface_noise_list = str(megaface_noise)
+  config.ytf.splits_errata = str(errata)
+  cells = _table_cells(config)
+
+  note = cells['b']['MegaFace'].note
+  assert f'1 probe images named by {facescrub_noise} (1 entries)' in note
+  assert f'2 distractor images named by {megaface_noise} (3 entries)' in note
+  assert f'{len(probe_images) - 1} FaceScrub probe images' in cells['a']['MegaFace'].note
+  ds = embedding_sets.load(str(built['directories']['megaface']))
+  ids = np.asarray(ds.image_ids)
+  left_out = {f'facescrub/{probe_images[0].rsplit(".", 1)[0]}'} | {
+    f'megaface/{d.rsplit(".", 1)[0]}' for d in megaface.distractors[:2]
+  }
+  kept = ~np.isin(ids, list(left_out))
+  probe, distractor = kept & (ds.roles == 'probe'), kept & (ds.roles == 'distractor')
+  expected = identification.megaface_rank1(
+    ds.x[probe], ds.labels[probe], ds.x[distractor], max_rank=1, dtype=np.float32
+  )['rank1']
+  assert cells['b']['MegaFace'].values == pytest.approx([100 * expected] * len(SEEDS), abs=1e-9)
+
+  pairs_note = cells['b']['YTF pairs'].note
+  assert '1 of the pairs read were corrected by the errata file' in pairs_note and str(errata) in pairs_note

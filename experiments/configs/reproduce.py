@@ -41,11 +41,15 @@ def get_config():
   config.open_set_curve_sizes = (10, 30, 100, 300, 1000, 3000, 10000, 100000)
   # YTF and MegaFace are read from caches built from a user's copy (BUILD.md, "Datasets").
   # manual_dir '' = not supplied (the shared data has neither): those cells then say how to supply them.
+  # splits_errata: a file of corrected splits.txt rows (same format, header line first), each replacing the
+  # row with its split and pair numbers; '' = splits.txt as shipped (mir_jax/datasets/ytf.py, read_splits).
   config.ytf = ml_collections.ConfigDict(
-    {'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50, 'official_counts': True}
+    {'manual_dir': '', 'min_videos': 2, 'frames_per_video': 50, 'official_counts': True, 'splits_errata': ''}
   )
   # The MegaFace (a) head trains on the cache of `head_dataset` built with these manual_dir/subset/limit
   # flags; identities that are also FaceScrub probes are refused, so remove them from that set first.
+  # The noise lists (FaceScrub's, MegaFace's; format in mir_jax/datasets/megaface.py) leave the images they
+  # name out before scoring; '' = not applied.
   config.megaface = ml_collections.ConfigDict(
     {
       'manual_dir': '',
@@ -54,6 +58,8 @@ def get_config():
       'head_manual_dir': '',
       'head_subset': '',
       'head_limit': 0,
+      'facescrub_noise_list': '',
+      'megaface_noise_list': '',
     }
   )
 

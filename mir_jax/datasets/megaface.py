@@ -14,14 +14,22 @@ InsightFace's MegaFace evaluation bundle):
 A probe's identity is its celebrity folder (the first component of its path); every distractor is its
 own identity `distractor/<path>`. Roles are 'probe' and 'distractor'. The set-size N list files hold
 about N paths (the 1M list holds slightly more), so only non-emptiness and uniqueness are checked.
+
+Noise lists (`read_noise_list`, `noise_mask`): text files naming mislabelled FaceScrub probes or MegaFace
+distractors that show a FaceScrub identity, one image per line, in the format of InsightFace's
+facescrub_noises.txt / megaface_noises.txt: '#' starts a comment line; a distractor is its path under
+megaface_images (a line of tab-separated fields names it in the second field); a probe is its path under
+facescrub_images (`<Celebrity_Name>/<file>`) or its bare file name, as InsightFace's list gives it.
+Extensions are ignored, as the cache's image ids have none.
 """
 
 import json
 import os
 import pathlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
+import numpy as np
 
 from mir_jax import images
 from mir_jax.datasets import folder
@@ -160,3 +168,34 @@ def _parts(relative_path: str) -> Tuple[str, ...]:
 
 def _without_ext(relative_path: str) -> str:
   return os.path.splitext(relative_path.replace(os.sep, '/'))[0]
+
+
+def read_noise_list(path: images.PathLike) -> List[str]:
+  """The images a noise list names (module docstring), in file order, extensions dropped."""
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text().splitlines()
+  except OSError as e:
+    raise DatasetError(f'noise list {path} cannot be read: {e}') from e
+  entries = []
+  for line in lines:
+    if not line.strip() or line.startswith('#'):
+      continue
+    fields = line.strip().split('\t')
+    entries.append(_without_ext((fields[1] if len(fields) > 1 else fields[0]).strip()))
+  if not entries:
+    raise DatasetError(f'noise list {path} names no image')
+  return entries
+
+
+def noise_mask(image_ids: Sequence[str], entries: Sequence[str], role: str) -> np.ndarray:
+  """(n,) bool: which of a MegaFace set's images (ids as `read_megaface` gives them) `entries` of a noise
+  list of `role` ('probe' for FaceScrub's list, 'distractor' for MegaFace's) name."""
+  if role not in ('probe', 'distractor'):
+    raise ValueError(f"role must be 'probe' or 'distractor', got {role!r}")
+  prefix = 'facescrub/' if role == 'probe' else 'megaface/'
+  paths = {prefix + e for e in entries if role == 'distractor' or '/' in e}
+  names = {e for e in entries if role == 'probe' and '/' not in e}
+  return np.asarray(
+    [i in paths or (i.startswith(prefix) and i.rsplit('/', 1)[-1] in names) for i in image_ids], bool
+  ).reshape(len(image_ids))

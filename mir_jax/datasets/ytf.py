@@ -15,7 +15,7 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 
@@ -46,6 +46,7 @@ class VideoPair:
   video_a: str
   video_b: str
   same: bool
+  corrected: bool = False  # replaced by a row of an errata file (`read_splits(errata=...)`)
 
 
 def frames_dir(root: images.PathLike) -> pathlib.Path:
@@ -143,8 +144,9 @@ def read_splits(
   skip_missing: bool = False,
   num_folds: Optional[int] = NUM_FOLDS,
   same_per_fold: Optional[int] = SAME_PER_FOLD,
+  errata: Optional[images.PathLike] = None,
 ) -> Listing[VideoPair]:
-  """Parses YTF's `splits.txt`.
+  """Parses YTF's `splits.txt`, optionally corrected by an errata file.
 
   Always checked: five comma-separated fields per row; splits numbered 1..k without gaps; pair
   numbers 1..n in order within each split; same in {0, 1}; every split holding as many same as
@@ -157,43 +159,23 @@ def read_splits(
     skip_missing: with `root`, leave out (and record) pairs naming a missing video instead of raising.
     num_folds: the required number of splits, or None.
     same_per_fold: the required number of same (and of different) pairs per split, or None.
+    errata: a file of corrected rows in splits.txt's own format (header line, then `split, pair,
+      Person/video, Person/video, same`), e.g. a whole corrected splits.txt; each row replaces the row of
+      `path` with the same split and pair numbers (its videos and label); a pair it changes is
+      marked `corrected`. The counts are checked on `path` as it is; the videos (with `root`) after correction.
 
   Returns:
     A listing of VideoPair in file order (fold = split - 1).
 
   Raises:
-    DatasetError: the file is missing or malformed, the counts are wrong, or (without
-      `skip_missing`) a video is missing under `root`.
+    DatasetError: the file is missing or malformed, the counts are wrong, (without `skip_missing`) a
+      video is missing under `root`, or an errata row is malformed, repeated or names a pair `path` lacks.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise DatasetError(
-      f'YTF protocol file {path} does not exist; it ships with YouTube Faces as '
-      'splits.txt (header line, then `split, pair, Person/video, Person/video, same`).'
-    )
-  lines = path.read_text().splitlines()
-  if not lines or lines[0].split(',')[0].strip().isdigit():
-    raise DatasetError(
-      f'{path}:1: expected a header line (`split number, pair number in split, first name, second name, is same:`)'
-    )
+  corrections = {} if errata is None else _errata_rows(pathlib.Path(errata))
   pairs, skipped = [], []
   per_fold: Dict[int, List[int]] = {}  # split -> [same count, different count]
-  for line_no, text in enumerate(lines[1:], 2):
-    if not text.strip():
-      continue
-    fields = [f.strip() for f in text.split(',')]
-    if len(fields) != 5:
-      raise DatasetError(f'{path}:{line_no}: expected 5 comma-separated fields, got {text!r}')
-    try:
-      split, pair_no, same = int(fields[0]), int(fields[1]), int(fields[4])
-    except ValueError:
-      raise DatasetError(f'{path}:{line_no}: split, pair and same must be integers: {text!r}') from None
-    video_a, video_b = fields[2], fields[3]
-    for v in (video_a, video_b):
-      if v.count('/') != 1 or not all(v.split('/')):
-        raise DatasetError(f'{path}:{line_no}: video {v!r} is not `Person/video_number`')
-    if same not in (0, 1):
-      raise DatasetError(f'{path}:{line_no}: same must be 0 or 1, got {fields[4]!r}')
+  for line_no, text, (split, pair_no, video_a, video_b, same) in _rows(path):
     if split not in per_fold:
       if split != len(per_fold) + 1:
         raise DatasetError(
@@ -204,6 +186,12 @@ def read_splits(
     if pair_no != sum(counts) + 1:
       raise DatasetError(f'{path}:{line_no}: pair number {pair_no} in split {split}, expected {sum(counts) + 1}')
     counts[0 if same else 1] += 1
+    corrected = False
+    if (split, pair_no) in corrections:
+      _, fixed_text, (_, _, *fixed) = corrections.pop((split, pair_no))
+      corrected = tuple(fixed) != (video_a, video_b, same)
+      if corrected:
+        text, (video_a, video_b, same) = fixed_text, fixed
     if root is not None:
       missing = [v for v in (video_a, video_b) if not (frames_dir(root) / v).is_dir()]
       if missing:
@@ -212,9 +200,12 @@ def read_splits(
           raise DatasetError(f'{path}:{line_no}: {reason}')
         skipped.append(Skipped(f'{path}:{line_no}', reason))
         continue
-    pairs.append(VideoPair(split - 1, video_a, video_b, bool(same)))
+    pairs.append(VideoPair(split - 1, video_a, video_b, bool(same), corrected))
   if not per_fold:
     raise DatasetError(f'{path}: no pair rows after the header')
+  if corrections:
+    line_no, text, _ = next(iter(corrections.values()))
+    raise DatasetError(f'{errata}:{line_no}: no row of {path} has this split and pair number: {text!r}')
   if num_folds is not None and len(per_fold) != num_folds:
     raise DatasetError(f'{path}: {len(per_fold)} splits, expected {num_folds}')
   for split, (n_same, n_diff) in per_fold.items():
@@ -224,3 +215,50 @@ def read_splits(
         f'{path}: split {split} has {n_same} same and {n_diff} different pairs, expected {want} of each'
       )
   return Listing(pairs, skipped)
+
+
+_Row = Tuple[int, int, str, str, int]  # split, pair, video_a, video_b, same
+
+
+def _rows(path: pathlib.Path) -> Iterator[Tuple[int, str, _Row]]:
+  """(line number, text, parsed fields) of every pair row of a splits.txt-format file, checked one by one."""
+  if not path.is_file():
+    raise DatasetError(
+      f'YTF protocol file {path} does not exist; it ships with YouTube Faces as '
+      'splits.txt (header line, then `split, pair, Person/video, Person/video, same`).'
+    )
+  lines = path.read_text().splitlines()
+  if not lines or lines[0].split(',')[0].strip().isdigit():
+    raise DatasetError(
+      f'{path}:1: expected a header line (`split number, pair number in split, first name, second name, is same:`)'
+    )
+  for line_no, text in enumerate(lines[1:], 2):
+    if not text.strip():
+      continue
+    fields = [f.strip() for f in text.split(',')]
+    if len(fields) != 5:
+      raise DatasetError(f'{path}:{line_no}: expected 5 comma-separated fields, got {text!r}')
+    try:
+      split, pair_no, same = int(fields[0]), int(fields[1]), int(fields[4])
+    except ValueError:
+      raise DatasetError(f'{path}:{line_no}: split, pair and same must be integers: {text!r}') from None
+    for v in (fields[2], fields[3]):
+      if v.count('/') != 1 or not all(v.split('/')):
+        raise DatasetError(f'{path}:{line_no}: video {v!r} is not `Person/video_number`')
+    if same not in (0, 1):
+      raise DatasetError(f'{path}:{line_no}: same must be 0 or 1, got {fields[4]!r}')
+    yield line_no, text, (split, pair_no, fields[2], fields[3], same)
+
+
+def _errata_rows(path: pathlib.Path) -> Dict[Tuple[int, int], Tuple[int, str, _Row]]:
+  """An errata file's rows by (split, pair), each named once."""
+  rows = {}
+  for line_no, text, row in _rows(path):
+    if row[:2] in rows:
+      raise DatasetError(
+        f'{path}:{line_no}: split {row[0]} pair {row[1]} is corrected twice (also line {rows[row[:2]][0]})'
+      )
+    rows[row[:2]] = (line_no, text, row)
+  if not rows:
+    raise DatasetError(f'{path}: no corrected rows after the header')
+  return rows

@@ -49,6 +49,9 @@ def run(
     f'{len(same)} pairs evaluated in {num_folds} folds; {len(pairs.skipped)} skipped by '
     f'the reader (video missing on disk), {len(missing)} without embeddings for both videos.'
   )
+  corrected = sum(p.corrected for p in pairs)
+  if corrected:
+    accounting += f' {corrected} of the pairs read were corrected by the errata file.'
   original = 100 * verification.evaluate(a, b, same, folds).accuracy.mean()
   mir = []
   for feats in [] if character is None else character(ds.x):
