@@ -115,7 +115,7 @@ def megaface_rank1(
   distractor_features,
   max_rank: int = 10,
   dtype=None,
-  block_bytes: int = DEFAULT_BLOCK_BYTES,
+  block_bytes: Optional[int] = None,
   backend: str = 'numpy',
 ) -> Dict[str, object]:
   """MegaFace challenge 1 identification: rank-1 accuracy and the CMC curve up to `max_rank`.
@@ -131,7 +131,8 @@ def megaface_rank1(
     max_rank: the CMC curve is computed for ranks 1..max_rank (its cost grows only mildly with it).
     dtype: dtype of the score computation; None = the backend's default (numpy: `DEFAULT_DTYPE`, float64;
       jax: `sharded_topk.DEFAULT_DTYPE`, float32). float32 halves the time and memory on large sets.
-    block_bytes: bound of the working memory of one probes x distractors score block (per device for jax).
+    block_bytes: bound of the working memory of one probes x distractors score block (per device for jax);
+      None = the backend's default (`DEFAULT_BLOCK_BYTES`, `sharded_topk.DEFAULT_BLOCK_BYTES`).
     backend: what computes each probe's top distractor scores, the only part that grows with the
       distractors: 'numpy' (`top_distractor_scores`, blocked on the host) or 'jax'
       (`sharded_topk.top_distractor_scores`, the blocks sharded over `jax.devices()`). The rest of the
@@ -157,7 +158,7 @@ def megaface_rank1(
   scorer, default_dtype = _top_scores_backend(backend)
   dtype = default_dtype if dtype is None else dtype
   probes = _l2_normalize(probes, dtype, 'probe_features')
-  top = scorer(probes, distractors, max_rank, dtype, block_bytes)
+  top = scorer(probes, distractors, max_rank, dtype, **({} if block_bytes is None else {'block_bytes': block_bytes}))
 
   correct_at = []  # per identity: (max_rank, num_triples) bool
   num_identities = 0

@@ -20,6 +20,10 @@ import numpy as np
 from mir_jax.evaluators import identification
 
 DEFAULT_DTYPE = np.float32
+# Far below the numpy scan's bound: on a 2-core AMD EPYC, 3,530 probes x 20,000 512-D distractors took 1.7x
+# (one device) to 2.4x (two) as long in 128 MiB score blocks as in 8 MiB ones, which stay in cache while
+# they are reduced.
+DEFAULT_BLOCK_BYTES = 1 << 23
 _AXIS = 'blocks'
 
 
@@ -28,8 +32,8 @@ def top_distractor_scores(
   distractors,
   max_rank: int,
   dtype=DEFAULT_DTYPE,
-  block_bytes: int = identification.DEFAULT_BLOCK_BYTES,
-  blocks_per_call: int = 4,
+  block_bytes: int = DEFAULT_BLOCK_BYTES,
+  blocks_per_call: int = 16,
   devices=None,
 ) -> np.ndarray:
   """The `max_rank` highest cosine scores of each probe against the distractors, descending.
