@@ -19,7 +19,7 @@ their --repeats calls in turn, the order alternating, so the machine's load hits
 size: median seconds, distractors/s, GFLOP/s of the probe x distractor matmul against this machine's
 float32 matmul peak, the numpy/jax time ratio, whether both gave the same rank-1, and the time growth
 from the previous size; and, when 10^6 was run, the issue's target (jax >= 5x numpy there, peak resident
-memory under 4 GiB). The 10^6 memory maps take 2 GiB (512-D) and 0.5 GiB (128-D) of --memmap_dir.
+memory under 4 GiB). The 10^6 memory maps take 1.9 GiB (512-D) and 0.5 GiB (128-D) of --memmap_dir.
 """
 
 import json
