@@ -168,12 +168,7 @@ def _open_set_rank1(ctx, task, key, reading, label):
   against the distractor-set size goes to the process's curves under `label`, for the report."""
   seeds = ctx.seeds[: ctx.config.lfw_distractors.num_seeds]
   heads = ctx.trained(open_set.head_task(task, seeds), key, ['joint'], reading)
-
-  def character(x):
-    return heads.character('joint', x)
-
-  original, mir = open_set.run(task, character)
-  by_size = open_set.rank1_by_set_size(task, character, ctx.config.open_set_curve_sizes)
+  original, mir, by_size = open_set.run(task, lambda x: heads.character('joint', x), ctx.config.open_set_curve_sizes)
   ctx.curves.setdefault('open_set', []).append(
     {'label': label, 'task': task.description, 'seeds': list(seeds), 'converged': heads.converged('joint'), **by_size}
   )

@@ -33,45 +33,44 @@ def head_task(task: protocols.OpenSet, seeds: Sequence[int]) -> protocols.Classi
   )
 
 
-def run(task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray]) -> Tuple[Dict, List[Dict]]:
-  """Rank-1 of the original features and, per head, of the character features.
+def run(
+  task: protocols.OpenSet,
+  character: Callable[[np.ndarray], np.ndarray],
+  curve_sizes: Sequence[int] = (),
+  seed: int = 0,
+) -> Tuple[Dict, List[Dict], Dict[str, object]]:
+  """Rank-1 of the original features and, per head, of the character features, and both against the number
+  of distractors (MegaFace's "rank-1 vs # distractors" plot).
 
   Args:
     task: probes and distractors.
     character: (n, d) embeddings -> (S, n, d) character features under each of S trained heads.
-  """
-  original = identification.megaface_rank1(
-    task.probe_x, task.probe_labels, task.distractor_x, max_rank=1, dtype=np.float32
-  )
-  mir = [
-    identification.megaface_rank1(p, task.probe_labels, d, max_rank=1, dtype=np.float32)
-    for p, d in zip(character(task.probe_x), character(task.distractor_x))
-  ]
-  return original, mir
-
-
-def rank1_by_set_size(
-  task: protocols.OpenSet, character: Callable[[np.ndarray], np.ndarray], sizes: Sequence[int], seed: int = 0
-) -> Dict[str, object]:
-  """Rank-1 against the number of distractors (MegaFace's "rank-1 vs # distractors" plot), original and MIR.
-
-  The distractor sets are nested: the first m of one seeded permutation, for each m in `sizes` that is
-  below the set's size, and the whole set. `character` as in `run`.
+    curve_sizes: distractor-set sizes of the curve. Its sets are nested: the first m of one seeded
+      permutation, for each m below the set's size, and the whole set last (the rank-1 above).
+    seed: of that permutation.
 
   Returns:
-    {'sizes': [...], 'original': [rank-1 per size], 'mir': [[rank-1 per size] per head]}, rank-1 in [0, 1].
+    (original, per-head results, curve): `megaface_rank1`'s results, and {'sizes': [...], 'original':
+    [rank-1 per size], 'mir': [[rank-1 per size] per head]}, rank-1 in [0, 1].
   """
+
+  def rank1(probes, distractors):
+    return identification.megaface_rank1(probes, task.probe_labels, distractors, max_rank=1, dtype=np.float32)
+
+  features = list(zip(character(task.probe_x), character(task.distractor_x)))
+  original = rank1(task.probe_x, task.distractor_x)
+  mir = [rank1(p, d) for p, d in features]
+
   m = len(task.distractor_x)
-  sizes = sorted({int(k) for k in sizes if 0 < int(k) < m} | {m})
+  smaller = sorted({int(k) for k in curve_sizes if 0 < int(k) < m})
   order = np.random.default_rng(seed).permutation(m)
 
-  def curve(probes, distractors):
-    return [
-      identification.megaface_rank1(probes, task.probe_labels, distractors[order[:k]], max_rank=1, dtype=np.float32)[
-        'rank1'
-      ]
-      for k in sizes
-    ]
+  def curve(probes, distractors, whole):
+    return [rank1(probes, distractors[order[:k]])['rank1'] for k in smaller] + [whole['rank1']]
 
-  mir = [curve(p, d) for p, d in zip(character(task.probe_x), character(task.distractor_x))]
-  return {'sizes': sizes, 'original': curve(task.probe_x, task.distractor_x), 'mir': mir}
+  by_size = {
+    'sizes': smaller + [m],
+    'original': curve(task.probe_x, task.distractor_x, original),
+    'mir': [curve(p, d, r) for (p, d), r in zip(features, mir)],
+  }
+  return original, mir, by_size
