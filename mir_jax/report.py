@@ -263,36 +263,47 @@ def summarize(table: Table) -> List[dict]:
   return records
 
 
-def _f(x, sign: bool = False) -> str:
+def format_number(x, sign: bool = False) -> str:
   if x is None:
     return DASH
   return f'{x:+.2f}' if sign else f'{x:.2f}'
 
 
-def _ours(rec) -> str:
+def format_ours(rec) -> str:
   if rec['mean'] is None:
     return DASH
-  return _f(rec['mean']) if rec['std'] is None else f'{rec["mean"]:.2f} ± {rec["std"]:.2f}'
+  return format_number(rec['mean']) if rec['std'] is None else f'{rec["mean"]:.2f} ± {rec["std"]:.2f}'
 
 
-def _ci(low, high, sign: bool = False) -> str:
+def format_ci(low, high, sign: bool = False) -> str:
   if low is None:
     return DASH
-  return f'[{_f(low, sign)}, {_f(high, sign)}]'
+  return f'[{format_number(low, sign)}, {format_number(high, sign)}]'
 
 
-def _paper_direction(s) -> str:
+def format_paper_direction(s) -> str:
   if s['paper_holds'] is None:
     return DASH
   return f'{s["paper_better"]:.2f} vs {s["paper_worse"]:.2f}' + ('' if s['paper_holds'] else ' (not a > b)')
 
 
-def _p(s) -> str:
+def format_p(s) -> str:
   return DASH if s['p_greater'] is None else f'{s["p_greater"]:.3g}'
 
 
 def _md_escape(text: str) -> str:
   return str(text).replace('|', '\\|').replace('\n', ' ')
+
+
+def table_notes(table: Table, records: List[dict]) -> List[str]:
+  """The table's notes, each cell note once with the cells it belongs to (`records`: `summarize(table)`),
+  then the rows' notes."""
+  where = {}  # note -> the cells it belongs to; a row-wide note is listed once
+  for r in records:
+    if r['note']:
+      where.setdefault(r['note'], []).append(f'{r["row"]} / {r["column"]}')
+  notes = list(table.notes) + [f'{", ".join(cells)}: {note}' for note, cells in where.items()]
+  return notes + [f'{row.name}: {row.note}' for row in table.rows if row.note]
 
 
 def render_markdown(table: Table) -> str:
@@ -309,11 +320,11 @@ def render_markdown(table: Table) -> str:
     cells = [
       r['row'],
       r['column'],
-      _ours(r),
-      _ci(r['ci_low'], r['ci_high']),
+      format_ours(r),
+      format_ci(r['ci_low'], r['ci_high']),
       str(r['n']),
-      _f(r['paper']),
-      _f(r['diff'], sign=True),
+      format_number(r['paper']),
+      format_number(r['diff'], sign=True),
       f'**{r["verdict"]}**',
       r['reason'],
     ]
@@ -331,11 +342,11 @@ def render_markdown(table: Table) -> str:
       cells = [
         s['claim'],
         s['column'],
-        _paper_direction(s),
-        _f(s['mean_diff'], sign=True),
-        _ci(s['ci_low'], s['ci_high'], sign=True),
+        format_paper_direction(s),
+        format_number(s['mean_diff'], sign=True),
+        format_ci(s['ci_low'], s['ci_high'], sign=True),
         str(s['n']),
-        _p(s),
+        format_p(s),
         f'**{s["verdict"]}**',
         s['reason'],
       ]
@@ -345,12 +356,7 @@ def render_markdown(table: Table) -> str:
     f'Verdict rule: {table.rule.describe()} Numbers are percentages; std is the sample std '
     '(ddof=1) over seeds; "—" marks no measurement.',
   ]
-  where = {}  # note -> the cells it belongs to; a row-wide note is listed once
-  for r in records:
-    if r['note']:
-      where.setdefault(r['note'], []).append(f'{r["row"]} / {r["column"]}')
-  notes = list(table.notes) + [f'{", ".join(cells)}: {note}' for note, cells in where.items()]
-  notes += [f'{row.name}: {row.note}' for row in table.rows if row.note]
+  notes = table_notes(table, records)
   if notes:
     lines += [''] + [f'- {_md_escape(n)}' for n in notes]
   return '\n'.join(lines) + '\n'
@@ -382,7 +388,7 @@ def render_summary(table: Table) -> str:
         mark = footnotes.setdefault(rec['reason'], len(footnotes) + 1)
         text = f'— [{mark}]'
       else:
-        text = _ours(rec)
+        text = format_ours(rec)
       extra = [f'paper {rec["paper"]:.2f}'] if rec['paper'] is not None else []
       if rec['mean'] is not None and _SHORT[rec['verdict']]:
         extra.append(_SHORT[rec['verdict']])
@@ -406,9 +412,9 @@ def render_summary(table: Table) -> str:
       cells = [
         s['claim'],
         s['column'],
-        _paper_direction(s),
-        f'{_f(s["mean_diff"], sign=True)} {_ci(s["ci_low"], s["ci_high"], sign=True)}',
-        _p(s),
+        format_paper_direction(s),
+        f'{format_number(s["mean_diff"], sign=True)} {format_ci(s["ci_low"], s["ci_high"], sign=True)}',
+        format_p(s),
         f'**{s["verdict"]}**' + (f' ({s["reason"]})' if s['verdict'] != REPRODUCED or s.get('caveat') else ''),
       ]
       lines.append('| ' + ' | '.join(_md_escape(c) for c in cells) + ' |')
@@ -534,11 +540,11 @@ def render_latex(table: Table) -> str:
     cells = [
       r['row'],
       r['column'],
-      _ours(r),
-      _ci(r['ci_low'], r['ci_high']),
+      format_ours(r),
+      format_ci(r['ci_low'], r['ci_high']),
       r['n'],
-      _f(r['paper']),
-      _f(r['diff'], sign=True),
+      format_number(r['paper']),
+      format_number(r['diff'], sign=True),
       r['verdict'],
       r['reason'],
     ]
@@ -550,11 +556,11 @@ def render_latex(table: Table) -> str:
       cells = [
         s['claim'],
         s['column'],
-        _paper_direction(s),
-        _f(s['mean_diff'], sign=True),
-        _ci(s['ci_low'], s['ci_high'], sign=True),
+        format_paper_direction(s),
+        format_number(s['mean_diff'], sign=True),
+        format_ci(s['ci_low'], s['ci_high'], sign=True),
         s['n'],
-        _p(s),
+        format_p(s),
         s['verdict'],
         s['reason'],
       ]

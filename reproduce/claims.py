@@ -44,16 +44,8 @@ def headline(claims: List[dict]) -> str:
 
 
 def _diff(r: dict) -> str:
-  if r['mean_diff'] is None:
-    return report.DASH
-  ci = '' if r['ci_low'] is None else f' [{r["ci_low"]:+.2f}, {r["ci_high"]:+.2f}]'
-  return f'{r["mean_diff"]:+.2f}{ci}'
-
-
-def _paper(r: dict) -> str:
-  if r['paper_holds'] is None:
-    return report.DASH
-  return f'{r["paper_better"]:.2f} vs {r["paper_worse"]:.2f}'
+  ci = '' if r['ci_low'] is None else ' ' + report.format_ci(r['ci_low'], r['ci_high'], sign=True)
+  return report.format_number(r['mean_diff'], sign=True) + ci
 
 
 def rows(claims: List[dict]) -> List[dict]:
@@ -63,10 +55,12 @@ def rows(claims: List[dict]) -> List[dict]:
       'table': r['title'].split(':')[0],
       'claim': r['claim'],
       'column': r['column'],
-      'paper': _paper(r),
+      'paper': report.format_paper_direction(r),
       'ours': _diff(r),
       'verdict': r['verdict'],
       'reason': r['reason'],
+      'n': r['n'],
+      'p': report.format_p(r),
     }
     for r in claims
   ]

@@ -144,7 +144,7 @@ def load(input_dir: str) -> Inputs:
   named += [v.get('provenance', '') for v in verifications]
   for name in sorted({n for n in named if n and n not in manifests}):
     problems.append(f'provenance: {name} is named by a result but missing; remake that result')
-  for name in sorted(set(table_provenance) - {k for k, v in table_provenance.items() if v}):
+  for name in sorted(k for k, v in table_provenance.items() if not v):
     problems.append(f'provenance: {name}.json names no manifest (made before manifests existed); remake it')
   return Inputs(
     tables, table_provenance, figures, list(heads.values()), list(open_set.values()), verifications, manifests, problems
@@ -179,24 +179,21 @@ def commit_problems(manifests: Dict[str, dict], head: dict) -> List[str]:
 
 
 def _cell_rows(table: report.Table) -> List[dict]:
-  out = []
-  for r in report.summarize(table):
-    ours = report.DASH if r['mean'] is None else f'{r["mean"]:.2f}' + ('' if r['std'] is None else f' ± {r["std"]:.2f}')
-    out.append(
-      {
-        'row': r['row'],
-        'column': r['column'],
-        'ours': ours,
-        'flag': r['flag'] if r['mean'] is not None else '',
-        'ci': report.DASH if r['ci_low'] is None else f'[{r["ci_low"]:.2f}, {r["ci_high"]:.2f}]',
-        'n': r['n'],
-        'paper': report.DASH if r['paper'] is None else f'{r["paper"]:.2f}',
-        'diff': report.DASH if r['diff'] is None else f'{r["diff"]:+.2f}',
-        'verdict': r['verdict'],
-        'reason': r['reason'],
-      }
-    )
-  return out
+  return [
+    {
+      'row': r['row'],
+      'column': r['column'],
+      'ours': report.format_ours(r),
+      'flag': r['flag'] if r['mean'] is not None else '',
+      'ci': report.format_ci(r['ci_low'], r['ci_high']),
+      'n': r['n'],
+      'paper': report.format_number(r['paper']),
+      'diff': report.format_number(r['diff'], sign=True),
+      'verdict': r['verdict'],
+      'reason': r['reason'],
+    }
+    for r in report.summarize(table)
+  ]
 
 
 def _grid(table: report.Table, cells: List[dict]):
@@ -215,24 +212,6 @@ def _grid(table: report.Table, cells: List[dict]):
       out.append(c)
     grid.append({'name': row.name, 'cells': out})
   return grid, list(footnotes)
-
-
-def _direction_rows(table: report.Table) -> List[dict]:
-  out = []
-  for d, c in zip(table.directions, claims.rows(claims.records({'t': table}))):
-    s = report.direction_summary(table, d)
-    p = report.DASH if s['p_greater'] is None else f'{s["p_greater"]:.3g}'
-    out.append({**c, 'n': s['n'], 'p': p, 'measured': c['ours'] != report.DASH})
-  return out
-
-
-def _table_notes(table: report.Table) -> List[str]:
-  notes = list(table.notes) + [f'{r.name}: {r.note}' for r in table.rows if r.note]
-  seen = {}
-  for r in report.summarize(table):
-    if r['note']:
-      seen.setdefault(r['note'], []).append(f'{r["row"]} / {r["column"]}')
-  return notes + [f'{", ".join(cells)}: {note}' for note, cells in seen.items()]
 
 
 def _head_rows(heads: List[dict], img_dir: str) -> List[dict]:
@@ -267,9 +246,7 @@ def _figure_rows(figures: List[dict], input_dir: str, img_dir: str, problems: Li
     if not os.path.isfile(png):
       problems.append(f'Figs. 2-3: {png} is missing; remake it with `python -m reproduce.pca_figure`')
       continue
-    os.makedirs(img_dir, exist_ok=True)
-    dest = os.path.join(img_dir, os.path.basename(png))
-    shutil.copyfile(png, dest)
+    shutil.copyfile(png, os.path.join(img_dir, os.path.basename(png)))
     t, w = f['ten_photos'], f['whole_test_split']
     text = (
       f'{f["caption"]} Between/within ratio of the ten photos {t["original"]["full"]:.2f} -> '
@@ -337,6 +314,8 @@ def build(input_dir: str, output_dir: Optional[str] = None) -> str:
   head = provenance.git_state()
   problems = inputs.problems + commit_problems(inputs.manifests, head)
 
+  claim_records = claims.records(inputs.tables)
+  claim_rows = claims.rows(claim_records)
   tables = []
   for stem, command in TABLES:
     if stem not in inputs.tables:
@@ -361,11 +340,12 @@ def build(input_dir: str, output_dir: Optional[str] = None) -> str:
         'cells': cells,
         'grid': grid,
         'footnotes': footnotes,
-        'directions': _direction_rows(t),
-        'notes': _table_notes(t),
+        'directions': [
+          {**c, 'measured': c['ours'] != report.DASH} for r, c in zip(claim_records, claim_rows) if r['table'] == stem
+        ],
+        'notes': report.table_notes(t, report.summarize(t)),
       }
     )
-  claim_records = claims.records(inputs.tables)
   figures = _figure_rows(inputs.figures, input_dir, img_dir, problems)
   verification_plots = []
   if inputs.verifications:
@@ -404,7 +384,7 @@ def build(input_dir: str, output_dir: Optional[str] = None) -> str:
     head=head,
     problems=problems,
     headline=claims.headline(claim_records),
-    claims=claims.rows(claim_records),
+    claims=claim_rows,
     rule=report.VerdictRule().describe(),
     tables=tables,
     figures=figures,
