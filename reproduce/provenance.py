@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
+from benchmarks import machine
 from mir_jax import backbones
 from mir_jax import paths
 from mir_jax.cache import key as cache_key
@@ -99,13 +100,7 @@ def _version(package: str) -> str:
 
 
 def _device() -> Dict[str, Any]:
-  cpu = platform.processor()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-  except OSError:
-    pass
-  device = {'cpu': cpu or 'unknown', 'cpu_count': os.cpu_count()}
+  device = {'cpu': machine.cpu_model() or 'unknown', 'cpu_count': os.cpu_count()}
   try:
     import jax  # pylint: disable=g-import-not-at-top  (a dependency; the reproduce commands have it loaded)
 
