@@ -15,6 +15,11 @@ Subsets (`--subset`, LFW only; folds count from 0 as in `mir_jax.datasets.lfw`):
                    (20*m pairs over all 10 folds, so 10-fold verification still runs on them)
 `--limit=N` then keeps whole identities, in name order, while the total stays <= N images (the first N
 images when even the first identity is larger), so a limited run still holds complete identities.
+
+Runners (`--runner`): `local` (the default) computes the chunks in this process and `--num_workers` worker
+processes; `beam` hands them to an Apache Beam runner named by `--beam_pipeline_options` (TFDS's form, e.g.
+`--beam_pipeline_options=--runner=DirectRunner,--direct_num_workers=2,--direct_running_mode=multi_processing`;
+Dataflow, Spark and Flink in BUILD.md, "Embedding with Apache Beam"). Both write the same cache.
 """
 
 import sys
@@ -22,6 +27,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from mir_jax.cache import flags as cache_flags
 from mir_jax.cache import key
@@ -39,6 +45,13 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_workers', 2, 'Decode/detect/preprocess processes; 0 = all in this process.')
   flags.DEFINE_integer('chunk_size', writer.DEFAULT_CHUNK_SIZE, 'Images per shard (the unit of resumption).')
   flags.DEFINE_integer('batch_size', writer.DEFAULT_BATCH_SIZE, 'Images per backbone call.')
+  flags.DEFINE_enum('runner', 'local', ['local', 'beam'], 'Who computes the chunks: this machine, or Apache Beam.')
+  flags.DEFINE_string(
+    'beam_pipeline_options',
+    '',
+    'With --runner=beam: Beam pipeline options, comma- or space-separated (default: the DirectRunner, one '
+    'process per core; mir_jax/cache/beam_runner.py DEFAULT_OPTIONS).',
+  )
   flags.DEFINE_bool(
     'verify',
     False,
@@ -49,6 +62,16 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  beam_options = None
+  if FLAGS.runner == 'beam':
+    from mir_jax.cache import beam_runner  # pylint: disable=g-import-not-at-top  (Beam loads slowly, and noisily)
+
+    try:
+      beam_options = beam_runner.pipeline_options(FLAGS.beam_pipeline_options)
+    except beam_runner.BeamOptionsError as e:
+      sys.exit(f'error: {e}')
+  elif FLAGS.beam_pipeline_options:
+    sys.exit('error: --beam_pipeline_options is for --runner=beam')
   try:
     args = cache_flags.find_cache_args()
     data_dir = args.pop('data_dir')
@@ -57,9 +80,19 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f'error: {e}')
   print(f'{len(records)} images of {FLAGS.dataset} -> {key.cache_dir(data_dir, spec)}', flush=True)
   try:
-    result = _build(records, spec, pipeline, model, left_out, args, data_dir)
+    result = _build(records, spec, pipeline, model, left_out, args, data_dir, beam_options)
   except key.CacheError as e:  # the images changed under a cache, or none could be embedded
     sys.exit(f'error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    if beam_options is None:
+      raise
+    # A worker's failure reaches here wrapped in the runner's own traces: the log keeps them, the user gets why.
+    logging.exception('The Beam pipeline failed')
+    last = [line for line in str(e).splitlines() if line.strip()]
+    sys.exit(
+      f'error: the Beam pipeline failed ({type(e).__name__}: {last[-1] if last else ""}). The chunks it finished '
+      'are kept: rerun the same command to compute the rest.'
+    )
   for damage in result.damaged:
     print(f'damaged, recomputed: {damage}', flush=True)
   info = reader.read_info(result.directory)
@@ -88,7 +121,7 @@ def main(argv: Sequence[str]) -> None:
   )
 
 
-def _build(records, spec, pipeline, model, left_out, args, data_dir) -> writer.BuildResult:
+def _build(records, spec, pipeline, model, left_out, args, data_dir, beam_options) -> writer.BuildResult:
   return writer.build(
     records,
     spec,
@@ -102,6 +135,7 @@ def _build(records, spec, pipeline, model, left_out, args, data_dir) -> writer.B
     verify=FLAGS.verify,
     left_out=left_out,
     command=lookup.command_for(FLAGS.dataset, **args, data_dir=data_dir, absolute=True),
+    beam_options=beam_options,
   )
 
 

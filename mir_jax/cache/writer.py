@@ -8,6 +8,7 @@ import pathlib
 import tempfile
 import time
 from typing import Any, List, Optional, Sequence
+import uuid
 
 from absl import logging
 import numpy as np
@@ -138,6 +139,7 @@ def build(
   verify: bool = False,
   command: str = '',
   left_out: Sequence[dict] = (),
+  beam_options=None,
 ) -> BuildResult:
   """Embeds `records` into the cache for `spec`, resuming whatever an earlier run finished.
 
@@ -161,6 +163,8 @@ def build(
     command: the shell command that builds this cache, recorded so that error messages can name it.
     left_out: what the dataset reader found but did not list (`lookup.left_out`: path and reason each),
       recorded in `skipped_images.json`.
+    beam_options: None computes the chunks here and in `num_workers` processes (the local runner); Beam
+      PipelineOptions (`beam_runner.pipeline_options`) compute them on that Beam runner instead.
 
   Only one process builds a cache directory at a time (`lock`): a second one waits for the first, then
   finds the cache complete or resumes it.
@@ -254,7 +258,11 @@ def build(
     if done:
       logging.info('Resuming %s: %d of %d chunks already complete.', directory, len(done), num_chunks)
 
-    if todo:
+    if todo and beam_options is not None:
+      from mir_jax.cache import beam_runner  # pylint: disable=g-import-not-at-top
+
+      beam_runner.run(writer, todo, beam_options)
+    elif todo:
       writer.write(todo)
     writer.finalize(plan, description, left_out)
     return BuildResult(directory, num_chunks, len(todo), len(done), time.time() - started, [str(d) for d in damaged])
@@ -323,11 +331,9 @@ class _ShardWriter:
     return _num_records(self.shard_path(c)) == stats['num_written']
 
   def write(self, todo: Sequence[int]) -> None:
-    """Computes and writes the chunks `todo`, each shard renamed into place once complete."""
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    """Computes and writes the chunks `todo` in this process and its worker pool (the local runner)."""
     import tqdm  # pylint: disable=g-import-not-at-top
 
-    spec, chunks, directory = self.spec, self.chunks, self.directory
     embedder = None
     backbone = self.backbone
     if self.num_workers <= 0:
@@ -335,16 +341,14 @@ class _ShardWriter:
       backbone = embedder.backbone
     elif backbone is None:
       backbone = self.pipeline.backbone_factory()
-    features = None
-    label_of = {n: i for i, n in enumerate(self.identities)}
-    work_records = [r for c in todo for r in chunks[c]]
-    total = sum(len(c) for c in chunks)
+    work_records = [r for c in todo for r in self.chunks[c]]
+    total = sum(len(c) for c in self.chunks)
     bar = tqdm.tqdm(
       total=total,
       initial=total - len(work_records),
       unit='img',
       disable=not self.progress,
-      desc=f'embedding {spec.dataset}',
+      desc=f'embedding {self.spec.dataset}',
       smoothing=0.1,
       dynamic_ncols=True,
     )
@@ -352,79 +356,88 @@ class _ShardWriter:
     try:
       for c in todo:
         chunk_started = time.time()
-        chunk = chunks[c]
-        prepared = [next(stream) for _ in chunk]
-        waited = time.time() - chunk_started
-        ok = [p for p in prepared if p.error is None and p.skipped is None]
-        if ok and all(p.embedding is not None for p in ok):  # the workers ran the backbone
-          embeddings = np.stack([p.embedding for p in ok])
-          flipped = np.stack([p.embedding_flip for p in ok]) if spec.flip else None
-        else:
-          embeddings = pipeline_lib.embed_all(backbone, [p.inputs for p in ok], self.batch_size)
-          flipped = pipeline_lib.embed_all(backbone, [p.flipped for p in ok], self.batch_size) if spec.flip else None
-        embedded = time.time() - chunk_started - waited
-        if features is None:
-          dim = int(embeddings.shape[1]) if len(ok) else int(backbone.dim)
-          features = features_for(dim, self.identities, spec.flip)
-        by_id = {r.image_id: r for r in chunk}
-        final = self.shard_path(c)
-        # Unique per process, though the lock already keeps a second writer out.
-        tmp = directory / key.WORK_DIR / f'{final.name}.{os.getpid()}.tmp'
-        writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), 'group_size:1')
-        for j, p in enumerate(ok):
-          r = by_id[p.image_id]
-          example = {
-            'embedding': embeddings[j],
-            'label': label_of[r.identity],
-            'identity': r.identity,
-            'image_id': r.image_id,
-            'video_id': r.video_id or '',
-            'role': r.role or '',
-            'detected': p.detected,
-            'box': p.box,
-          }
-          if spec.flip:
-            example['embedding_flip'] = flipped[j]
-          writer.write(features.serialize_example(example))
-        writer.close()
-        with open(tmp, 'rb') as f:
-          os.fsync(f.fileno())
-        stats = {
-          'sha256': verify_lib.file_sha256(tmp),
-          'chunk': c,
-          'num_records': len(chunk),
-          'num_written': len(ok),
-          'first_image_id': chunk[0].image_id,
-          'last_image_id': chunk[-1].image_id,
-          'bad_images': [
-            {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.error}
-            for p in prepared
-            if p.error is not None
-          ],
-          'fallbacks': [p.image_id for p in ok if not p.detected],
-          # Which box each of those got ('center' or 'whole') and why; and the images the 'skip' policy left
-          # out: with `detected` in each record, every image's path through the aligner is on record.
-          'fallback_boxes': [{'image_id': p.image_id, 'box': p.path, 'reason': p.reason} for p in ok if not p.detected],
-          'no_face_skips': [
-            {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.skipped}
-            for p in prepared
-            if p.error is None and p.skipped is not None
-          ],
-          'seconds': time.time() - chunk_started,
-          # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
-          # backbone; the larger one is the pipeline's bottleneck.
-          'seconds_waiting_for_inputs': waited,
-          'seconds_in_backbone': embedded,
-          'num_workers': self.num_workers,
-        }
-        # Statistics first, shard second: a shard is only trusted when its statistics exist and agree.
-        _write_json(verify_lib.chunk_stats_path(directory, c), stats)
-        os.replace(tmp, final)
-        _fsync_dir(directory)
-        bar.update(len(chunk))
+        prepared = [next(stream) for _ in self.chunks[c]]
+        self.write_chunk(c, self.chunks[c], prepared, backbone, chunk_started)
+        bar.update(len(self.chunks[c]))
     finally:
       bar.close()
       stream.close()
+
+  def write_chunk(self, c: int, chunk: Sequence[FaceRecord], prepared, backbone, started: float) -> int:
+    """Embeds what the workers left to embed of chunk `c` (its records `chunk`, prepared in order), writes its
+    statistics and then its shard, renamed into place; returns the number of records written. Every runner
+    writes a chunk through here, so a shard does not depend on which runner made it."""
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+    spec, directory = self.spec, self.directory
+    waited = time.time() - started
+    ok = [p for p in prepared if p.error is None and p.skipped is None]
+    if ok and all(p.embedding is not None for p in ok):  # the workers ran the backbone
+      embeddings = np.stack([p.embedding for p in ok])
+      flipped = np.stack([p.embedding_flip for p in ok]) if spec.flip else None
+    else:
+      embeddings = pipeline_lib.embed_all(backbone, [p.inputs for p in ok], self.batch_size)
+      flipped = pipeline_lib.embed_all(backbone, [p.flipped for p in ok], self.batch_size) if spec.flip else None
+    embedded = time.time() - started - waited
+    dim = int(embeddings.shape[1]) if len(ok) else int(backbone.dim)
+    features = features_for(dim, self.identities, spec.flip)
+    label_of = {n: i for i, n in enumerate(self.identities)}
+    by_id = {r.image_id: r for r in chunk}
+    final = self.shard_path(c)
+    # Unique per process and attempt: a runner may run one chunk twice at once (a retry, a speculative copy).
+    tmp = directory / key.WORK_DIR / f'{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), 'group_size:1')
+    for j, p in enumerate(ok):
+      r = by_id[p.image_id]
+      example = {
+        'embedding': embeddings[j],
+        'label': label_of[r.identity],
+        'identity': r.identity,
+        'image_id': r.image_id,
+        'video_id': r.video_id or '',
+        'role': r.role or '',
+        'detected': p.detected,
+        'box': p.box,
+      }
+      if spec.flip:
+        example['embedding_flip'] = flipped[j]
+      writer.write(features.serialize_example(example))
+    writer.close()
+    with open(tmp, 'rb') as f:
+      os.fsync(f.fileno())
+    stats = {
+      'sha256': verify_lib.file_sha256(tmp),
+      'chunk': c,
+      'num_records': len(chunk),
+      'num_written': len(ok),
+      'first_image_id': chunk[0].image_id,
+      'last_image_id': chunk[-1].image_id,
+      'bad_images': [
+        {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.error}
+        for p in prepared
+        if p.error is not None
+      ],
+      'fallbacks': [p.image_id for p in ok if not p.detected],
+      # Which box each of those got ('center' or 'whole') and why; and the images the 'skip' policy left
+      # out: with `detected` in each record, every image's path through the aligner is on record.
+      'fallback_boxes': [{'image_id': p.image_id, 'box': p.path, 'reason': p.reason} for p in ok if not p.detected],
+      'no_face_skips': [
+        {'image_id': p.image_id, 'path': by_id[p.image_id].path, 'reason': p.skipped}
+        for p in prepared
+        if p.error is None and p.skipped is not None
+      ],
+      'seconds': time.time() - started,
+      # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
+      # backbone; the larger one is the pipeline's bottleneck.
+      'seconds_waiting_for_inputs': waited,
+      'seconds_in_backbone': embedded,
+      'num_workers': self.num_workers,
+    }
+    # Statistics first, shard second: a shard is only trusted when its statistics exist and agree.
+    _write_json(verify_lib.chunk_stats_path(directory, c), stats)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    return len(ok)
 
   def finalize(self, plan: dict, description: str, left_out: Sequence[dict] = ()) -> None:
     """Checks every shard against its statistics, then writes the TFDS metadata and `mir_cache.json`;
