@@ -29,6 +29,12 @@ READINGS = ('tuned', 'paper-literal')
 NOT_IN_CONTEXT = ('schedules', 'seed', 'num_seeds', 'learning_rate', 'l2', 'steps')
 
 
+def progress_path(path: str) -> str:
+  """Where an unfinished tuning of the choice file `path` keeps the points it has trained (same context
+  digest in the name, so a changed context starts afresh); commit it to carry a long tuning across machines."""
+  return path[: -len('.json')] + '.progress.json'
+
+
 def save(path: str, records: Dict[str, object], context: dict):
   """Writes tuning choices (or convergence checks) with the context they were made in."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -116,9 +122,13 @@ class ChoiceStore:
       if name == 'paper-literal':
         records = runner.check(task, schedules, opts, literal, grid, variant.commonality_weight, t.alternate_every)
       else:
-        records = runner.tune(task, schedules, opts, grid, variant.commonality_weight, t.alternate_every)
+        records = runner.tune(
+          task, schedules, opts, grid, variant.commonality_weight, t.alternate_every, progress_path(path)
+        )
       self.timings[f'tune {os.path.basename(path)}'] = time.perf_counter() - start
       save(path, records, context)
+      if os.path.exists(progress_path(path)):
+        os.remove(progress_path(path))  # the choice holds every point's curve
     self.used.add(path)
     source = os.path.relpath(path, paths.repo_root())
     if name == 'paper-literal':

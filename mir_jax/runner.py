@@ -8,7 +8,7 @@ initialisation and its split, so schedules with the same seed see the same split
 
 import dataclasses
 import time
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
@@ -122,8 +122,10 @@ def tune(
   grid: tuning.Grid,
   commonality_weight: float = 1.0,
   alternate_every: int = 1,
+  progress: Optional[str] = None,
 ) -> Dict[str, tuning.Choice]:
-  """`tuning.choose` on the task's first seeds' training splits (the test splits never enter)."""
+  """`tuning.choose` on the task's first seeds' training splits (the test splits never enter); `progress`:
+  as there."""
   return tuning.choose(
     task.x,
     task.labels,
@@ -134,6 +136,7 @@ def tune(
     task.seeds,
     commonality_weight=commonality_weight,
     alternate_every=alternate_every,
+    progress=progress,
   )
 
 

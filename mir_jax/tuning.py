@@ -47,12 +47,21 @@ Tuning, for each schedule separately:
 
 All runs that share a budget train in one compiled call, so a point that has converged costs nothing more.
 `check` applies the same rule to a fixed setting (the paper-literal reading).
+
+A tuning can take hours (FaceNet's 512-D heads on two CPU cores), so with `progress` every point's
+validation accuracy is written to that file as soon as its budget has trained, and a tuning started again
+with the same file trains only the points it lacks. Each point is trained from its own initial parameters
+for its own budget, so what is read back is what would be trained again, up to the last bits that a
+different grouping of runs into one compiled call can change.
 """
 
 import dataclasses
 import itertools
+import json
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 
 from mir_jax import engine
@@ -139,7 +148,7 @@ def _key(lr, l2) -> str:
 class _Validator:
   """Validation accuracy of (schedule, lr, l2, budget) points, each trained once, batched by budget."""
 
-  def __init__(self, x, labels, train_idx, opts, seeds, grid, commonality_weight, alternate_every):
+  def __init__(self, x, labels, train_idx, opts, seeds, grid, commonality_weight, alternate_every, progress=None):
     self.x, self.labels, self.opts, self.grid = x, labels, opts, grid
     self.commonality_weight, self.alternate_every = commonality_weight, alternate_every
     self.tuning = list(range(min(grid.tuning_seeds, len(seeds))))
@@ -148,6 +157,24 @@ class _Validator:
     self.majority = float(np.mean([_majority_accuracy(labels[fit], labels[val]) for fit, val in self.fit_val]))
     self.acc: Dict[tuple, float] = {}  # (schedule, lr, l2, steps) -> mean validation accuracy
     self.untrained: Dict[str, float] = {}  # schedule -> mean validation accuracy of its initial heads
+    self.progress = progress
+    if progress and os.path.isfile(progress):
+      with open(progress) as f:
+        stored = json.load(f)
+      self.acc = {tuple(k): a for k, a in stored['acc']}
+      self.untrained = dict(stored['untrained'])
+      logging.info('Resuming the tuning in %s: %d points already trained', progress, len(self.acc))
+      print(f'resuming the tuning in {progress}: {len(self.acc)} points already trained', flush=True)
+
+  def _save_progress(self):
+    if not self.progress:
+      return
+    os.makedirs(os.path.dirname(os.path.abspath(self.progress)), exist_ok=True)
+    tmp = f'{self.progress}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      json.dump({'acc': [[list(k), a] for k, a in sorted(self.acc.items())], 'untrained': self.untrained}, f)
+      f.write('\n')
+    os.replace(tmp, self.progress)  # whole or not at all: a killed tuning leaves the last complete file
 
   def floor(self, schedule: str) -> float:
     """What a head must beat to have learned: the largest identity, and the head before training."""
@@ -155,6 +182,7 @@ class _Validator:
       # A learning rate of 0 leaves a run at its initial parameters, which depend on the seed alone.
       self.evaluate([(schedule, 0.0, 0.0, 1)])
       self.untrained[schedule] = self.acc.pop((schedule, 0.0, 0.0, 1))
+      self._save_progress()
     return max(self.majority, self.untrained[schedule])
 
   def best(self, schedule: str, steps: int) -> float:
@@ -197,6 +225,7 @@ class _Validator:
       final = np.asarray(result.history['eval_accuracy'])[:, -1].reshape(len(group), len(self.seeds))
       for point, value in zip(group, final.mean(axis=1)):
         self.acc[point] = float(value)
+      self._save_progress()
 
 
 def _climb_all(v: _Validator, points: Sequence[tuple], max_steps: int) -> Dict[tuple, Tuple[int, bool]]:
@@ -244,6 +273,7 @@ def choose(
   seeds: Sequence[int],
   commonality_weight: float = 1.0,
   alternate_every: int = 1,
+  progress: Optional[str] = None,
 ):
   """Chooses (learning rate, L2, steps) per schedule by the rule above. Returns {schedule: Choice}.
 
@@ -254,8 +284,10 @@ def choose(
     schedules: schedules to tune, each separately; runs of one budget train in one call.
     grid: the search space and the rule.
     seeds: the seed of each row of train_idx; the first `grid.tuning_seeds` are used.
+    progress: a JSON file of the points trained so far, read when it exists and rewritten after every
+      budget (see the module docstring); the caller names it after everything the tuning depends on.
   """
-  v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every)
+  v = _Validator(x, labels, train_idx, base_opts, seeds, grid, commonality_weight, alternate_every, progress)
   lrs = {s: sorted(grid.learning_rates) for s in schedules}
   l2s = {s: sorted(grid.l2s) for s in schedules}
   max_steps = {s: grid.max_steps for s in schedules}

@@ -1,6 +1,7 @@
 """Choosing what the paper leaves open on validation data, and the convergence rule behind every choice."""
 
 import dataclasses
+import json
 import types
 
 import numpy as np
@@ -250,3 +251,47 @@ def test_a_choice_still_moving_at_the_maximum_budget_trains_on(monkeypatch):
     'budget 8000 added above 4000',
     'budget 16000 added above 8000',
   ]
+
+
+def test_a_tuning_resumed_from_its_progress_file_trains_only_what_it_lacks(tmp_path, monkeypatch):
+  ds = embedding_sets.synthetic_identities(8, per_class=16, dim=16, seed=2, spread=2.0)
+  train_idx, seeds = _split(ds)
+  grid = _grid(
+    learning_rates=(1e-5, 3e-2), l2s=(0.0, 1e-3), first_steps=50, max_steps=400, max_extensions=0, tuning_seeds=2
+  )
+  opts = engine.StaticOptions(num_classes=8)
+  progress = str(tmp_path / 'choice.progress.json')
+  trained = []
+  real_train = engine.train
+
+  def counting_train(x, labels, o, runs, *args, **kwargs):
+    trained.extend((r.schedule, r.learning_rate, r.l2, o.steps) for r in runs)
+    return real_train(x, labels, o, runs, *args, **kwargs)
+
+  monkeypatch.setattr(engine, 'train', counting_train)
+  whole = tuning.choose(ds.x, ds.labels, train_idx, opts, ['joint'], grid, seeds, progress=progress)
+  assert trained
+  with open(progress) as f:
+    stored = json.load(f)
+  # Every trained point is on file, with the untrained heads' floor.
+  assert {tuple(k) for k, _ in stored['acc']} == {p for p in trained if p[1] > 0}
+  assert set(stored['untrained']) == {'joint'}
+
+  # A tuning killed half-way: its file holds the first points only; the rerun trains just the others.
+  kept = stored['acc'][: len(stored['acc']) // 2]
+  with open(progress, 'w') as f:
+    json.dump({'acc': kept, 'untrained': stored['untrained']}, f)
+  trained.clear()
+  resumed = tuning.choose(ds.x, ds.labels, train_idx, opts, ['joint'], grid, seeds, progress=progress)
+  assert trained and not {tuple(k) for k, _ in kept} & {p for p in trained}
+  assert {p for p in trained} == {tuple(k) for k, _ in stored['acc']} - {tuple(k) for k, _ in kept}
+  assert (resumed['joint'].learning_rate, resumed['joint'].l2, resumed['joint'].steps) == (
+    whole['joint'].learning_rate,
+    whole['joint'].l2,
+    whole['joint'].steps,
+  )
+
+  # With every point on file, nothing trains at all.
+  trained.clear()
+  again = tuning.choose(ds.x, ds.labels, train_idx, opts, ['joint'], grid, seeds, progress=progress)
+  assert not trained and again['joint'].curve == resumed['joint'].curve
