@@ -55,7 +55,14 @@ def variants(base: options.Variant):
 
 def build(ctx: context.Context) -> report.Table:
   rows, notes = [], []
+  chosen = [b.strip() for b in ctx.config.ablations.backbones.split(',') if b.strip()]
   for backbone in ctx.backbones():
+    if chosen and backbone not in chosen:
+      notes.append(
+        f'{backbone}: not run (config.ablations.backbones={ctx.config.ablations.backbones!r}); '
+        f'--config.ablations.backbones={backbone} runs it, tuning every variant its stored choices lack'
+      )
+      continue
     try:
       task = ctx.lfw_identity(backbone, num_seeds=ctx.config.ablations.num_seeds)
     except embedding_store.Unavailable as e:

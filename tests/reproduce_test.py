@@ -63,6 +63,7 @@ def tiny_config(tmp_path):
   config.tune.max_steps = 80
   config.tune.max_extensions = 1
   config.tuned_dir = str(tmp_path / 'tuned')
+  config.ablations.backbones = 'fake'  # so the other backbone's ablations are left out, and say so
   return config
 
 
@@ -169,6 +170,11 @@ def test_ablations_one_change_at_a_time(built):
   assert 'vs base' in notes['fake [tuned] optimizer = sgd']
   assert 'optimizer=sgd' in notes['fake [tuned] optimizer = sgd']
   assert 'lr_schedule=constant' in notes['fake [tuned] lr_schedule = constant']
+  assert not any(r.name.startswith('facenet') for r in tables['ablations'].rows)
+  assert any(
+    n.startswith('facenet-vggface2: not run (config.ablations.backbones') and '--config.ablations.backbones' in n
+    for n in tables['ablations'].notes
+  )
 
 
 def test_every_measured_head_cell_says_whether_it_converged(built):
