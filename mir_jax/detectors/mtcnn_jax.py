@@ -1,0 +1,318 @@
+"""MTCNN in JAX: facenet-pytorch's `detect_face`, compiled with static shapes, one image independent of another.
+
+The steps are facenet-pytorch's (`facenet_pytorch/models/utils/detect_face.py`), in its float32 arithmetic:
+
+  1. P-Net on an image pyramid (scales 12/min_face_size * factor^k while the shorter side stays >= 12 px),
+     candidates with face probability >= thresholds[0], NMS 0.5 per scale, NMS 0.7 over all scales, box
+     regression, squared boxes;
+  2. R-Net on 24x24 crops, probability > thresholds[1], NMS 0.7, box regression, squared boxes;
+  3. O-Net on 48x48 crops, probability > thresholds[2], landmarks, box regression, NMS 0.7 by
+     intersection over the smaller box ('Min').
+
+What changes to make it compile:
+
+  * Resampling. torch's `interpolate(mode='area')` averages each output pixel's window, summing in float32
+    and dividing by the window's height, then width. Here the window sums come from an integer integral
+    image, so they are exact; torch's float32 sums are exact too while a window has at most 2^24 / 255
+    (65,793) pixels, so the nets' inputs are bit-identical to torch's up to such windows (every pyramid
+    level and every crop of a face up to 256 x 256 px). The integral image is uint32, whose wrap-around
+    leaves window differences exact, so images up to 2^32 / 255 (16.8 M) pixels are taken.
+  * Fixed capacities (`Capacities`). Each stage keeps its best candidates by score up to a capacity, with
+    a mask for the unused slots; greedy NMS is a loop on device that picks the best remaining box and
+    suppresses its overlaps. Greedy NMS keeps a box only for boxes scored above it, so a capacity changes
+    nothing unless more candidates than it pass a threshold; when that happens the image's `overflow`
+    flag says so (the aligner records it), and the capacities are options.
+  * Batches are `jax.vmap` over single images, and nothing mixes images: facenet-pytorch's batched NMS
+    shifts each image's boxes by a batch-dependent offset (its coordinate trick), which moves boxes by
+    float rounding when batchmates change; here an image's boxes are those of a batch of one.
+
+Each distinct image size compiles its own program (the pyramid's shapes follow from it), as does each
+batch size; `Detector` pads a short batch to its batch size so that one size compiles once.
+"""
+
+import dataclasses
+import functools
+from typing import List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mir_jax.detectors import mtcnn_nets
+
+# Images are taken up to this many pixels: the uint32 integral image's window sums are exact below it.
+MAX_PIXELS = (2**32 - 1) // 255
+_RETRIES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacities:
+  """How many candidates each stage holds (see the module docstring: more than these passing is flagged)."""
+
+  # The defaults hold every LFW image with room to spare (on 200 LFW images at most 63 P-Net candidates
+  # passed per level, NMS kept at most 169 over all levels and 22 after R-Net), and the nets run on every
+  # slot, so larger defaults cost time on every image; an image that overflows is detected again with
+  # capacities x 4 (`Detector`).
+  proposals_per_scale: int = 512  # P-Net candidates per pyramid level, by score, before NMS 0.5
+  kept_per_scale: int = 128  # boxes NMS 0.5 may keep per level
+  refine: int = 256  # boxes NMS 0.7 over all levels may keep: R-Net's input
+  output: int = 32  # boxes R-Net's NMS may keep: O-Net's input (and the most faces per image)
+
+  def scaled(self, k: int) -> 'Capacities':
+    return Capacities(*(k * getattr(self, f.name) for f in dataclasses.fields(self)))
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      if int(getattr(self, f.name)) < 1:
+        raise ValueError(f'Capacities.{f.name} must be >= 1, got {getattr(self, f.name)!r}')
+
+
+def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -> List[float]:
+  """facenet-pytorch's scale pyramid, its arithmetic (Python floats)."""
+  m = 12.0 / min_face_size
+  minl = min(height, width) * m
+  scales, scale = [], m
+  while minl >= 12:
+    scales.append(scale)
+    scale, minl = scale * factor, minl * factor
+  return scales
+
+
+def _windows(out: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """ATen's adaptive-pooling windows: [floor(a * size / out), ceil((a + 1) * size / out)) for each a."""
+  a = np.arange(out)
+  return (a * size) // out, -((-(a + 1) * size) // out)
+
+
+def _integral(image):
+  """(h + 1, w + 1, 3) uint32 integral image (wrapping; differences of it are exact window sums)."""
+  s = jnp.cumsum(jnp.cumsum(image.astype(jnp.uint32), axis=0), axis=1)
+  return jnp.pad(s, ((1, 0), (1, 0), (0, 0)))
+
+
+def _area_average(integral, y0, y1, x0, x1):
+  """Window means, torch's rounding: exact sum, / height, / width. y0, y1: (o,) rows; x0, x1: (p,) columns."""
+  total = (
+    integral[y1[:, None], x1[None, :]]
+    - integral[y0[:, None], x1[None, :]]
+    - integral[y1[:, None], x0[None, :]]
+    + integral[y0[:, None], x0[None, :]]
+  )
+  kh = (y1 - y0).astype(jnp.float32)[:, None, None]
+  kw = (x1 - x0).astype(jnp.float32)[None, :, None]
+  return total.astype(jnp.float32) / kh / kw
+
+
+def _normalise(x):
+  return (x - 127.5) * 0.0078125
+
+
+def _crop_windows(start, length, out: int):
+  """Windows of an `out`-pixel area resampling of [start, start + length), as integral-image indices."""
+  a = jnp.arange(out)
+  return start + (a * length) // out, start + (-((-(a + 1) * length) // out))
+
+
+def _crops(integral, boxes, height: int, width: int, out: int):
+  """facenet-pytorch's `pad` then `imresample(img[y-1:ey, x-1:ex], (out, out))` for each box.
+
+  Returns (n, out, out, 3) normalised crops and (n,) whether the crop is non-empty.
+  """
+  b = jnp.trunc(boxes).astype(jnp.int32)
+  x, y = jnp.maximum(b[:, 0], 1), jnp.maximum(b[:, 1], 1)
+  ex, ey = jnp.minimum(b[:, 2], width), jnp.minimum(b[:, 3], height)
+  ok = (ey > y - 1) & (ex > x - 1)
+  # An empty crop is replaced by a 1-pixel one (masked out below) so that the arithmetic stays finite.
+  x0, y0 = jnp.where(ok, x - 1, 0), jnp.where(ok, y - 1, 0)
+  cw, ch = jnp.where(ok, ex - (x - 1), 1), jnp.where(ok, ey - (y - 1), 1)
+
+  def one(y0, ch, x0, cw):
+    ys, ye = _crop_windows(y0, ch, out)
+    xs, xe = _crop_windows(x0, cw, out)
+    return _area_average(integral, ys, ye, xs, xe)
+
+  return _normalise(jax.vmap(one)(y0, ch, x0, cw)), ok
+
+
+def _nms(boxes, scores, valid, threshold: float, capacity: int, mode: str = 'union'):
+  """Greedy NMS: (capacity,) indices of the kept boxes in pick order (best first), their mask, and whether
+  boxes were left over when the capacity was full.
+
+  mode 'union' is torchvision's `nms` (areas (x2 - x1) * (y2 - y1), suppress IoU > threshold); 'min' is
+  facenet-pytorch's `nms_numpy(..., 'Min')` (areas with +1, intersection over the smaller area). Ties
+  go to the lower index, as a stable descending sort orders them.
+  """
+  plus = 1.0 if mode == 'min' else 0.0
+  area = (boxes[:, 2] - boxes[:, 0] + plus) * (boxes[:, 3] - boxes[:, 1] + plus)
+  neg_inf = jnp.array(-jnp.inf, scores.dtype)
+
+  index = jnp.arange(len(scores))
+
+  def step(state):
+    alive, picks, count = state
+    i = jnp.argmax(jnp.where(alive, scores, neg_inf))
+    xx1 = jnp.maximum(boxes[i, 0], boxes[:, 0])
+    yy1 = jnp.maximum(boxes[i, 1], boxes[:, 1])
+    xx2 = jnp.minimum(boxes[i, 2], boxes[:, 2])
+    yy2 = jnp.minimum(boxes[i, 3], boxes[:, 3])
+    inter = jnp.maximum(0.0, xx2 - xx1 + plus) * jnp.maximum(0.0, yy2 - yy1 + plus)
+    if mode == 'min':
+      overlap = inter / jnp.minimum(area[i], area)
+    else:
+      overlap = inter / (area[i] + area - inter)
+    return alive & ~((overlap > threshold) | (index == i)), picks.at[count].set(i), count + 1
+
+  # A while loop, not a scan over the capacity: it runs as many steps as boxes are kept (under vmap, the
+  # most any image of the batch keeps), which is far fewer than the capacity on real photos.
+  alive, picks, count = jax.lax.while_loop(
+    lambda state: jnp.any(state[0]) & (state[2] < capacity),
+    step,
+    (valid, jnp.zeros(capacity, jnp.int32), jnp.int32(0)),
+  )
+  return picks, jnp.arange(capacity) < count, jnp.any(alive)
+
+
+def _rerec(b):
+  """facenet-pytorch's `rerec`: the box squared on its longer side, about its centre."""
+  h, w = b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]
+  side = jnp.maximum(w, h)
+  x1 = b[:, 0] + w * 0.5 - side * 0.5
+  y1 = b[:, 1] + h * 0.5 - side * 0.5
+  return jnp.stack([x1, y1, x1 + side, y1 + side], axis=1)
+
+
+def _bbreg(b, reg):
+  """facenet-pytorch's `bbreg`: regression offsets in units of the box's size (with +1)."""
+  w = b[:, 2] - b[:, 0] + 1
+  h = b[:, 3] - b[:, 1] + 1
+  return jnp.stack(
+    [b[:, 0] + reg[:, 0] * w, b[:, 1] + reg[:, 1] * h, b[:, 2] + reg[:, 2] * w, b[:, 3] + reg[:, 3] * h], 1
+  )
+
+
+def _stage1(params, integral, height, width, scales, threshold, caps: Capacities):
+  boxes, scores, regs, valid, overflow = [], [], [], [], jnp.array(False)
+  for scale in scales:
+    oh, ow = int(height * scale + 1), int(width * scale + 1)
+    ys, ye = _windows(oh, height)
+    xs, xe = _windows(ow, width)
+    level = _normalise(_area_average(integral, jnp.asarray(ys), jnp.asarray(ye), jnp.asarray(xs), jnp.asarray(xe)))
+    reg, prob = mtcnn_nets.apply('pnet', params, level[None])
+    reg, prob = reg[0].reshape(-1, 4), prob[0]
+    rows, cols = np.meshgrid(np.arange(prob.shape[0]), np.arange(prob.shape[1]), indexing='ij')
+    prob = prob.reshape(-1)
+    passing = prob >= threshold
+    k = min(caps.proposals_per_scale, prob.shape[0])
+    # top_k keeps the lower index first among equal keys, the row-major order torch's nonzero() gives.
+    key, idx = jax.lax.top_k(jnp.where(passing, prob, -jnp.inf), k)
+    overflow |= jnp.sum(passing) > k
+    ok = key > -jnp.inf
+    xy = jnp.asarray(np.stack([cols.reshape(-1), rows.reshape(-1)], 1), jnp.float32)[idx]
+    q1 = jnp.floor((2 * xy + 1) / scale)
+    q2 = jnp.floor((2 * xy + 12) / scale)
+    b = jnp.concatenate([q1, q2], 1)
+    picks, kept, left = _nms(b, prob[idx], ok, 0.5, min(caps.kept_per_scale, k))
+    overflow |= left
+    boxes.append(b[picks])
+    scores.append(prob[idx][picks])
+    regs.append(reg[idx][picks])
+    valid.append(kept)
+  boxes, scores, regs, valid = (jnp.concatenate(v) for v in (boxes, scores, regs, valid))
+  picks, kept, left = _nms(boxes, scores, valid, 0.7, min(caps.refine, len(scores)))
+  b, r = boxes[picks], regs[picks]
+  w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+  b = jnp.stack([b[:, 0] + r[:, 0] * w, b[:, 1] + r[:, 1] * h, b[:, 2] + r[:, 2] * w, b[:, 3] + r[:, 3] * h], 1)
+  return _rerec(b), kept, overflow | left
+
+
+def detect_one(params, image, scales, thresholds, caps: Capacities):
+  """One (h, w, 3) uint8 image -> boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,), overflow ()."""
+  height, width = image.shape[:2]
+  integral = _integral(image)
+  boxes, valid, overflow = _stage1(params['pnet'], integral, height, width, scales, thresholds[0], caps)
+
+  crops, ok = _crops(integral, boxes, height, width, 24)
+  reg, prob = mtcnn_nets.apply('rnet', params['rnet'], crops)
+  passing = valid & ok & (prob > thresholds[1])
+  picks, kept, left = _nms(boxes, prob, passing, 0.7, min(caps.output, len(prob)))
+  overflow |= left
+  boxes = _rerec(_bbreg(boxes[picks], reg[picks]))
+
+  crops, ok = _crops(integral, boxes, height, width, 48)
+  reg, marks, prob = mtcnn_nets.apply('onet', params['onet'], crops)
+  passing = kept & ok & (prob > thresholds[2])
+  w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+  points = jnp.stack([w[:, None] * marks[:, :5] + boxes[:, :1] - 1, h[:, None] * marks[:, 5:] + boxes[:, 1:2] - 1], -1)
+  boxes = _bbreg(boxes, reg)
+  picks, kept, _ = _nms(boxes, prob, passing, 0.7, len(prob), mode='min')
+  return boxes[picks], prob[picks], points[picks], kept, overflow
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _detect_batch(params, images, scales, thresholds, caps):
+  return jax.vmap(lambda im: detect_one(params, im, scales, thresholds, caps))(images)
+
+
+class Detector:
+  """facenet-pytorch's `MTCNN.detect(..., landmarks=True)` for same-size uint8 RGB stacks, compiled.
+
+  `detect(stack)` returns, per image, (boxes (k, 4), probs (k,), landmarks (k, 5, 2)) best first, or
+  (None, None, None) when no face passed, and `overflowed` (which images hit a capacity).
+  """
+
+  def __init__(
+    self,
+    min_face_size: int = 20,
+    thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+    factor: float = 0.709,
+    capacities: Optional[Capacities] = None,
+    batch_size: int = 8,
+    weights_dir: str = '',
+  ):
+    self.min_face_size, self.factor = int(min_face_size), float(factor)
+    self.thresholds = tuple(float(t) for t in thresholds)
+    self.capacities = capacities or Capacities()
+    self.batch_size = int(batch_size)
+    self.params = mtcnn_nets.load(weights_dir)
+
+  def detect(self, stack: np.ndarray):
+    stack = np.asarray(stack)
+    if stack.dtype != np.uint8 or stack.ndim != 4 or stack.shape[-1] != 3:
+      raise ValueError(f'expected a uint8 (n, h, w, 3) RGB stack, got {stack.dtype} {stack.shape}')
+    n, height, width = stack.shape[:3]
+    if height * width > MAX_PIXELS:
+      raise ValueError(
+        f'a {width}x{height} image has more than {MAX_PIXELS:,} pixels, beyond mtcnn-jax exact resampling; '
+        'downscale it first or use --aligner=mtcnn-torch'
+      )
+    scales = tuple(pyramid_scales(height, width, self.min_face_size, self.factor))
+    if not scales:
+      raise ValueError(f'a {width}x{height} image is smaller than min_face_size={self.min_face_size}')
+    out, overflowed = [], []
+    for start in range(0, n, self.batch_size):
+      chunk = stack[start : start + self.batch_size]
+      results = self._run(chunk, scales, self.capacities, self.batch_size)
+      for i, result in enumerate(results):
+        caps = self.capacities
+        # Capacities x 4, then x 16, for an image that filled one: its boxes are then exactly the
+        # uncapped ones; one still full after that is flagged (`overflowed`).
+        for _ in range(_RETRIES):
+          if not result[3]:
+            break
+          caps = caps.scaled(4)
+          result = self._run(chunk[i : i + 1], scales, caps, 1)[0]
+        out.append(result[:3])
+        overflowed.append(result[3])
+    self.overflowed = overflowed
+    return out
+
+  def _run(self, chunk, scales, caps, batch_size):
+    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
+    result = _detect_batch(self.params, jnp.asarray(padded), scales, self.thresholds, caps)
+    boxes, probs, points, kept, overflow = (np.asarray(v)[: len(chunk)] for v in result)
+    return [
+      (boxes[i][kept[i]], probs[i][kept[i]], points[i][kept[i]], bool(overflow[i]))
+      if kept[i].any()
+      else (None, None, None, bool(overflow[i]))
+      for i in range(len(chunk))
+    ]

@@ -1,0 +1,116 @@
+"""Tests for mir_jax.detectors: MTCNN's nets and detector in JAX against facenet-pytorch's."""
+
+import fixtures
+import numpy as np
+import pytest
+
+from mir_jax import align
+from mir_jax import images
+from mir_jax.detectors import mtcnn_jax
+from mir_jax.detectors import mtcnn_nets
+
+torch = pytest.importorskip('torch')
+facenet_pytorch = pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN weights) not installed')
+
+LFW_FILES = [
+  'George_W_Bush/George_W_Bush_0001.jpg',
+  'Colin_Powell/Colin_Powell_0001.jpg',
+  'Aaron_Eckhart/Aaron_Eckhart_0001.jpg',
+  'Serena_Williams/Serena_Williams_0002.jpg',
+]
+
+
+@pytest.mark.parametrize('name, shape', [('pnet', (2, 3, 37, 41)), ('rnet', (5, 3, 24, 24)), ('onet', (5, 3, 48, 48))])
+def test_nets_equal_torch(name, shape):
+  from facenet_pytorch.models import mtcnn as torch_mtcnn  # pylint: disable=g-import-not-at-top
+
+  x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+  with torch.no_grad():
+    want = [o.numpy() for o in getattr(torch_mtcnn, name[0].upper() + 'Net')().eval()(torch.from_numpy(x))]
+  got = [np.asarray(o) for o in mtcnn_nets.apply(name, mtcnn_nets.load()[name], x.transpose(0, 2, 3, 1))]
+  if name == 'pnet':  # torch: (reg NCHW, probs NCHW); here: (reg NHWC, face prob)
+    want = [want[0].transpose(0, 2, 3, 1), want[1][:, 1]]
+  else:  # torch puts the probabilities last (R-Net: reg, probs; O-Net: reg, landmarks, probs)
+    want = want[:-1] + [want[-1][:, 1]]
+  for w, g in zip(want, got):
+    np.testing.assert_allclose(g, w, atol=2e-6)
+
+
+def test_bad_state_dicts_are_named():
+  good = {k: v.copy() for k, v in mtcnn_nets._read_state_dict(f'{mtcnn_nets.weights_dir()}/rnet.pt').items()}
+  missing = dict(good)
+  del missing['dense4.bias']
+  with pytest.raises(ValueError, match=r"missing \['dense4.bias'\]"):
+    mtcnn_nets.params_from_state_dict('rnet', missing)
+  wrong = dict(good, **{'conv1.weight': np.zeros((28, 3, 5, 5), np.float32)})
+  with pytest.raises(ValueError, match=r'mis-shaped conv1.weight \(28, 3, 5, 5\) \(want \(28, 3, 3, 3\)\)'):
+    mtcnn_nets.params_from_state_dict('rnet', wrong)
+  with pytest.raises(ValueError, match='does not fit pnet'):
+    mtcnn_nets.params_from_state_dict('pnet', good)
+
+
+def test_missing_and_corrupt_weight_files(tmp_path):
+  with pytest.raises(FileNotFoundError, match='pnet.pt is missing'):
+    mtcnn_nets.load(str(tmp_path))
+  for name in mtcnn_nets.NETS:
+    (tmp_path / f'{name}.pt').write_bytes(b'not a torch file')
+  with pytest.raises(ValueError, match='not a readable torch state_dict'):
+    mtcnn_nets.load(str(tmp_path))
+
+
+def test_pyramid_is_facenet_pytorchs():
+  # LFW's 250 x 250: the shorter side 150, 106, 75, ... px, while >= 12.
+  scales = mtcnn_jax.pyramid_scales(250, 250, 20, 0.709)
+  assert len(scales) == 8 and scales[0] == 0.6 and scales[1] == 0.6 * 0.709
+
+
+@pytest.fixture(scope='module')
+def lfw_stack():
+  lfw = fixtures.require_lfw_images()
+  return np.stack([images.load_rgb(lfw / f) for f in LFW_FILES])
+
+
+@pytest.fixture(scope='module')
+def detector():
+  return mtcnn_jax.Detector(batch_size=2)
+
+
+def test_detector_equals_facenet_pytorch_on_lfw(lfw_stack, detector):
+  mtcnn = facenet_pytorch.MTCNN(keep_all=True, device='cpu').eval()
+  got = detector.detect(lfw_stack)
+  assert detector.overflowed == [False] * len(lfw_stack)
+  for image, (boxes, probs, points) in zip(lfw_stack, got):
+    want_boxes, want_probs, want_points = (
+      np.asarray(v[0], np.float64) for v in mtcnn.detect(image[None], landmarks=True)
+    )
+    assert boxes is not None and len(boxes) == len(want_boxes)
+    i, j = align.select_face(want_boxes, image.shape), align.select_face(boxes, image.shape)
+    # Float rounding only: the nets' inputs are bit-identical, their arithmetic order is XLA's.
+    np.testing.assert_allclose(boxes[j], want_boxes[i], atol=1e-2)
+    np.testing.assert_allclose(points[j], want_points[i], atol=1e-2)
+    np.testing.assert_allclose(probs[j], want_probs[i], atol=1e-5)
+
+
+def test_an_images_boxes_do_not_depend_on_its_batchmates(lfw_stack, detector):
+  together = detector.detect(lfw_stack)
+  alone = detector.detect(lfw_stack[2:3])[0]
+  np.testing.assert_array_equal(alone[0], together[2][0])
+  np.testing.assert_array_equal(alone[2], together[2][2])
+
+
+def test_overflowing_capacity_is_retried_larger(lfw_stack):
+  tiny = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(32, 8, 16, 2), batch_size=2)
+  full = mtcnn_jax.Detector(batch_size=2).detect(lfw_stack[:1])[0]
+  got = tiny.detect(lfw_stack[:1])[0]
+  # x 4, then x 16 (the defaults, which LFW fits): the boxes are then the uncapped ones.
+  assert tiny.overflowed == [False]
+  np.testing.assert_allclose(got[0], full[0], atol=1e-4)
+
+
+def test_no_face_and_bad_input(detector):
+  boxes, probs, points = detector.detect(np.zeros((1, 64, 64, 3), np.uint8))[0]
+  assert boxes is None and probs is None and points is None
+  with pytest.raises(ValueError, match='uint8'):
+    detector.detect(np.zeros((1, 64, 64), np.float32))
+  with pytest.raises(ValueError, match='smaller than min_face_size=20'):
+    detector.detect(np.zeros((1, 15, 40, 3), np.uint8))
