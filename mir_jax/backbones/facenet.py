@@ -313,6 +313,12 @@ def check_state_dict(state: Dict[str, np.ndarray], expected: Dict[str, tuple], s
       f"but this network is {want[0]}-D (Sandberg's 2018 models); a 128-D model (his 2017 ones) needs a 128-D "
       'bottleneck'
     )
+  check_keys(state, expected, source, 'Inception-ResNet-v1 (512-D)')
+
+
+def check_keys(state: Dict[str, np.ndarray], expected: Dict[str, tuple], source: os.PathLike, network: str) -> None:
+  """Raises ValueError naming every missing, unexpected and mis-shaped key of `state` against `expected`
+  (key -> shape), for a state_dict read from `source` into `network`."""
   missing = sorted(set(expected) - set(state))
   unexpected = sorted(set(state) - set(expected))
   misshaped = [
@@ -328,4 +334,4 @@ def check_state_dict(state: Dict[str, np.ndarray], expected: Dict[str, tuple], s
   if misshaped:
     problems.append(f'{len(misshaped)} mis-shaped keys: {"; ".join(misshaped)}')
   if problems:
-    raise ValueError(f'{os.fspath(source)} does not fit Inception-ResNet-v1 (512-D): ' + '. '.join(problems))
+    raise ValueError(f'{os.fspath(source)} does not fit {network}: ' + '. '.join(problems))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mir_jax.backbones import facenet
+
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 convs at full precision on GPU (no TF32), as CPU computes them
 
 
@@ -158,18 +160,7 @@ def _expected_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
 def params_from_state_dict(name: str, state: Dict[str, np.ndarray], source: str = 'the state_dict') -> dict:
   """Flax params of net `name` from its torch state_dict; a missing, extra or mis-shaped key is an error."""
   expected = _expected_shapes(name)
-  missing = sorted(set(expected) - set(state))
-  extra = sorted(set(state) - set(expected))
-  wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != expected[k])
-  if missing or extra or wrong:
-    parts = []
-    if missing:
-      parts.append(f'missing {missing}')
-    if extra:
-      parts.append(f'unexpected {extra}')
-    if wrong:
-      parts.append('mis-shaped ' + ', '.join(f'{k} {tuple(state[k].shape)} (want {expected[k]})' for k in wrong))
-    raise ValueError(f'{source} does not fit {name}: ' + '; '.join(parts))
+  facenet.check_keys(state, expected, source, name)
   dense = _DENSE_NAMES.get(name, {})
   params = {}
   for key, value in state.items():
