@@ -53,6 +53,11 @@ FALLBACK_FRACTIONS = (0.37, 0.50)
 FALLBACKS = ('center', 'whole', 'skip')
 # Where faces are: found by the detector in each image, or already cropped (the whole image is the box).
 FACES = ('detect', 'precropped')
+# Which MTCNN finds them: facenet-pytorch's (eager torch, image batches) or `mir_jax.detectors.mtcnn_jax`'s
+# (the same nets and steps compiled with XLA, each image independent of its batchmates).
+DETECTORS = ('mtcnn-torch', 'mtcnn-jax')
+# The cache key's name for each: a change of detector re-detects (and re-embeds).
+_DETECTOR_KEYS = {'mtcnn-torch': 'mtcnn-facenet-pytorch-2.6', 'mtcnn-jax': 'mtcnn-jax-1'}
 
 
 def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:
@@ -154,6 +159,7 @@ class AlignerConfig:
     fallback: what an image without a detected face gets, one of FALLBACKS.
     faces: 'detect' (MTCNN finds the face) or 'precropped' (no detector: the whole image is the box,
       and the MTCNN settings above must stay at their defaults, since nothing reads them).
+    detector: which MTCNN, one of DETECTORS.
   """
 
   min_face_size: int = 20
@@ -162,8 +168,11 @@ class AlignerConfig:
   fallback_fractions: Tuple[float, float] = FALLBACK_FRACTIONS
   fallback: str = 'center'
   faces: str = 'detect'
+  detector: str = 'mtcnn-torch'
 
   def __post_init__(self):
+    if self.detector not in DETECTORS:
+      raise ValueError(f'detector must be one of {DETECTORS}, got {self.detector!r}')
     if self.fallback not in FALLBACKS:
       raise ValueError(f'fallback must be one of {FALLBACKS}, got {self.fallback!r}')
     if self.faces not in FACES:
@@ -193,7 +202,7 @@ def config_key(config: Optional[AlignerConfig] = None) -> dict:
   if config.faces == 'precropped':
     return {'detector': 'none', 'faces': 'precropped'}
   key = {
-    'detector': 'mtcnn-facenet-pytorch-2.6',
+    'detector': _DETECTOR_KEYS[config.detector],
     'min_face_size': config.min_face_size,
     'thresholds': [float(t) for t in config.thresholds],
     'factor': config.factor,
@@ -219,6 +228,8 @@ class Aligner:
   Attributes:
     config: the aligner settings.
     num_fallbacks: how many images so far had no detected face (for reporting).
+    num_overflowed: how many images so far filled one of mtcnn-jax's candidate capacities even after its
+      retries (each is logged; always 0 with mtcnn-torch, which has none).
   """
 
   def __init__(
@@ -245,8 +256,23 @@ class Aligner:
     self.batch_size = batch_size
     self.num_fallbacks = 0
     self.device = device
+    self.num_overflowed = 0
     if self.config.faces == 'precropped':
       return  # no detector to load
+    if self.config.detector == 'mtcnn-jax':
+      # JAX picks its own device (the default backend: GPU or TPU when there is one); `device` and
+      # `num_threads` are torch's.
+      from mir_jax.detectors import mtcnn_jax  # pylint: disable=g-import-not-at-top
+
+      self._jax = mtcnn_jax.Detector(
+        min_face_size=self.config.min_face_size,
+        thresholds=self.config.thresholds,
+        factor=self.config.factor,
+        # Each batch size compiles its own program; 8 was the fastest on LFW here (benchmarks/mtcnn_equality.py).
+        batch_size=min(batch_size, 8),
+      )
+      return
+    self._jax = None
     # torch is imported here, not at module import, so that modules that only need `crop` or the
     # selection rule (and subprocess workers) stay light.
     from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
@@ -307,8 +333,7 @@ class Aligner:
       reason = f'{w}x{h} image is smaller than min_face_size={self.config.min_face_size}'
       return [self.no_face(stack.shape[1:], reason) for _ in stack]
     try:
-      with self._torch.inference_mode():
-        boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
+      boxes, points = self._run_detector(stack)
     except (RuntimeError, ValueError, IndexError) as e:
       if is_out_of_memory(e):  # the machine's limit, not the image's fault: a fallback would key on the device
         raise
@@ -319,6 +344,20 @@ class Aligner:
         return [self.no_face(stack.shape[1:], f'MTCNN failed: {type(e).__name__}: {e}')]
       return [d for image in stack for d in self._detect_stack(image[None])]
     return [self._to_detection(b, p, stack.shape[1:]) for b, p in zip(boxes, points)]
+
+  def _run_detector(self, stack: np.ndarray):
+    """Per image of the stack, all its boxes and landmarks (or None), from the configured MTCNN."""
+    if self._jax is None:
+      with self._torch.inference_mode():
+        boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
+      return boxes, points
+    results = self._jax.detect(stack)
+    # An image still over a capacity after the detector's retries may have lost candidates: say so.
+    for overflowed in self._jax.overflowed:
+      if overflowed:
+        self.num_overflowed += 1
+        logging.warning('mtcnn-jax: a %s image filled a candidate capacity; its boxes may miss faces', stack.shape[1:])
+    return [r[0] for r in results], [r[2] for r in results]
 
   def detect(self, image: np.ndarray) -> Detection:
     """Detection for one uint8 HxWx3 RGB image."""

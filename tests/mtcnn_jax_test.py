@@ -1,11 +1,16 @@
 """Tests for mir_jax.detectors: MTCNN's nets and detector in JAX against facenet-pytorch's."""
 
+import types
+
 import fixtures
 import numpy as np
 import pytest
 
 from mir_jax import align
 from mir_jax import images
+from mir_jax.cache import flags as cache_flags
+from mir_jax.cache import lookup
+from mir_jax.cache import selection
 from mir_jax.detectors import mtcnn_jax
 from mir_jax.detectors import mtcnn_nets
 
@@ -116,3 +121,40 @@ def test_no_face_and_bad_input(detector):
     detector.detect(np.zeros((1, 64, 64), np.float32))
   with pytest.raises(ValueError, match='smaller than min_face_size=20'):
     detector.detect(np.zeros((1, 15, 40, 3), np.uint8))
+
+
+def test_the_aligner_runs_mtcnn_jax_as_it_runs_mtcnn_torch(lfw_stack, detector):
+  del detector  # it compiled the batch-of-2 programs that this aligner's detector reuses
+  jax_aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-jax'), batch_size=2)
+  # torch's MTCNN one image at a time: no batch-dependent offsets in its NMS.
+  torch_aligner = align.Aligner(batch_size=1)
+  for got, want in zip(jax_aligner.detect_batch(list(lfw_stack)), torch_aligner.detect_batch(list(lfw_stack))):
+    assert got.detected and want.detected
+    np.testing.assert_allclose(got.box, want.box, atol=1e-2)
+    np.testing.assert_allclose(got.landmarks, want.landmarks, atol=1e-2)
+  assert jax_aligner.num_overflowed == 0
+  # The aligner's fallbacks, whichever MTCNN: no face, too small for the pyramid, too big to resample exactly.
+  blank, tiny = np.zeros((64, 64, 3), np.uint8), np.zeros((15, 40, 3), np.uint8)
+  huge = np.zeros((4200, 4100, 3), np.uint8)
+  got = jax_aligner.detect_batch([blank, tiny, huge])
+  assert [d.path for d in got] == ['center'] * 3
+  assert got[0].reason == 'no face found by MTCNN'
+  assert 'smaller than min_face_size=20' in got[1].reason
+  assert 'beyond mtcnn-jax exact resampling' in got[2].reason and '--aligner=mtcnn-torch' in got[2].reason
+
+
+def test_the_aligner_flag_is_in_the_cache_key_only_when_not_the_default():
+  fv = types.SimpleNamespace(
+    faces='detect', fallback='center', aligner='mtcnn-jax', min_face_size=20, thresholds=['0.6', '0.7', '0.7']
+  )
+  options = cache_flags.align_options(fv)
+  assert options == {'detector': 'mtcnn-jax'}
+  key, default = align.config_key(lookup.aligner_config(options)), align.config_key()
+  # Existing (mtcnn-torch) caches keep their directories; a jax cache is another one.
+  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-1'
+  assert {**key, 'detector': default['detector']} == default
+  assert cache_flags.align_options(types.SimpleNamespace(**{**vars(fv), 'aligner': 'mtcnn-torch'})) == {}
+  with pytest.raises(selection.UsageError, match="detector='mtcnn-jax' would have no effect"):
+    lookup.aligner_config({'faces': 'precropped', 'detector': 'mtcnn-jax'})
+  with pytest.raises(selection.UsageError, match='detector must be one of'):
+    lookup.aligner_config({'detector': 'mtcnn-tf'})

@@ -54,6 +54,13 @@ def define_cache_flags() -> None:
     "What an image without a detected face gets: center (a centred box of LFW's face size), whole (the "
     'whole image as the box) or skip (left out, recorded with its reason).',
   )
+  flags.DEFINE_enum(
+    'aligner',
+    aligner.detector,
+    align.DETECTORS,
+    "Which MTCNN: mtcnn-torch (facenet-pytorch's) or mtcnn-jax (the same nets compiled with XLA, on the JAX "
+    'default device; each image independent of its batchmates). The cache key records which.',
+  )
   flags.DEFINE_integer('min_face_size', aligner.min_face_size, 'Smallest face MTCNN looks for, in pixels.')
   flags.DEFINE_list(
     'thresholds', [str(t) for t in aligner.thresholds], "MTCNN's P-, R- and O-Net score thresholds, comma-separated."
@@ -121,6 +128,12 @@ def align_options(fv: flags.FlagValues) -> Dict[str, Any]:
     raise selection.UsageError(
       f'--thresholds takes three comma-separated numbers, got {",".join(fv.thresholds)}'
     ) from None
-  given = {'faces': fv.faces, 'fallback': fv.fallback, 'min_face_size': fv.min_face_size, 'thresholds': thresholds}
+  given = {
+    'faces': fv.faces,
+    'fallback': fv.fallback,
+    'detector': fv.aligner,
+    'min_face_size': fv.min_face_size,
+    'thresholds': thresholds,
+  }
   defaults = align.AlignerConfig()
   return {k: v for k, v in given.items() if v != getattr(defaults, k)}
