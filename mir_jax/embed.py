@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mir_jax.cache import detections
 from mir_jax.cache import flags as cache_flags
 from mir_jax.cache import key
 from mir_jax.cache import lookup
@@ -116,7 +117,9 @@ def main(argv: Sequence[str]) -> None:
     f'{paths["center"]} with the centre-box fallback, {paths["whole"]} with the whole image as the box; '
     f'{paths["skipped_no_face"]} skipped (no face), {paths["unreadable"]} unreadable; '
     f'{info.get("num_left_out_by_reader", 0)} entries the dataset reader left out '
-    f'(reasons in {key.SKIPPED_FILE}); key {info["key"]}',
+    f'(reasons in {key.SKIPPED_FILE}); key {info["key"]}\n'
+    f'  {info.get("num_detections_reused", 0)} images took their detection from an earlier cache of the same '
+    f'images and aligner (the store under {detections.DIRECTORY}/)',
     flush=True,
   )
 

@@ -5,6 +5,7 @@ with the real dlib backbone on LFW images is tests/embed_test.py.
 """
 
 import collections
+import dataclasses
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from PIL import Image
 import pytest
 
 from mir_jax.backbones.base import Detection
+from mir_jax.cache import detections
 from mir_jax.cache import key
 from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import reader
@@ -679,3 +681,98 @@ def test_a_cache_of_no_embedded_image_is_refused_not_completed(tmp_path):
   with pytest.raises(key.CacheError, match=r'none of the 3 images could be embedded, e\.g\.\n  .*0\.png: '):
     build(records, tmp_path / 'cache')
   assert not key.is_complete(key.cache_dir(tmp_path / 'cache', make_spec()))
+
+
+class CountingAligner(FakeAligner):
+  """FakeAligner that logs how many images each call detects (across processes: a file), and whose boxes
+  carry a float64 tail that a lossy store would cut."""
+
+  def __init__(self, log: str, tag: str = 'fake'):
+    self.log, self.tag = log, tag
+
+  def config_key(self):
+    return {'detector': self.tag}
+
+  def detect_batch(self, images):
+    with open(self.log, 'a') as f:
+      f.write(f'{len(images)}\n')
+    return [
+      dataclasses.replace(d, box=d.box + 1.0 / 3.0, landmarks=d.landmarks * np.pi) for d in super().detect_batch(images)
+    ]
+
+
+def _build_with(records, data_dir, backbone, aligner_log, tag='fake', num_workers=0):
+  pipeline = pipeline_lib.Pipeline(
+    backbone_factory=backbone, aligner_factory=functools.partial(CountingAligner, aligner_log, tag)
+  )
+  spec = make_spec(backbone_config=backbone().config_key(), align_config={'detector': tag})
+  return writer.build(
+    records, spec, pipeline, data_dir=data_dir, num_workers=num_workers, chunk_size=5, task_size=3, progress=False
+  )
+
+
+class OtherBackbone(FakeBackbone):
+  name = 'other'
+
+
+def _detected_images(log: pathlib.Path) -> int:
+  return sum(int(n) for n in log.read_text().split()) if log.exists() else 0
+
+
+def test_a_second_backbone_reads_the_first_ones_detections(tmp_path):
+  records = make_images(tmp_path / 'img')  # 20 images and 2 unreadable files
+  first_log, second_log, fresh_log = tmp_path / 'first', tmp_path / 'second', tmp_path / 'fresh'
+  first = _build_with(records, tmp_path / 'cache', FakeBackbone, first_log, num_workers=2)
+  second = _build_with(records, tmp_path / 'cache', OtherBackbone, second_log, num_workers=2)
+  assert _detected_images(first_log) == 20 and _detected_images(second_log) == 0
+  info_first, info_second = reader.read_info(first.directory), reader.read_info(second.directory)
+  assert info_first['num_detections_reused'] == 0 and info_second['num_detections_reused'] == 20
+  # What the second cache holds equals a build of it that detects for itself (another data dir: no store),
+  # to the last bit of every box.
+  fresh = _build_with(records, tmp_path / 'fresh_cache', OtherBackbone, fresh_log)
+  assert _detected_images(fresh_log) == 20
+  xs, _, ms = reader.load_embeddings(second.directory)
+  xf, _, mf = reader.load_embeddings(fresh.directory)
+  np.testing.assert_array_equal(xs, xf)
+  np.testing.assert_array_equal(ms['boxes'], mf['boxes'])
+  np.testing.assert_array_equal(ms['detected'], mf['detected'])
+  assert ms['info']['skipped']['fallback_boxes'] == mf['info']['skipped']['fallback_boxes']
+
+
+def test_stored_detections_round_trip_exactly_and_bad_entries_are_detected_again(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  log = tmp_path / 'log'
+  aligner = CountingAligner(os.fspath(log))
+  images = [np.asarray(Image.open(r.path).convert('RGB')) for r in records[:3]]
+  want = aligner.detect_batch(images)
+  store = detections.DetectionStore(tmp_path / 'store')
+  entry = store.entry(aligner, records[:3])
+  store.save(entry, want)
+  for got, w in zip(store.load(entry, 3), want):
+    np.testing.assert_array_equal(got.box, w.box)
+    np.testing.assert_array_equal(got.landmarks, w.landmarks)
+    assert (got.detected, got.fallback, got.reason) == (w.detected, w.fallback, w.reason)
+  # The key covers the call's images in order, the aligner's settings and each file's bytes on disk.
+  assert store.entry(aligner, records[2::-1][::-1]) == entry
+  assert store.entry(aligner, records[:3][::-1]) != entry
+  assert store.entry(CountingAligner(os.fspath(log), 'other'), records[:3]) != entry
+  os.utime(records[0].path, ns=(0, 0))
+  assert store.entry(aligner, records[:3]) != entry
+  # A torn or foreign entry is not trusted: it reads as missing, so the call is detected again.
+  path = tmp_path / 'store' / f'{entry}.json'
+  path.write_text(path.read_text()[:40])
+  assert store.load(entry, 3) is None
+  store.save(entry, want)
+  assert store.load(entry, 2) is None  # a different number of images than the call
+  # Another aligner setting names another store directory.
+  assert detections.store_dir(tmp_path, 'toy', {'detector': 'a'}) != detections.store_dir(
+    tmp_path, 'toy', {'detector': 'b'}
+  )
+
+
+def test_a_changed_aligner_detects_again(tmp_path):
+  records = make_images(tmp_path / 'img', bad=False)
+  first_log, second_log = tmp_path / 'first', tmp_path / 'second'
+  _build_with(records, tmp_path / 'cache', FakeBackbone, first_log, tag='fake')
+  _build_with(records, tmp_path / 'cache', OtherBackbone, second_log, tag='fake-v2')
+  assert _detected_images(first_log) == 20 and _detected_images(second_log) == 20

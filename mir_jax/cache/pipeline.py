@@ -11,6 +11,7 @@ import numpy as np
 
 from mir_jax import align
 from mir_jax.backbones.base import Detection
+from mir_jax.cache import detections
 from mir_jax.datasets.records import FaceRecord
 
 
@@ -23,12 +24,15 @@ class Pipeline:
     aligner_factory: () -> an object with `detect_batch(images) -> [Detection]` and `config_key()`.
     load_fn: path -> uint8 HxWx3 RGB, raising `ImageError` (a ValueError) for bad files.
     flip: also prepare the mirrored face for a second embedding.
+    detections_dir: where detections are stored and read back (`detections.store_dir`); None detects
+      every image.
   """
 
   backbone_factory: Callable[[], Any]
   aligner_factory: Callable[[], Any]
   load_fn: Optional[Callable[[str], np.ndarray]] = None
   flip: bool = False
+  detections_dir: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -50,6 +54,8 @@ class Prepared:
   skipped: Optional[str] = None
   path: str = ''
   reason: str = ''
+  # Its detection was read from the detection store (`detections`), not computed by this run.
+  detection_reused: bool = False
   # Set (and inputs dropped) when the worker embedded the record itself (`Backbone.embed_in_workers`).
   embedding: Optional[np.ndarray] = None
   embedding_flip: Optional[np.ndarray] = None
@@ -90,6 +96,19 @@ class RecordEmbedder:
       self.load_fn = images.load_rgb
     else:
       self.load_fn = pipeline.load_fn
+    self.store = detections.DetectionStore(pipeline.detections_dir) if pipeline.detections_dir else None
+
+  def _detect(self, records: Sequence[FaceRecord], images: List[np.ndarray]):
+    """(detections, reused): the stored detections of this call when there are some, else the aligner's."""
+    entry = self.store.entry(self.aligner, records) if self.store is not None else None
+    if entry is not None:
+      stored = self.store.load(entry, len(images))
+      if stored is not None:
+        return stored, True
+    found = self.aligner.detect_batch(images)
+    if entry is not None:
+      self.store.save(entry, found)
+    return found, False
 
   def __call__(self, records: Sequence[FaceRecord]) -> List[Prepared]:
     out = [Prepared(r.image_id) for r in records]
@@ -100,11 +119,12 @@ class RecordEmbedder:
         where.append(i)
       except ValueError as e:  # ImageError: a bad file is recorded and skipped, never fatal
         out[i].error = str(e) or type(e).__name__
-    detections = self.aligner.detect_batch(loaded) if loaded else []
+    found, reused = self._detect([records[i] for i in where], loaded) if loaded else ([], False)
     prepared = []
-    for i, image, det in zip(where, loaded, detections):
+    for i, image, det in zip(where, loaded, found):
       p = out[i]
       p.detected, p.path, p.reason = bool(det.detected), det.path, det.reason
+      p.detection_reused = reused
       if p.path == 'skip':
         p.skipped = det.reason or 'no face detected'
         continue

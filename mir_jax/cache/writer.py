@@ -14,6 +14,7 @@ from absl import logging
 import numpy as np
 
 from mir_jax import align
+from mir_jax.cache import detections
 from mir_jax.cache import key
 from mir_jax.cache import lock
 from mir_jax.cache import pipeline as pipeline_lib
@@ -186,6 +187,10 @@ def build(
   if not records:
     raise ValueError('nothing to embed: the record list is empty')
   directory = key.cache_dir(data_dir, spec)
+  if pipeline.detections_dir is None and spec.align_config.get('detector') != 'none':
+    # Every backbone's cache of these images reads the detections the first one stored.
+    store = detections.store_dir(data_dir, spec.dataset, spec.align_config)
+    pipeline = dataclasses.replace(pipeline, detections_dir=os.fspath(store))
   with lock.exclusive(directory):
     name = spec.name()
     work = directory / key.WORK_DIR
@@ -426,6 +431,8 @@ class _ShardWriter:
         for p in prepared
         if p.error is None and p.skipped is not None
       ],
+      # Images whose detection was read from the detection store rather than computed (`detections`).
+      'num_detections_reused': sum(p.detection_reused for p in prepared),
       'seconds': time.time() - started,
       # Where this process spent the chunk: waiting for decoded/detected inputs vs running the
       # backbone; the larger one is the pipeline's bottleneck.
@@ -495,6 +502,7 @@ class _ShardWriter:
       'num_left_out_by_reader': len(left_out),
       # Images per path through the aligner: detected, each fallback box, left out; they sum to num_records.
       'alignment': alignment,
+      'num_detections_reused': sum(s.get('num_detections_reused', 0) for s in stats),
       'num_identities': len(names),
       'embedding_dim': int(dim),
       'seconds_embedding': sum(s['seconds'] for s in stats),
