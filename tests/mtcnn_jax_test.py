@@ -101,12 +101,28 @@ def test_detector_equals_facenet_pytorch_on_lfw(lfw_stack, detector):
 def test_an_images_boxes_do_not_depend_on_its_batchmates(lfw_stack, detector):
   together = detector.detect(lfw_stack)
   alone = detector.detect(lfw_stack[2:3])[0]
-  np.testing.assert_array_equal(alone[0], together[2][0])
-  np.testing.assert_array_equal(alone[2], together[2][2])
+  # Second in its batch, its R-Net and O-Net crops sit after another image's in the batch's pools.
+  second = detector.detect(lfw_stack[[1, 2]])[1]
+  for got in (together[2], second):
+    np.testing.assert_array_equal(alone[0], got[0])
+    np.testing.assert_array_equal(alone[2], got[2])
+
+
+def test_an_image_that_does_not_fit_the_batchs_pool_is_detected_alone(lfw_stack, detector):
+  # Pools of 16 R-Net crops per image: two LFW images have more than 32 candidates; x 4 and x 16 hold them.
+  small = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(refine_crops=16), batch_size=2)
+  scales = tuple(mtcnn_jax.pyramid_scales(250, 250, 20, 0.709))
+  first_try = mtcnn_jax._detect_batch(small.params, lfw_stack[:2], scales, small.thresholds, small.capacities)
+  assert np.asarray(first_try[-1]).any()  # some image's candidates did not fit
+  got = small.detect(lfw_stack[:2])
+  assert small.overflowed == [False, False]
+  for (boxes, _, points), (want_boxes, _, want_points) in zip(got, detector.detect(lfw_stack[:2])):
+    np.testing.assert_allclose(boxes, want_boxes, atol=1e-4)
+    np.testing.assert_allclose(points, want_points, atol=1e-4)
 
 
 def test_overflowing_capacity_is_retried_larger(lfw_stack):
-  tiny = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(32, 8, 16, 2), batch_size=2)
+  tiny = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(32, 8, 16, 2, 8, 2), batch_size=2)
   full = mtcnn_jax.Detector(batch_size=2).detect(lfw_stack[:1])[0]
   got = tiny.detect(lfw_stack[:1])[0]
   # x 4, then x 16 (the defaults, which LFW fits): the boxes are then the uncapped ones.

@@ -21,10 +21,17 @@ What changes to make it compile:
     a mask for the unused slots; greedy NMS is a loop on device that picks the best remaining box and
     suppresses its overlaps. Greedy NMS keeps a box only for boxes scored above it, so a capacity changes
     nothing unless more candidates than it pass a threshold; when that happens the image's `overflow`
-    flag says so (the aligner records it), and the capacities are options.
-  * Batches are `jax.vmap` over single images, and nothing mixes images: facenet-pytorch's batched NMS
-    shifts each image's boxes by a batch-dependent offset (its coordinate trick), which moves boxes by
-    float rounding when batchmates change; here an image's boxes are those of a batch of one.
+    flag says so, `Detector` detects it again with larger capacities, and the capacities are options.
+  * Pooled refinement. Per image, the candidates are a fraction of the capacity (a median of 54 of 256
+    on LFW), and the nets cost the same on an empty slot as on a full one; so R-Net and O-Net run on the
+    batch's valid candidates packed into one pool (`Capacities.refine_crops`, `output_crops` per image),
+    not on every image's capacity.
+  * Nothing else mixes images. The pyramid, P-Net and every NMS are `jax.vmap`ped over single images, and
+    a crop's net outputs do not depend on where in the pool it sits (tested to the last bit, with an
+    image's crops first and after another's). facenet-pytorch's batched NMS instead shifts each image's
+    boxes by a batch-dependent offset (its coordinate trick), which moves boxes by float rounding when
+    batchmates change. An image whose candidates did not fit the pool is detected again alone, which
+    moves its boxes by float rounding at most (the program differs; tested within 1e-4 px).
 
 Each distinct image size compiles its own program (the pyramid's shapes follow from it), as does each
 batch size; `Detector` pads a short batch to its batch size so that one size compiles once.
@@ -49,14 +56,20 @@ _RETRIES = 2
 class Capacities:
   """How many candidates each stage holds (see the module docstring: more than these passing is flagged)."""
 
-  # The defaults hold every LFW image with room to spare (on 200 LFW images at most 63 P-Net candidates
-  # passed per level, NMS kept at most 169 over all levels and 22 after R-Net), and the nets run on every
-  # slot, so larger defaults cost time on every image; an image that overflows is detected again with
-  # capacities x 4 (`Detector`).
+  # The defaults hold every LFW image with room to spare (on 400 LFW images at most 63 P-Net candidates
+  # passed per level, NMS kept at most 165 over all levels, median 54, and 28 after R-Net, median 8), and
+  # the nets run on every slot, so larger defaults cost time on every image; an image that overflows is
+  # detected again with capacities x 4 (`Detector`).
   proposals_per_scale: int = 512  # P-Net candidates per pyramid level, by score, before NMS 0.5
   kept_per_scale: int = 128  # boxes NMS 0.5 may keep per level
-  refine: int = 256  # boxes NMS 0.7 over all levels may keep: R-Net's input
-  output: int = 32  # boxes R-Net's NMS may keep: O-Net's input (and the most faces per image)
+  refine: int = 256  # boxes NMS 0.7 over all levels may keep
+  output: int = 32  # boxes R-Net's NMS may keep (and the most faces per image)
+  # R-Net and O-Net run on the batch's candidates pooled: a batch of n images has n * refine_crops R-Net
+  # crops and n * output_crops O-Net crops, shared by its images, so the nets run on about as many crops as
+  # there are candidates instead of on every image's full capacity. An image whose candidates did not fit
+  # the pool is detected again alone, with capacities x 4.
+  refine_crops: int = 96
+  output_crops: int = 16
 
   def scaled(self, k: int) -> 'Capacities':
     return Capacities(*(k * getattr(self, f.name) for f in dataclasses.fields(self)))
@@ -90,14 +103,14 @@ def _integral(image):
   return jnp.pad(s, ((1, 0), (1, 0), (0, 0)))
 
 
-def _area_average(integral, y0, y1, x0, x1):
-  """Window means, torch's rounding: exact sum, / height, / width. y0, y1: (o,) rows; x0, x1: (p,) columns."""
-  total = (
-    integral[y1[:, None], x1[None, :]]
-    - integral[y0[:, None], x1[None, :]]
-    - integral[y1[:, None], x0[None, :]]
-    + integral[y0[:, None], x0[None, :]]
-  )
+def _area_average(integral, y0, y1, x0, x1, image=None):
+  """Window means, torch's rounding: exact sum, / height, / width. y0, y1: (o,) rows; x0, x1: (p,) columns.
+
+  `integral` is one image's, or with `image` a batch's, of which `image` picks one.
+  """
+  at = (lambda y, x: integral[y, x]) if image is None else (lambda y, x: integral[image, y, x])
+  total = at(y1[:, None], x1[None, :]) - at(y0[:, None], x1[None, :]) - at(y1[:, None], x0[None, :])
+  total = total + at(y0[:, None], x0[None, :])
   kh = (y1 - y0).astype(jnp.float32)[:, None, None]
   kw = (x1 - x0).astype(jnp.float32)[None, :, None]
   return total.astype(jnp.float32) / kh / kw
@@ -113,9 +126,10 @@ def _crop_windows(start, length, out: int):
   return start + (a * length) // out, start + (-((-(a + 1) * length) // out))
 
 
-def _crops(integral, boxes, height: int, width: int, out: int):
+def _crops(integrals, image, boxes, height: int, width: int, out: int):
   """facenet-pytorch's `pad` then `imresample(img[y-1:ey, x-1:ex], (out, out))` for each box.
 
+  `integrals` are the batch's integral images and `image` (n,) says which one each of the n boxes is in.
   Returns (n, out, out, 3) normalised crops and (n,) whether the crop is non-empty.
   """
   b = jnp.trunc(boxes).astype(jnp.int32)
@@ -126,12 +140,34 @@ def _crops(integral, boxes, height: int, width: int, out: int):
   x0, y0 = jnp.where(ok, x - 1, 0), jnp.where(ok, y - 1, 0)
   cw, ch = jnp.where(ok, ex - (x - 1), 1), jnp.where(ok, ey - (y - 1), 1)
 
-  def one(y0, ch, x0, cw):
+  def one(i, y0, ch, x0, cw):
     ys, ye = _crop_windows(y0, ch, out)
     xs, xe = _crop_windows(x0, cw, out)
-    return _area_average(integral, ys, ye, xs, xe)
+    return _area_average(integrals, ys, ye, xs, xe, image=i)
 
-  return _normalise(jax.vmap(one)(y0, ch, x0, cw)), ok
+  return _normalise(jax.vmap(one)(image, y0, ch, x0, cw)), ok
+
+
+def _pooled(net: str, params, integrals, boxes, valid, capacity: int, height: int, width: int, out: int):
+  """Net `net` on the `out`-pixel crops of the batch's valid boxes, pooled.
+
+  boxes (n, slots, 4) and valid (n, slots) are per image; the first `capacity` valid boxes in (image, slot)
+  order go through the net together. Returns the net's outputs per slot, (n, slots, ...), zero where no
+  crop ran; (n, slots) whether a non-empty crop ran there; and (n,) whether an image had valid boxes that
+  did not fit.
+  """
+  n, slots = valid.shape
+  flat = valid.reshape(-1)
+  capacity = min(capacity, n * slots)
+  idx = jnp.argsort(~flat, stable=True)[:capacity]  # the valid slots first, in order
+  crops, ok = _crops(integrals, idx // slots, boxes.reshape(-1, 4)[idx], height, width, out)
+  outputs = mtcnn_nets.apply(net, params, crops)
+
+  def back(x):
+    return jnp.zeros((n * slots, *x.shape[1:]), x.dtype).at[idx].set(x).reshape(n, slots, *x.shape[1:])
+
+  dropped = (flat & (jnp.cumsum(flat) > capacity)).reshape(n, slots).any(axis=1)
+  return [back(o) for o in outputs], back(ok & flat[idx]), dropped
 
 
 def _nms(boxes, scores, valid, threshold: float, capacity: int, mode: str = 'union'):
@@ -225,39 +261,48 @@ def _stage1(params, integral, height, width, scales, threshold, caps: Capacities
   return _rerec(b), kept, overflow | left
 
 
-def detect_one(params, image, scales, thresholds, caps: Capacities):
-  """One (h, w, 3) uint8 image -> boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,), overflow ()."""
-  height, width = image.shape[:2]
-  integral = _integral(image)
-  boxes, valid, overflow = _stage1(params['pnet'], integral, height, width, scales, thresholds[0], caps)
-
-  crops, ok = _crops(integral, boxes, height, width, 24)
-  reg, prob = mtcnn_nets.apply('rnet', params['rnet'], crops)
-  passing = valid & ok & (prob > thresholds[1])
-  picks, kept, left = _nms(boxes, prob, passing, 0.7, min(caps.output, len(prob)))
-  overflow |= left
-  boxes = _rerec(_bbreg(boxes[picks], reg[picks]))
-
-  crops, ok = _crops(integral, boxes, height, width, 48)
-  reg, marks, prob = mtcnn_nets.apply('onet', params['onet'], crops)
-  passing = kept & ok & (prob > thresholds[2])
-  w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
-  points = jnp.stack([w[:, None] * marks[:, :5] + boxes[:, :1] - 1, h[:, None] * marks[:, 5:] + boxes[:, 1:2] - 1], -1)
-  boxes = _bbreg(boxes, reg)
-  picks, kept, _ = _nms(boxes, prob, passing, 0.7, len(prob), mode='min')
-  return boxes[picks], prob[picks], points[picks], kept, overflow
-
-
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _detect_batch(params, images, scales, thresholds, caps):
-  return jax.vmap(lambda im: detect_one(params, im, scales, thresholds, caps))(images)
+def _detect_batch(params, images, scales, thresholds, caps: Capacities):
+  """(n, h, w, 3) uint8 -> per image boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,), overflow ()."""
+  n, height, width = images.shape[:3]
+  integrals = jax.vmap(_integral)(images)
+  per_image = jax.vmap
+  boxes, valid, overflow = per_image(
+    lambda integral: _stage1(params['pnet'], integral, height, width, scales, thresholds[0], caps)
+  )(integrals)
+
+  rnet_crops = n * caps.refine_crops
+  (reg, prob), ok, dropped = _pooled('rnet', params['rnet'], integrals, boxes, valid, rnet_crops, height, width, 24)
+  passing = valid & ok & (prob > thresholds[1])
+  picks, kept, left = per_image(lambda b, p, v: _nms(b, p, v, 0.7, min(caps.output, b.shape[0])))(boxes, prob, passing)
+  overflow |= dropped | left
+  boxes = per_image(lambda b, r, i: _rerec(_bbreg(b[i], r[i])))(boxes, reg, picks)
+
+  onet_crops = n * caps.output_crops
+  (reg, marks, prob), ok, dropped = _pooled(
+    'onet', params['onet'], integrals, boxes, kept, onet_crops, height, width, 48
+  )
+  overflow |= dropped
+  passing = kept & ok & (prob > thresholds[2])
+
+  def finish(boxes, reg, marks, prob, passing):
+    w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    points = jnp.stack(
+      [w[:, None] * marks[:, :5] + boxes[:, :1] - 1, h[:, None] * marks[:, 5:] + boxes[:, 1:2] - 1], -1
+    )
+    boxes = _bbreg(boxes, reg)
+    picks, kept, _ = _nms(boxes, prob, passing, 0.7, len(prob), mode='min')
+    return boxes[picks], prob[picks], points[picks], kept
+
+  return (*per_image(finish)(boxes, reg, marks, prob, passing), overflow)
 
 
 class Detector:
   """facenet-pytorch's `MTCNN.detect(..., landmarks=True)` for same-size uint8 RGB stacks, compiled.
 
   `detect(stack)` returns, per image, (boxes (k, 4), probs (k,), landmarks (k, 5, 2)) best first, or
-  (None, None, None) when no face passed, and `overflowed` (which images hit a capacity).
+  (None, None, None) when no face passed, and `overflowed` (which images hit a capacity even after the
+  retries). `num_retried` counts the images detected again with larger capacities so far.
   """
 
   def __init__(
@@ -274,6 +319,7 @@ class Detector:
     self.capacities = capacities or Capacities()
     self.batch_size = int(batch_size)
     self.params = mtcnn_nets.load(weights_dir)
+    self.num_retried = 0
 
   def detect(self, stack: np.ndarray):
     stack = np.asarray(stack)
@@ -300,6 +346,7 @@ class Detector:
           if not result[3]:
             break
           caps = caps.scaled(4)
+          self.num_retried += 1
           result = self._run(chunk[i : i + 1], scales, caps, 1)[0]
         out.append(result[:3])
         overflowed.append(result[3])
