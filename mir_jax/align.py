@@ -257,6 +257,7 @@ class Aligner:
     self.num_fallbacks = 0
     self.device = device
     self.num_overflowed = 0
+    self._jax = None
     if self.config.faces == 'precropped':
       return  # no detector to load
     if self.config.detector == 'mtcnn-jax':
@@ -272,7 +273,6 @@ class Aligner:
         batch_size=min(batch_size, 8),
       )
       return
-    self._jax = None
     # torch is imported here, not at module import, so that modules that only need `crop` or the
     # selection rule (and subprocess workers) stay light.
     from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
@@ -322,41 +322,51 @@ class Aligner:
     i = select_face(boxes, image_shape) if len(boxes) > 1 else 0
     return Detection(box=boxes[i], landmarks=points[i], detected=True)
 
-  def _detect_stack(self, stack: np.ndarray) -> List[Detection]:
-    """MTCNN on a (n, h, w, 3) uint8 stack of same-size images; every image gets a Detection.
+  def _detect_images(self, images: List[np.ndarray]) -> List[Detection]:
+    """MTCNN on uint8 HxWx3 images (of one size for mtcnn-torch); every image gets a Detection.
 
-    When MTCNN raises on the stack, each image is retried alone, so one image it cannot handle only
-    costs that image its detection (it gets the fallback, the error as its reason).
+    When MTCNN raises on them, each image is retried alone, so one image it cannot handle only costs that
+    image its detection (it gets the fallback, the error as its reason).
     """
-    if too_small(stack.shape[1:], self.config.min_face_size):
-      h, w = stack.shape[1:3]
-      reason = f'{w}x{h} image is smaller than min_face_size={self.config.min_face_size}'
-      return [self.no_face(stack.shape[1:], reason) for _ in stack]
+    out: List[Optional[Detection]] = [None] * len(images)
+    todo = []
+    for j, image in enumerate(images):
+      if too_small(image.shape, self.config.min_face_size):
+        h, w = image.shape[:2]
+        out[j] = self.no_face(image.shape, f'{w}x{h} image is smaller than min_face_size={self.config.min_face_size}')
+      else:
+        todo.append(j)
+    if not todo:
+      return out
     try:
-      boxes, points = self._run_detector(stack)
+      boxes, points = self._run_detector([images[j] for j in todo])
     except (RuntimeError, ValueError, IndexError) as e:
       if is_out_of_memory(e):  # the machine's limit, not the image's fault: a fallback would key on the device
         raise
-      if len(stack) == 1:
-        logging.warning(
-          'MTCNN failed on a %s image (%s: %s); it gets the fallback', stack.shape[1:], type(e).__name__, e
-        )
-        return [self.no_face(stack.shape[1:], f'MTCNN failed: {type(e).__name__}: {e}')]
-      return [d for image in stack for d in self._detect_stack(image[None])]
-    return [self._to_detection(b, p, stack.shape[1:]) for b, p in zip(boxes, points)]
+      if len(todo) == 1:
+        shape = images[todo[0]].shape
+        logging.warning('MTCNN failed on a %s image (%s: %s); it gets the fallback', shape, type(e).__name__, e)
+        out[todo[0]] = self.no_face(shape, f'MTCNN failed: {type(e).__name__}: {e}')
+        return out
+      for j in todo:
+        out[j] = self._detect_images([images[j]])[0]
+      return out
+    for j, b, p in zip(todo, boxes, points):
+      out[j] = self._to_detection(b, p, images[j].shape)
+    return out
 
-  def _run_detector(self, stack: np.ndarray):
-    """Per image of the stack, all its boxes and landmarks (or None), from the configured MTCNN."""
+  def _run_detector(self, images: List[np.ndarray]):
+    """Per image, all its boxes and landmarks (or None), from the configured MTCNN."""
     if self._jax is None:
       with self._torch.inference_mode():
-        boxes, _, points = self._mtcnn.detect(stack, landmarks=True)
+        boxes, _, points = self._mtcnn.detect(np.stack(images), landmarks=True)
       return boxes, points
-    results = self._jax.detect(stack)
+    results = self._jax.detect(images)
     # An image still over a capacity after the detector's retries may have lost candidates: say so.
-    for overflowed in self._jax.overflowed:
+    for image, overflowed in zip(images, self._jax.overflowed):
       if overflowed:
         self.num_overflowed += 1
-        logging.warning('mtcnn-jax: a %s image filled a candidate capacity; its boxes may miss faces', stack.shape[1:])
+        logging.warning('mtcnn-jax: a %s image filled a candidate capacity; its boxes may miss faces', image.shape)
     return [r[0] for r in results], [r[2] for r in results]
 
   def detect(self, image: np.ndarray) -> Detection:
@@ -368,7 +378,7 @@ class Aligner:
 
     Same-size images go through MTCNN together (up to `batch_size` per call): the P-Net pyramid and
     the R/O-Net stages then run as a few large tensor ops instead of many small ones. Images of
-    other sizes are grouped by size.
+    other sizes are grouped by size (mtcnn-torch), or by size bucket inside mtcnn-jax's detector.
 
     Args:
       images: uint8 HxWx3 RGB arrays.
@@ -382,7 +392,7 @@ class Aligner:
       image = np.asarray(image)
       if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f'expected uint8 HxWx3 RGB, got {image.dtype} {image.shape}')
-      by_shape.setdefault(image.shape, []).append(i)
+      by_shape.setdefault(image.shape if self._jax is None else 'any size', []).append(i)
     if self.config.faces == 'precropped':
       reason = 'pre-cropped face (faces=precropped): the whole image is the box'
       return [
@@ -392,7 +402,6 @@ class Aligner:
     for indices in by_shape.values():
       for start in range(0, len(indices), self.batch_size):
         chunk = indices[start : start + self.batch_size]
-        stack = np.stack([images[i] for i in chunk])
-        for i, det in zip(chunk, self._detect_stack(stack)):
+        for i, det in zip(chunk, self._detect_images([np.asarray(images[i]) for i in chunk])):
           out[i] = det
     return out

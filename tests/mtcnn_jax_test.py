@@ -108,12 +108,29 @@ def test_an_images_boxes_do_not_depend_on_its_batchmates(lfw_stack, detector):
     np.testing.assert_array_equal(alone[2], got[2])
 
 
+def test_images_of_other_sizes_share_a_bucket_and_keep_their_own_boxes(lfw_stack, detector):
+  # A 240x230 crop and a 250x250 image run in one 256x256 program, each zero-padded to it.
+  crop = np.ascontiguousarray(lfw_stack[1][5:245, 12:242])
+  assert mtcnn_jax.bucket_side(240) == mtcnn_jax.bucket_side(230) == mtcnn_jax.bucket_side(250) == 256
+  together = detector.detect([lfw_stack[0], crop])
+  alone = detector.detect([crop])[0]
+  np.testing.assert_array_equal(together[1][0], alone[0])
+  mtcnn = facenet_pytorch.MTCNN(keep_all=True, device='cpu').eval()
+  for image, (boxes, probs, points) in zip([lfw_stack[0], crop], together):
+    want_boxes, want_probs, want_points = (
+      np.asarray(v[0], np.float64) for v in mtcnn.detect(image[None], landmarks=True)
+    )
+    assert boxes is not None and len(boxes) == len(want_boxes)
+    order, want_order = np.argsort(-probs), np.argsort(-want_probs)
+    np.testing.assert_allclose(boxes[order], want_boxes[want_order], atol=1e-2)
+    np.testing.assert_allclose(points[order], want_points[want_order], atol=1e-2)
+
+
 def test_an_image_that_does_not_fit_the_batchs_pool_is_detected_alone(lfw_stack, detector):
   # Pools of 16 R-Net crops per image: two LFW images have more than 32 candidates; x 4 and x 16 hold them.
   small = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(refine_crops=16), batch_size=2)
-  scales = tuple(mtcnn_jax.pyramid_scales(250, 250, 20, 0.709))
-  first_try = mtcnn_jax._detect_batch(small.params, lfw_stack[:2], scales, small.thresholds, small.capacities)
-  assert np.asarray(first_try[-1]).any()  # some image's candidates did not fit
+  first_try = small._run(list(lfw_stack[:2]), (256, 256), small.capacities, 2)
+  assert any(result[3] for result in first_try)  # some image's candidates did not fit
   got = small.detect(lfw_stack[:2])
   assert small.overflowed == [False, False]
   for (boxes, _, points), (want_boxes, _, want_points) in zip(got, detector.detect(lfw_stack[:2])):

@@ -39,7 +39,7 @@ batch size; `Detector` pads a short batch to its batch size so that one size com
 
 import dataclasses
 import functools
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,10 +91,19 @@ def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -
   return scales
 
 
-def _windows(out: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
-  """ATen's adaptive-pooling windows: [floor(a * size / out), ceil((a + 1) * size / out)) for each a."""
-  a = np.arange(out)
+def _windows(slots: int, out, size):
+  """ATen's adaptive-pooling windows of an `out`-pixel resampling of `size` pixels, for `slots` >= out
+  outputs: [floor(a * size / out), ceil((a + 1) * size / out)) for each a < out, the last one repeated
+  after it. `out` and `size` may be traced (an image's own size inside its bucket)."""
+  a = jnp.minimum(jnp.arange(slots), out - 1)
   return (a * size) // out, -((-(a + 1) * size) // out)
+
+
+def bucket_side(n: int) -> int:
+  """The side of the compiled program an n-pixel side runs in: n rounded up to a multiple of a quarter to
+  an eighth of it (at least 16), so sizes within ~12-25% of each other share one program."""
+  step = max(16, 1 << max(0, n.bit_length() - 3))
+  return -(-n // step) * step
 
 
 def _integral(image):
@@ -126,15 +135,16 @@ def _crop_windows(start, length, out: int):
   return start + (a * length) // out, start + (-((-(a + 1) * length) // out))
 
 
-def _crops(integrals, image, boxes, height: int, width: int, out: int):
+def _crops(integrals, image, boxes, sizes, out: int):
   """facenet-pytorch's `pad` then `imresample(img[y-1:ey, x-1:ex], (out, out))` for each box.
 
-  `integrals` are the batch's integral images and `image` (n,) says which one each of the n boxes is in.
-  Returns (n, out, out, 3) normalised crops and (n,) whether the crop is non-empty.
+  `integrals` are the batch's integral images, `image` (n,) says which one each of the n boxes is in and
+  `sizes` (n, 2) that image's own height and width. Returns (n, out, out, 3) normalised crops and (n,)
+  whether the crop is non-empty.
   """
   b = jnp.trunc(boxes).astype(jnp.int32)
   x, y = jnp.maximum(b[:, 0], 1), jnp.maximum(b[:, 1], 1)
-  ex, ey = jnp.minimum(b[:, 2], width), jnp.minimum(b[:, 3], height)
+  ex, ey = jnp.minimum(b[:, 2], sizes[:, 1]), jnp.minimum(b[:, 3], sizes[:, 0])
   ok = (ey > y - 1) & (ex > x - 1)
   # An empty crop is replaced by a 1-pixel one (masked out below) so that the arithmetic stays finite.
   x0, y0 = jnp.where(ok, x - 1, 0), jnp.where(ok, y - 1, 0)
@@ -148,7 +158,7 @@ def _crops(integrals, image, boxes, height: int, width: int, out: int):
   return _normalise(jax.vmap(one)(image, y0, ch, x0, cw)), ok
 
 
-def _pooled(net: str, params, integrals, boxes, valid, capacity: int, height: int, width: int, out: int):
+def _pooled(net: str, params, integrals, sizes, boxes, valid, capacity: int, out: int):
   """Net `net` on the `out`-pixel crops of the batch's valid boxes, pooled.
 
   boxes (n, slots, 4) and valid (n, slots) are per image; the first `capacity` valid boxes in (image, slot)
@@ -160,7 +170,8 @@ def _pooled(net: str, params, integrals, boxes, valid, capacity: int, height: in
   flat = valid.reshape(-1)
   capacity = min(capacity, n * slots)
   idx = jnp.argsort(~flat, stable=True)[:capacity]  # the valid slots first, in order
-  crops, ok = _crops(integrals, idx // slots, boxes.reshape(-1, 4)[idx], height, width, out)
+  image = idx // slots
+  crops, ok = _crops(integrals, image, boxes.reshape(-1, 4)[idx], sizes[image], out)
   outputs = mtcnn_nets.apply(net, params, crops)
 
   def back(x):
@@ -226,18 +237,23 @@ def _bbreg(b, reg):
   )
 
 
-def _stage1(params, integral, height, width, scales, threshold, caps: Capacities):
+def _stage1(params, integral, size, level_sizes, scales, threshold, caps: Capacities):
+  """P-Net over the pyramid of one image of `size` (2,) = (h, w), zero-padded to its bucket (`integral`'s
+  size); `level_sizes` (levels, 2) is each pyramid level's (h, w) for this image, (0, 0) past its last."""
   boxes, scores, regs, valid, overflow = [], [], [], [], jnp.array(False)
-  for scale in scales:
-    oh, ow = int(height * scale + 1), int(width * scale + 1)
-    ys, ye = _windows(oh, height)
-    xs, xe = _windows(ow, width)
-    level = _normalise(_area_average(integral, jnp.asarray(ys), jnp.asarray(ye), jnp.asarray(xs), jnp.asarray(xe)))
-    reg, prob = mtcnn_nets.apply('pnet', params, level[None])
+  bucket_h, bucket_w = integral.shape[0] - 1, integral.shape[1] - 1
+  for k, scale in enumerate(scales):
+    oh, ow = level_sizes[k, 0], level_sizes[k, 1]
+    ys, ye = _windows(int(bucket_h * scale + 1), jnp.maximum(oh, 1), size[0])
+    xs, xe = _windows(int(bucket_w * scale + 1), jnp.maximum(ow, 1), size[1])
+    level = _normalise(_area_average(integral, ys, ye, xs, xe))
+    reg, prob = mtcnn_nets.apply('pnet', params, level[None], valid_hw=level_sizes[k][None])
     reg, prob = reg[0].reshape(-1, 4), prob[0]
     rows, cols = np.meshgrid(np.arange(prob.shape[0]), np.arange(prob.shape[1]), indexing='ij')
+    # P-Net's own output size on this level: 3x3 conv, 2x2 ceil-mode pool, two 3x3 convs.
+    inside = (rows < (oh - 1) // 2 - 4) & (cols < (ow - 1) // 2 - 4)
     prob = prob.reshape(-1)
-    passing = prob >= threshold
+    passing = (prob >= threshold) & inside.reshape(-1)
     k = min(caps.proposals_per_scale, prob.shape[0])
     # top_k keeps the lower index first among equal keys, the row-major order torch's nonzero() gives.
     key, idx = jax.lax.top_k(jnp.where(passing, prob, -jnp.inf), k)
@@ -261,27 +277,27 @@ def _stage1(params, integral, height, width, scales, threshold, caps: Capacities
   return _rerec(b), kept, overflow | left
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _detect_batch(params, images, scales, thresholds, caps: Capacities):
-  """(n, h, w, 3) uint8 -> per image boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,), overflow ()."""
-  n, height, width = images.shape[:3]
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _detect_batch(params, images, sizes, level_sizes, scales, thresholds, caps: Capacities):
+  """(n, H, W, 3) uint8 images, each zero-padded from its own `sizes` (n, 2) to the bucket (H, W), with
+  `level_sizes` (n, levels, 2) -> per image boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,),
+  overflow ()."""
+  n = images.shape[0]
   integrals = jax.vmap(_integral)(images)
   per_image = jax.vmap
   boxes, valid, overflow = per_image(
-    lambda integral: _stage1(params['pnet'], integral, height, width, scales, thresholds[0], caps)
-  )(integrals)
+    lambda integral, size, levels: _stage1(params['pnet'], integral, size, levels, scales, thresholds[0], caps)
+  )(integrals, sizes, level_sizes)
 
   rnet_crops = n * caps.refine_crops
-  (reg, prob), ok, dropped = _pooled('rnet', params['rnet'], integrals, boxes, valid, rnet_crops, height, width, 24)
+  (reg, prob), ok, dropped = _pooled('rnet', params['rnet'], integrals, sizes, boxes, valid, rnet_crops, 24)
   passing = valid & ok & (prob > thresholds[1])
   picks, kept, left = per_image(lambda b, p, v: _nms(b, p, v, 0.7, min(caps.output, b.shape[0])))(boxes, prob, passing)
   overflow |= dropped | left
   boxes = per_image(lambda b, r, i: _rerec(_bbreg(b[i], r[i])))(boxes, reg, picks)
 
   onet_crops = n * caps.output_crops
-  (reg, marks, prob), ok, dropped = _pooled(
-    'onet', params['onet'], integrals, boxes, kept, onet_crops, height, width, 48
-  )
+  (reg, marks, prob), ok, dropped = _pooled('onet', params['onet'], integrals, sizes, boxes, kept, onet_crops, 48)
   overflow |= dropped
   passing = kept & ok & (prob > thresholds[2])
 
@@ -321,41 +337,59 @@ class Detector:
     self.params = mtcnn_nets.load(weights_dir)
     self.num_retried = 0
 
-  def detect(self, stack: np.ndarray):
-    stack = np.asarray(stack)
-    if stack.dtype != np.uint8 or stack.ndim != 4 or stack.shape[-1] != 3:
-      raise ValueError(f'expected a uint8 (n, h, w, 3) RGB stack, got {stack.dtype} {stack.shape}')
-    n, height, width = stack.shape[:3]
-    if height * width > MAX_PIXELS:
-      raise ValueError(
-        f'a {width}x{height} image has more than {MAX_PIXELS:,} pixels, beyond mtcnn-jax exact resampling; '
-        'downscale it first or use --aligner=mtcnn-torch'
-      )
-    scales = tuple(pyramid_scales(height, width, self.min_face_size, self.factor))
-    if not scales:
-      raise ValueError(f'a {width}x{height} image is smaller than min_face_size={self.min_face_size}')
-    out, overflowed = [], []
-    for start in range(0, n, self.batch_size):
-      chunk = stack[start : start + self.batch_size]
-      results = self._run(chunk, scales, self.capacities, self.batch_size)
-      for i, result in enumerate(results):
-        caps = self.capacities
-        # Capacities x 4, then x 16, for an image that filled one: its boxes are then exactly the
-        # uncapped ones; one still full after that is flagged (`overflowed`).
-        for _ in range(_RETRIES):
-          if not result[3]:
-            break
-          caps = caps.scaled(4)
-          self.num_retried += 1
-          result = self._run(chunk[i : i + 1], scales, caps, 1)[0]
-        out.append(result[:3])
-        overflowed.append(result[3])
+  def detect(self, images: Sequence[np.ndarray]):
+    """Per image (uint8 HxWx3 RGB, any sizes), its faces; see the class docstring."""
+    images = [np.asarray(im) for im in images]
+    for im in images:
+      if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
+        raise ValueError(f'expected uint8 HxWx3 RGB images, got {im.dtype} {im.shape}')
+      height, width = im.shape[:2]
+      if height * width > MAX_PIXELS:
+        raise ValueError(
+          f'a {width}x{height} image has more than {MAX_PIXELS:,} pixels, beyond mtcnn-jax exact resampling; '
+          'downscale it first or use --aligner=mtcnn-torch'
+        )
+      if not pyramid_scales(height, width, self.min_face_size, self.factor):
+        raise ValueError(f'a {width}x{height} image is smaller than min_face_size={self.min_face_size}')
+    # Images of nearby sizes share a bucket, hence a compiled program and a batch.
+    buckets = {}
+    for i, im in enumerate(images):
+      buckets.setdefault((bucket_side(im.shape[0]), bucket_side(im.shape[1])), []).append(i)
+    out, overflowed = [None] * len(images), [False] * len(images)
+    for bucket, members in buckets.items():
+      for start in range(0, len(members), self.batch_size):
+        chunk = members[start : start + self.batch_size]
+        results = self._run([images[i] for i in chunk], bucket, self.capacities, self.batch_size)
+        for i, result in zip(chunk, results):
+          caps = self.capacities
+          # Capacities x 4, then x 16, for an image that filled one: its boxes are then exactly the
+          # uncapped ones; one still full after that is flagged (`overflowed`).
+          for _ in range(_RETRIES):
+            if not result[3]:
+              break
+            caps = caps.scaled(4)
+            self.num_retried += 1
+            result = self._run([images[i]], bucket, caps, 1)[0]
+          out[i], overflowed[i] = result[:3], result[3]
     self.overflowed = overflowed
     return out
 
-  def _run(self, chunk, scales, caps, batch_size):
-    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
-    result = _detect_batch(self.params, jnp.asarray(padded), scales, self.thresholds, caps)
+  def _run(self, chunk, bucket, caps, batch_size):
+    scales = pyramid_scales(*bucket, self.min_face_size, self.factor)
+    canvas = np.zeros((batch_size, *bucket, 3), np.uint8)
+    sizes = np.tile(np.array(bucket, np.int32), (batch_size, 1))  # the padding slots: blank buckets
+    level_sizes = np.zeros((batch_size, len(scales), 2), np.int32)
+    level_sizes[:] = [[int(bucket[0] * s + 1), int(bucket[1] * s + 1)] for s in scales]
+    for j, im in enumerate(chunk):
+      h, w = im.shape[:2]
+      canvas[j, :h, :w] = im
+      sizes[j] = h, w
+      # The image's own pyramid: facenet-pytorch's levels (the same scales, fewer of them for a smaller
+      # image) and sizes, in its float64 arithmetic.
+      own = pyramid_scales(h, w, self.min_face_size, self.factor)
+      level_sizes[j] = 0
+      level_sizes[j, : len(own)] = [[int(h * s + 1), int(w * s + 1)] for s in own]
+    result = _detect_batch(self.params, canvas, sizes, level_sizes, tuple(scales), self.thresholds, caps)
     boxes, probs, points, kept, overflow = (np.asarray(v)[: len(chunk)] for v in result)
     return [
       (boxes[i][kept[i]], probs[i][kept[i]], points[i][kept[i]], bool(overflow[i]))

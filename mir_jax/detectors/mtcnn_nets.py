@@ -66,8 +66,21 @@ class PNet(nn.Module):
   """Fully convolutional proposal net: (n, h, w, 3) -> box regression (n, h', w', 4), face prob (n, h', w')."""
 
   @nn.compact
-  def __call__(self, x):
-    x = _max_pool_ceil(_PReLU(name='prelu1')(_Conv(10, 3, name='conv1')(x)), 2, 2)
+  def __call__(self, x, valid_hw=None):
+    """valid_hw (n, 2): each input's own height and width, when it is zero-padded to x's size.
+
+    The padding then changes no output inside the image's own output: the first pool's windows that hang
+    over the image's edge see -inf there, as torch's ceil-mode pool does past a tensor's edge, and every
+    later layer is a 'VALID' convolution. Outputs beyond it are meaningless (the caller masks them).
+    """
+    x = _PReLU(name='prelu1')(_Conv(10, 3, name='conv1')(x))
+    if valid_hw is not None:
+      rows = jnp.arange(x.shape[1])[None, :, None] < valid_hw[:, 0, None, None] - 2
+      cols = jnp.arange(x.shape[2])[None, None, :] < valid_hw[:, 1, None, None] - 2
+      x = jnp.where((rows & cols)[..., None], x, -jnp.inf)
+    x = _max_pool_ceil(x, 2, 2)
+    if valid_hw is not None:
+      x = jnp.where(jnp.isneginf(x), 0.0, x)
     x = _PReLU(name='prelu2')(_Conv(16, 3, name='conv2')(x))
     x = _PReLU(name='prelu3')(_Conv(32, 3, name='conv3')(x))
     prob = jax.nn.softmax(_Conv(2, 1, name='conv4_1')(x), axis=-1)[..., 1]
@@ -190,6 +203,6 @@ def load(directory: str = '') -> Dict[str, dict]:
   return out
 
 
-def apply(name: str, params: dict, x):
+def apply(name: str, params: dict, x, **kwargs):
   """Runs net `name` (PNet / RNet / ONet outputs, see each) on NHWC float32 input."""
-  return NETS[name]().apply({'params': params}, x)
+  return NETS[name]().apply({'params': params}, x, **kwargs)
