@@ -27,6 +27,7 @@ from absl import logging
 import numpy as np
 
 from mir_jax.backbones.base import Detection
+from mir_jax.cache import key
 from mir_jax.datasets.records import FaceRecord
 
 DIRECTORY = 'detections'
@@ -40,8 +41,7 @@ def _digest(obj: Any) -> str:
 
 def store_dir(data_dir: os.PathLike, dataset: str, align_config: Dict[str, Any]) -> pathlib.Path:
   """Where the detections of `dataset` under these aligner settings live."""
-  slug = ''.join(c if c.isalnum() else '_' for c in dataset.lower())
-  return pathlib.Path(data_dir) / DIRECTORY / f'{slug}_{_digest(align_config)[:12]}'
+  return pathlib.Path(data_dir) / DIRECTORY / f'{key.slug(dataset)}_{_digest(align_config)[:12]}'
 
 
 def _to_json(d: Detection) -> dict:

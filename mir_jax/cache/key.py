@@ -80,7 +80,7 @@ class CacheSpec:
   def name(self) -> str:
     backbone = self.backbone_config.get('backbone') or self.backbone_config.get('name') or 'backbone'
     # TFDS dataset names are lower-case identifiers; file names are built from them.
-    return _slug(f'{self.dataset}_{backbone}') + '_' + self.key()
+    return slug(f'{self.dataset}_{backbone}') + '_' + self.key()
 
 
 def canonical_config(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -88,7 +88,8 @@ def canonical_config(config: Dict[str, Any]) -> Dict[str, Any]:
   return _canonical(config)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+  """`text` as a lower-case identifier (TFDS dataset names, and the file names built from them)."""
   return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')
 
 

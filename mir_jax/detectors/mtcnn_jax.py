@@ -33,8 +33,9 @@ What changes to make it compile:
     batchmates change. An image whose candidates did not fit the pool is detected again alone, which
     moves its boxes by float rounding at most (the program differs; tested within 1e-4 px).
 
-Each distinct image size compiles its own program (the pyramid's shapes follow from it), as does each
-batch size; `Detector` pads a short batch to its batch size so that one size compiles once.
+Each size bucket (`bucket_side` of the height and of the width) compiles its own program, as does each
+batch size: an image is zero-padded to its bucket, its own pyramid levels and size are passed in and the
+padding is masked, and `Detector` pads a short batch to its batch size so that one bucket compiles once.
 """
 
 import dataclasses
@@ -58,8 +59,8 @@ class Capacities:
 
   # The defaults hold every LFW image with room to spare (on 400 LFW images at most 63 P-Net candidates
   # passed per level, NMS kept at most 165 over all levels, median 54, and 28 after R-Net, median 8), and
-  # the nets run on every slot, so larger defaults cost time on every image; an image that overflows is
-  # detected again with capacities x 4 (`Detector`).
+  # every slot costs work (P-Net's top-k and NMS, the pools below), so larger defaults cost time on every
+  # image; an image that overflows is detected again with capacities x 4 (`Detector`).
   proposals_per_scale: int = 512  # P-Net candidates per pyramid level, by score, before NMS 0.5
   kept_per_scale: int = 128  # boxes NMS 0.5 may keep per level
   refine: int = 256  # boxes NMS 0.7 over all levels may keep
