@@ -42,14 +42,8 @@ def _chosen(boxes, points, shape):
   return np.asarray(boxes[i], np.float64), np.asarray(points[i], np.float64)
 
 
-def main(argv) -> None:
-  del argv
-  shared = paths.shared_data_dir()
-  if shared is None or not (shared / 'lfw' / 'lfw-deepfunneled').is_dir():
-    raise app.UsageError(f'LFW is not under {paths.shared_data_location()} (set $MIR_SHARED_DATA)')
-  root = shared / 'lfw' / 'lfw-deepfunneled'
-  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[:: FLAGS.stride]
-  files = files[: FLAGS.limit] if FLAGS.limit else files
+def compare(root, files, batch_size: int, same_px: float) -> dict:
+  """Both detectors on the LFW images `files` (paths under `root`): the summary that main() writes."""
   stack = np.stack([images.load_rgb(root / f) for f in files])  # LFW: all 250 x 250
 
   aligner = align.Aligner()
@@ -57,9 +51,9 @@ def main(argv) -> None:
   torch_dets = aligner.detect_batch(list(stack))
   torch_s = time.perf_counter() - start
 
-  detector = mtcnn_jax.Detector(batch_size=FLAGS.batch_size)
+  detector = mtcnn_jax.Detector(batch_size=batch_size)
   start = time.perf_counter()
-  detector.detect(stack[: FLAGS.batch_size])
+  detector.detect(stack[:batch_size])
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   jax_out = detector.detect(stack)
@@ -73,26 +67,39 @@ def main(argv) -> None:
         differ.append({'image': f, 'reason': f'face found by {"torch" if det.detected else "jax"} only'})
       continue
     d = float(np.abs(box - det.box).max())
-    if d > FLAGS.same_px:
+    if d > same_px:
       differ.append({'image': f, 'reason': f'another face chosen ({d:.1f} px apart)'})
       continue
     box_d.append(d)
     mark_d.append(float(np.abs(marks - det.landmarks).max()))
-  both = len(box_d)
-  result = {
-    'command': 'python -m benchmarks.mtcnn_equality ' + ' '.join(f'--{k}={v}' for k, v in _flags().items()),
-    'machine': machine.basic_info(),
+  return {
     'images': len(files),
-    'same_face': both,
+    'same_face': len(box_d),
     'same_face_fraction': (len(files) - len(differ)) / len(files),
     'differ': differ,
     'jax_overflowed': int(sum(detector.overflowed)),
+    'jax_retried': detector.num_retried,
     'box_px': {'max': max(box_d, default=0.0), 'p99.9': float(np.percentile(box_d, 99.9)) if box_d else 0.0},
     'landmark_px': {'max': max(mark_d, default=0.0), 'p99.9': float(np.percentile(mark_d, 99.9)) if mark_d else 0.0},
     'torch_images_per_s': len(files) / torch_s,
     'jax_images_per_s': len(files) / jax_s,
     'jax_compile_s': compile_s,
     'jax_over_torch': torch_s / jax_s,
+  }
+
+
+def main(argv) -> None:
+  del argv
+  shared = paths.shared_data_dir()
+  if shared is None or not (shared / 'lfw' / 'lfw-deepfunneled').is_dir():
+    raise app.UsageError(f'LFW is not under {paths.shared_data_location()} (set $MIR_SHARED_DATA)')
+  root = shared / 'lfw' / 'lfw-deepfunneled'
+  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[:: FLAGS.stride]
+  files = files[: FLAGS.limit] if FLAGS.limit else files
+  result = {
+    'command': 'python -m benchmarks.mtcnn_equality ' + ' '.join(f'--{k}={v}' for k, v in _flags().items()),
+    'machine': machine.basic_info(),
+    **compare(root, files, FLAGS.batch_size, FLAGS.same_px),
   }
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as fh:

@@ -56,8 +56,9 @@ FACES = ('detect', 'precropped')
 # Which MTCNN finds them: facenet-pytorch's (eager torch, image batches) or `mir_jax.detectors.mtcnn_jax`'s
 # (the same nets and steps compiled with XLA, each image independent of its batchmates).
 DETECTORS = ('mtcnn-torch', 'mtcnn-jax')
-# The cache key's name for each: a change of detector re-detects (and re-embeds).
-_DETECTOR_KEYS = {'mtcnn-torch': 'mtcnn-facenet-pytorch-2.6', 'mtcnn-jax': 'mtcnn-jax-1'}
+# The cache key's name for each: a change of detector re-detects (and re-embeds). mtcnn-jax-2: R-/O-Net in
+# fixed-size calls, whose float rounding differs from -1's batch-sized pools.
+_DETECTOR_KEYS = {'mtcnn-torch': 'mtcnn-facenet-pytorch-2.6', 'mtcnn-jax': 'mtcnn-jax-2'}
 
 
 def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:

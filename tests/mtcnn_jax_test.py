@@ -6,6 +6,7 @@ import fixtures
 import numpy as np
 import pytest
 
+from benchmarks import mtcnn_equality
 from mir_jax import align
 from mir_jax import images
 from mir_jax.cache import flags as cache_flags
@@ -101,7 +102,7 @@ def test_detector_equals_facenet_pytorch_on_lfw(lfw_stack, detector):
 def test_an_images_boxes_do_not_depend_on_its_batchmates(lfw_stack, detector):
   together = detector.detect(lfw_stack)
   alone = detector.detect(lfw_stack[2:3])[0]
-  # Second in its batch, its R-Net and O-Net crops sit after another image's in the batch's pools.
+  # Second in its batch, its R-Net and O-Net crops sit after another image's, in other calls and places.
   second = detector.detect(lfw_stack[[1, 2]])[1]
   for got in (together[2], second):
     np.testing.assert_array_equal(alone[0], got[0])
@@ -126,25 +127,23 @@ def test_images_of_other_sizes_share_a_bucket_and_keep_their_own_boxes(lfw_stack
     np.testing.assert_allclose(points[order], want_points[want_order], atol=1e-2)
 
 
-def test_an_image_that_does_not_fit_the_batchs_pool_is_detected_alone(lfw_stack, detector):
-  # Pools of 16 R-Net crops per image: two LFW images have more than 32 candidates; x 4 and x 16 hold them.
-  small = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(refine_crops=16), batch_size=2)
-  first_try = small._run(list(lfw_stack[:2]), (256, 256), small.capacities, 2)
-  assert any(result[3] for result in first_try)  # some image's candidates did not fit
-  got = small.detect(lfw_stack[:2])
-  assert small.overflowed == [False, False]
-  for (boxes, _, points), (want_boxes, _, want_points) in zip(got, detector.detect(lfw_stack[:2])):
-    np.testing.assert_allclose(boxes, want_boxes, atol=1e-4)
-    np.testing.assert_allclose(points, want_points, atol=1e-4)
-
-
 def test_overflowing_capacity_is_retried_larger(lfw_stack):
-  tiny = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(32, 8, 16, 2, 8, 2), batch_size=2)
+  tiny = mtcnn_jax.Detector(capacities=mtcnn_jax.Capacities(32, 8, 16, 2), batch_size=2)
   full = mtcnn_jax.Detector(batch_size=2).detect(lfw_stack[:1])[0]
   got = tiny.detect(lfw_stack[:1])[0]
   # x 4, then x 16 (the defaults, which LFW fits): the boxes are then the uncapped ones.
   assert tiny.overflowed == [False]
   np.testing.assert_allclose(got[0], full[0], atol=1e-4)
+
+
+def test_the_equality_benchmark_meets_the_targets_on_a_sample(detector):
+  del detector  # it compiled the batch-of-2 programs
+  root = fixtures.require_lfw_images()
+  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[::1100]  # 13 of 13,233
+  summary = mtcnn_equality.compare(root, files, batch_size=2, same_px=1.0)
+  # The targets: the same face chosen, boxes and landmarks within 0.01 px.
+  assert summary['images'] == 13 and summary['same_face_fraction'] == 1.0, summary['differ']
+  assert summary['box_px']['max'] <= 0.01 and summary['landmark_px']['max'] <= 0.01, summary
 
 
 def test_no_face_and_bad_input(detector):
@@ -184,7 +183,7 @@ def test_the_aligner_flag_is_in_the_cache_key_only_when_not_the_default():
   assert options == {'detector': 'mtcnn-jax'}
   key, default = align.config_key(lookup.aligner_config(options)), align.config_key()
   # Existing (mtcnn-torch) caches keep their directories; a jax cache is another one.
-  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-1'
+  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-2'
   assert {**key, 'detector': default['detector']} == default
   assert cache_flags.align_options(types.SimpleNamespace(**{**vars(fv), 'aligner': 'mtcnn-torch'})) == {}
   with pytest.raises(selection.UsageError, match="detector='mtcnn-jax' would have no effect"):

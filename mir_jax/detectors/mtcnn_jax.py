@@ -22,16 +22,16 @@ What changes to make it compile:
     suppresses its overlaps. Greedy NMS keeps a box only for boxes scored above it, so a capacity changes
     nothing unless more candidates than it pass a threshold; when that happens the image's `overflow`
     flag says so, `Detector` detects it again with larger capacities, and the capacities are options.
-  * Pooled refinement. Per image, the candidates are a fraction of the capacity (a median of 54 of 256
-    on LFW), and the nets cost the same on an empty slot as on a full one; so R-Net and O-Net run on the
-    batch's valid candidates packed into one pool (`Capacities.refine_crops`, `output_crops` per image),
-    not on every image's capacity.
+  * Refinement in fixed-size calls. Per image, the candidates are a fraction of the capacity (a median of
+    54 of 256 on LFW), and the nets cost the same on an empty slot as on a full one; so R-Net and O-Net
+    run on exactly the batch's valid candidates, CROPS_PER_CALL at a time through one compiled program
+    (the host reads P-Net's and R-Net's masks between the stages), never on every image's capacity.
   * Nothing else mixes images. The pyramid, P-Net and every NMS are `jax.vmap`ped over single images, and
-    a crop's net outputs do not depend on where in the pool it sits (tested to the last bit, with an
-    image's crops first and after another's). facenet-pytorch's batched NMS instead shifts each image's
-    boxes by a batch-dependent offset (its coordinate trick), which moves boxes by float rounding when
-    batchmates change. An image whose candidates did not fit the pool is detected again alone, which
-    moves its boxes by float rounding at most (the program differs; tested within 1e-4 px).
+    a crop's net outputs do not depend on where in a call it sits (tested to the last bit, with an image's
+    crops first and after another's). The call has one fixed size for that reason too: XLA's float
+    rounding of R-Net differs between input batch sizes (by up to 4.8e-7 here). facenet-pytorch's
+    batched NMS instead shifts each image's boxes by a batch-dependent offset (its coordinate trick),
+    which moves boxes by float rounding when batchmates change.
 
 Each size bucket (`bucket_side` of the height and of the width) compiles its own program, as does each
 batch size: an image is zero-padded to its bucket, its own pyramid levels and size are passed in and the
@@ -51,6 +51,10 @@ from mir_jax.detectors import mtcnn_nets
 # Images are taken up to this many pixels: the uint32 integral image's window sums are exact below it.
 MAX_PIXELS = (2**32 - 1) // 255
 _RETRIES = 2
+# Crops per R-Net / O-Net call. Small calls stay in cache: per crop, R-Net took about as long in calls of
+# 16-128 crops as in one of 768, and O-Net in calls of 8-128 (on the 2-core Xeon); at most one call's
+# worth less one is wasted per batch.
+CROPS_PER_CALL = {'rnet': 16, 'onet': 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +69,6 @@ class Capacities:
   kept_per_scale: int = 128  # boxes NMS 0.5 may keep per level
   refine: int = 256  # boxes NMS 0.7 over all levels may keep
   output: int = 32  # boxes R-Net's NMS may keep (and the most faces per image)
-  # R-Net and O-Net run on the batch's candidates pooled: a batch of n images has n * refine_crops R-Net
-  # crops and n * output_crops O-Net crops, shared by its images, so the nets run on about as many crops as
-  # there are candidates instead of on every image's full capacity. An image whose candidates did not fit
-  # the pool is detected again alone, with capacities x 4.
-  refine_crops: int = 96
-  output_crops: int = 16
 
   def scaled(self, k: int) -> 'Capacities':
     return Capacities(*(k * getattr(self, f.name) for f in dataclasses.fields(self)))
@@ -159,27 +157,42 @@ def _crops(integrals, image, boxes, sizes, out: int):
   return _normalise(jax.vmap(one)(image, y0, ch, x0, cw)), ok
 
 
-def _pooled(net: str, params, integrals, sizes, boxes, valid, capacity: int, out: int):
-  """Net `net` on the `out`-pixel crops of the batch's valid boxes, pooled.
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _crop_net(net: str, params, integrals, image, boxes, sizes, out: int):
+  """Net `net` on the `out`-pixel crops of `boxes` (CROPS_PER_CALL[net], 4), each in image `image` of the
+  batch: its outputs, and whether each crop was non-empty."""
+  crops, ok = _crops(integrals, image, boxes, sizes, out)
+  return mtcnn_nets.apply(net, params, crops), ok
 
-  boxes (n, slots, 4) and valid (n, slots) are per image; the first `capacity` valid boxes in (image, slot)
-  order go through the net together. Returns the net's outputs per slot, (n, slots, ...), zero where no
-  crop ran; (n, slots) whether a non-empty crop ran there; and (n,) whether an image had valid boxes that
-  did not fit.
+
+def _pooled(net: str, params, integrals, sizes, boxes, valid, out: int):
+  """Net `net` on the `out`-pixel crops of every valid box of the batch, CROPS_PER_CALL[net] at a time.
+
+  boxes (n, slots, 4) and valid (n, slots) are per image (numpy); the valid boxes, in (image, slot)
+  order, go through one compiled fixed-size program call after call, the last call's spare places filled
+  with copies of its first box, whose outputs are discarded. Returns the net's outputs per slot
+  (n, slots, ...), zero where no crop ran, and (n, slots) whether a non-empty crop ran there.
   """
   n, slots = valid.shape
-  flat = valid.reshape(-1)
-  capacity = min(capacity, n * slots)
-  idx = jnp.argsort(~flat, stable=True)[:capacity]  # the valid slots first, in order
-  image = idx // slots
-  crops, ok = _crops(integrals, image, boxes.reshape(-1, 4)[idx], sizes[image], out)
-  outputs = mtcnn_nets.apply(net, params, crops)
-
-  def back(x):
-    return jnp.zeros((n * slots, *x.shape[1:]), x.dtype).at[idx].set(x).reshape(n, slots, *x.shape[1:])
-
-  dropped = (flat & (jnp.cumsum(flat) > capacity)).reshape(n, slots).any(axis=1)
-  return [back(o) for o in outputs], back(ok & flat[idx]), dropped
+  idx = np.flatnonzero(valid.reshape(-1))
+  flat_boxes = boxes.reshape(-1, 4)
+  per_call = CROPS_PER_CALL[net]
+  outputs, ok = None, np.zeros(n * slots, bool)
+  for start in range(0, len(idx), per_call):
+    part = idx[start : start + per_call]
+    take = np.concatenate([part, np.full(per_call - len(part), part[0])])
+    image = (take // slots).astype(np.int32)
+    result, crop_ok = _crop_net(net, params, integrals, image, flat_boxes[take], sizes[image], out)
+    result = [np.asarray(r)[: len(part)] for r in result]
+    if outputs is None:
+      outputs = [np.zeros((n * slots, *r.shape[1:]), r.dtype) for r in result]
+    for full, r in zip(outputs, result):
+      full[part] = r
+    ok[part] = np.asarray(crop_ok)[: len(part)]
+  if outputs is None:  # no valid box in the batch: the net's outputs, all zero
+    shapes = jax.eval_shape(lambda x: mtcnn_nets.apply(net, params, x), jnp.zeros((1, out, out, 3)))
+    outputs = [np.zeros((n * slots, *r.shape[1:]), r.dtype) for r in shapes]
+  return [o.reshape(n, slots, *o.shape[1:]) for o in outputs], ok.reshape(n, slots)
 
 
 def _nms(boxes, scores, valid, threshold: float, capacity: int, mode: str = 'union'):
@@ -279,30 +292,32 @@ def _stage1(params, integral, size, level_sizes, scales, threshold, caps: Capaci
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _detect_batch(params, images, sizes, level_sizes, scales, thresholds, caps: Capacities):
+def _propose(params, images, sizes, level_sizes, scales, threshold, caps: Capacities):
   """(n, H, W, 3) uint8 images, each zero-padded from its own `sizes` (n, 2) to the bucket (H, W), with
-  `level_sizes` (n, levels, 2) -> per image boxes (c, 4), scores (c,), landmarks (c, 5, 2), mask (c,),
-  overflow ()."""
-  n = images.shape[0]
+  `level_sizes` (n, levels, 2) -> their integral images, P-Net's boxes (n, refine, 4) and mask, overflow (n,)."""
   integrals = jax.vmap(_integral)(images)
-  per_image = jax.vmap
-  boxes, valid, overflow = per_image(
-    lambda integral, size, levels: _stage1(params['pnet'], integral, size, levels, scales, thresholds[0], caps)
-  )(integrals, sizes, level_sizes)
+  return integrals, *jax.vmap(lambda i, s, levels: _stage1(params, i, s, levels, scales, threshold, caps))(
+    integrals, sizes, level_sizes
+  )
 
-  rnet_crops = n * caps.refine_crops
-  (reg, prob), ok, dropped = _pooled('rnet', params['rnet'], integrals, sizes, boxes, valid, rnet_crops, 24)
-  passing = valid & ok & (prob > thresholds[1])
-  picks, kept, left = per_image(lambda b, p, v: _nms(b, p, v, 0.7, min(caps.output, b.shape[0])))(boxes, prob, passing)
-  overflow |= dropped | left
-  boxes = per_image(lambda b, r, i: _rerec(_bbreg(b[i], r[i])))(boxes, reg, picks)
 
-  onet_crops = n * caps.output_crops
-  (reg, marks, prob), ok, dropped = _pooled('onet', params['onet'], integrals, sizes, boxes, kept, onet_crops, 48)
-  overflow |= dropped
-  passing = kept & ok & (prob > thresholds[2])
+@functools.partial(jax.jit, static_argnums=(4,))
+def _refine(boxes, reg, prob, passing, capacity: int):
+  """Per image, R-Net's NMS 0.7 on the passing boxes, then regression and squaring: boxes (n, capacity, 4),
+  their mask, and whether boxes were left over."""
 
-  def finish(boxes, reg, marks, prob, passing):
+  def one(b, r, p, v):
+    picks, kept, left = _nms(b, p, v, 0.7, capacity)
+    return _rerec(_bbreg(b[picks], r[picks])), kept, left
+
+  return jax.vmap(one)(boxes, reg, prob, passing)
+
+
+@jax.jit
+def _finish(boxes, reg, marks, prob, passing):
+  """Per image, O-Net's landmarks, regression and NMS 0.7 'Min': boxes, probs, landmarks, mask, best first."""
+
+  def one(boxes, reg, marks, prob, passing):
     w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
     points = jnp.stack(
       [w[:, None] * marks[:, :5] + boxes[:, :1] - 1, h[:, None] * marks[:, 5:] + boxes[:, 1:2] - 1], -1
@@ -311,7 +326,20 @@ def _detect_batch(params, images, sizes, level_sizes, scales, thresholds, caps: 
     picks, kept, _ = _nms(boxes, prob, passing, 0.7, len(prob), mode='min')
     return boxes[picks], prob[picks], points[picks], kept
 
-  return (*per_image(finish)(boxes, reg, marks, prob, passing), overflow)
+  return jax.vmap(one)(boxes, reg, marks, prob, passing)
+
+
+def _detect_batch(params, images, sizes, level_sizes, scales, thresholds, caps: Capacities):
+  """The three stages on one bucket's batch (see `_propose`) -> per image boxes (c, 4), scores (c,),
+  landmarks (c, 5, 2), mask (c,), overflow (n,), numpy."""
+  integrals, boxes, valid, overflow = _propose(params['pnet'], images, sizes, level_sizes, scales, thresholds[0], caps)
+  boxes, valid, overflow = np.asarray(boxes), np.asarray(valid), np.asarray(overflow)
+  (reg, prob), ok = _pooled('rnet', params['rnet'], integrals, sizes, boxes, valid, 24)
+  passing = valid & ok & (prob > thresholds[1])
+  boxes, kept, left = (np.asarray(v) for v in _refine(boxes, reg, prob, passing, min(caps.output, boxes.shape[1])))
+  (reg, marks, prob), ok = _pooled('onet', params['onet'], integrals, sizes, boxes, kept, 48)
+  passing = kept & ok & (prob > thresholds[2])
+  return (*(np.asarray(v) for v in _finish(boxes, reg, marks, prob, passing)), overflow | left)
 
 
 class Detector:
