@@ -8,6 +8,9 @@ under the local runner and (--runners=local,beam) under Beam's DirectRunner.
   # all of LFW, the default 2 workers only: wall time, CPU and memory of the whole-LFW run
   python -m benchmarks.cache_workers --out=benchmarks/results/embed_whole_lfw.json --limit=0 \
       --worker_counts=2 --repeats=1
+  # the same with the JAX detector and backbone (the MTCNN-in-JAX issue's whole-LFW run)
+  python -m benchmarks.cache_workers --out=benchmarks/results/embed_whole_lfw_mtcnn_jax.json --limit=0 \
+      --worker_counts=2 --repeats=1 --backbone=dlib-resnet-jax --embed_flag=--aligner=mtcnn-jax
 
 Builds the cache of the first --limit LFW images (whole identities, name order; 0 = all) into a fresh
 temporary directory with each of --worker_counts, alternating --repeats times, each in its own process,
@@ -56,6 +59,9 @@ def define_flags() -> None:
   flags.DEFINE_list('runners', ['local'], 'Values of mir_jax.embed --runner to run (local, beam).')
   flags.DEFINE_integer('repeats', 2, 'Runs per worker count (alternating).')
   flags.DEFINE_string('backbone', 'dlib-resnet', 'Backbone to embed with.')
+  flags.DEFINE_multi_string(
+    'embed_flag', [], 'A further mir_jax.embed flag for every run, e.g. --embed_flag=--aligner=mtcnn-jax.'
+  )
   flags.DEFINE_string(
     'keep_cache',
     None,
@@ -112,6 +118,7 @@ def run_once(num_workers: int, runner: str = 'local') -> dict:
     ]
     if FLAGS.limit:
       cmd.append(f'--limit={FLAGS.limit}')
+    cmd += FLAGS.embed_flag
     if runner == 'beam':
       cmd += [
         '--runner=beam',

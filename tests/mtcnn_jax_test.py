@@ -3,6 +3,8 @@
 import types
 
 import fixtures
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -70,6 +72,37 @@ def test_pyramid_is_facenet_pytorchs():
   # LFW's 250 x 250: the shorter side 150, 106, 75, ... px, while >= 12.
   scales = mtcnn_jax.pyramid_scales(250, 250, 20, 0.709)
   assert len(scales) == 8 and scales[0] == 0.6 and scales[1] == 0.6 * 0.709
+
+
+def test_resampling_is_bit_identical_to_torchs_under_jit():
+  # As the detector runs it: compiled, the sizes traced. XLA's rewrites of the two divisions (into a
+  # reciprocal product, or one division by the product) changed thousands of these pixels by an ulp.
+  from torch.nn import functional  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)
+  canvas = np.zeros((256, 256, 3), np.uint8)
+  canvas[:250, :250] = image
+  torch_image = torch.from_numpy(image.copy())[None].permute(0, 3, 1, 2).float()  # facenet-pytorch's layout
+
+  @jax.jit
+  def level(canvas, out, size):
+    ys, ye = mtcnn_jax._windows(154, out, size)
+    return mtcnn_jax._area_average(mtcnn_jax._integral(canvas), ys, ye, ys, ye)
+
+  for out in (151, 107, 76, 13):
+    want = functional.interpolate(torch_image, size=(out, out), mode='area')[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.asarray(level(canvas, out, 250))[:out, :out], want)
+
+  boxes = np.array([[10.2, 20.7, 90.1, 110.9], [0.0, 0.0, 249.0, 249.0], [100.0, 30.0, 130.0, 61.0]], np.float32)
+  crop = jax.jit(lambda i, b: mtcnn_jax._crops(i[None], jnp.zeros(3, jnp.int32), b, jnp.full((3, 2), 250), 24))
+  got, ok = crop(mtcnn_jax._integral(canvas), boxes)
+  assert np.asarray(ok).all()
+  for box, g in zip(boxes.astype(int), np.asarray(got)):
+    x, y, ex, ey = max(box[0], 1), max(box[1], 1), min(box[2], 250), min(box[3], 250)
+    window = torch_image[:, :, y - 1 : ey, x - 1 : ex]
+    want = (functional.interpolate(window, size=(24, 24), mode='area')[0].permute(1, 2, 0).numpy() - 127.5) * 0.0078125
+    np.testing.assert_array_equal(g, want)
 
 
 @pytest.fixture(scope='module')
