@@ -57,8 +57,9 @@ FACES = ('detect', 'precropped')
 # (the same nets and steps compiled with XLA, each image independent of its batchmates).
 DETECTORS = ('mtcnn-torch', 'mtcnn-jax')
 # The cache key's name for each: a change of detector re-detects (and re-embeds). mtcnn-jax-2: R-/O-Net in
-# fixed-size calls, whose float rounding differs from -1's batch-sized pools.
-_DETECTOR_KEYS = {'mtcnn-torch': 'mtcnn-facenet-pytorch-2.6', 'mtcnn-jax': 'mtcnn-jax-2'}
+# fixed-size calls, whose float rounding differs from -1's batch-sized pools; -3: O-Net's NMS gives an exact tie
+# to the later candidate, as facenet-pytorch's ascending sort does.
+_DETECTOR_KEYS = {'mtcnn-torch': 'mtcnn-facenet-pytorch-2.6', 'mtcnn-jax': 'mtcnn-jax-3'}
 
 
 def center_box(image_shape: Sequence[int], fractions: Tuple[float, float] = FALLBACK_FRACTIONS) -> np.ndarray:

@@ -169,6 +169,26 @@ def test_overflowing_capacity_is_retried_larger(lfw_stack):
   np.testing.assert_allclose(got[0], full[0], atol=1e-4)
 
 
+@pytest.mark.parametrize('mode', ['union', 'min'])
+def test_nms_breaks_an_exact_tie_as_the_reference_reads(mode):
+  """Two overlapping boxes with one score: torchvision's `nms` keeps the first (a stable descending sort);
+  facenet-pytorch's `nms_numpy`, which sorts ascending and takes the last, keeps the second when its sort
+  is stable (numpy's is not: on larger arrays its choice varies, benchmarks/mtcnn_ties.py)."""
+  from facenet_pytorch.models.utils import detect_face  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+
+  boxes = np.asarray([[10.0, 10.0, 60.0, 60.0], [12.0, 11.0, 61.0, 62.0], [100.0, 100.0, 130.0, 130.0]], np.float32)
+  scores = np.asarray([0.99999994, 0.99999994, 0.9], np.float32)
+  if mode == 'union':
+    want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy()
+  else:  # three elements: numpy's argsort sorts them stably
+    want = detect_face.nms_numpy(boxes, scores, 0.7, 'Min')
+  picks, kept, _ = mtcnn_jax._nms(
+    jnp.asarray(boxes), jnp.asarray(scores), jnp.ones(3, bool), 0.5 if mode == 'union' else 0.7, 3, mode=mode
+  )  # pylint: disable=protected-access
+  assert list(np.asarray(picks)[np.asarray(kept)]) == list(want) == ([0, 2] if mode == 'union' else [1, 2])
+
+
 def test_the_equality_benchmark_meets_the_targets_on_a_sample(detector):
   del detector  # it compiled the batch-of-2 programs
   root = fixtures.require_lfw_images()
@@ -177,6 +197,20 @@ def test_the_equality_benchmark_meets_the_targets_on_a_sample(detector):
   # The issue's targets: the same face chosen, boxes and landmarks within 0.01 px.
   assert summary['images'] == 13 and summary['same_face_fraction'] == 1.0, summary['differ']
   assert summary['box_px']['max'] <= 0.01 and summary['landmark_px']['max'] <= 0.01, summary
+
+
+def test_the_ties_benchmark_finds_an_exact_tie_and_noise_moves_only_with_noise():
+  from benchmarks import mtcnn_ties  # pylint: disable=g-import-not-at-top  (imports torch)
+
+  root = fixtures.require_lfw_images()
+  # Erik_Morales_0002: listed by the whole-LFW run as differing, two O-Net candidates tied at the top.
+  stack = np.stack([images.load_rgb(root / f) for f in ('Erik_Morales/Erik_Morales_0002.jpg', LFW_FILES[0])])
+  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'))
+  assert list(mtcnn_ties.top_ties(aligner, stack, aligner.config.thresholds[2])) == [2, 1]
+  moved = mtcnn_ties.sensitivity(aligner, stack, eps=0.0, repeats=1, same_px=1.0)
+  assert all(list(m) == [0, 0] for m in moved.values())  # the wrapper itself changes nothing
+  moved = mtcnn_ties.sensitivity(aligner, stack, eps=0.05, repeats=1, same_px=0.0)
+  assert any(m.sum() for m in moved.values())  # and noise reaches the choice
 
 
 def test_no_face_and_bad_input(detector):
@@ -216,7 +250,7 @@ def test_the_aligner_flag_is_in_the_cache_key_only_when_not_the_default():
   assert options == {'detector': 'mtcnn-jax'}
   key, default = align.config_key(lookup.aligner_config(options)), align.config_key()
   # Existing (mtcnn-torch) caches keep their directories; a jax cache is another one.
-  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-2'
+  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-3'
   assert {**key, 'detector': default['detector']} == default
   assert cache_flags.align_options(types.SimpleNamespace(**{**vars(fv), 'aligner': 'mtcnn-torch'})) == {}
   with pytest.raises(selection.UsageError, match="detector='mtcnn-jax' would have no effect"):

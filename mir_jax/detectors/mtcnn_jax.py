@@ -208,9 +208,13 @@ def _nms(boxes, scores, valid, threshold: float, capacity: int, mode: str = 'uni
   """Greedy NMS: (capacity,) indices of the kept boxes in pick order (best first), their mask, and whether
   boxes were left over when the capacity was full.
 
-  mode 'union' is torchvision's `nms` (areas (x2 - x1) * (y2 - y1), suppress IoU > threshold); 'min' is
-  facenet-pytorch's `nms_numpy(..., 'Min')` (areas with +1, intersection over the smaller area). Ties
-  go to the lower index, as a stable descending sort orders them.
+  mode 'union' is torchvision's `nms` (areas (x2 - x1) * (y2 - y1), suppress IoU > threshold); equal scores
+  go to the lower index, as its stable descending sort orders them. 'min' is facenet-pytorch's
+  `nms_numpy(..., 'Min')` (areas with +1, intersection over the smaller area), which sorts ascending and
+  takes the last: equal scores go to the higher index, as a stable sort would order them. numpy's
+  argsort is not stable, so facenet-pytorch breaks such a tie by where the two sit in its whole batch's
+  array. Exact ties are real there: O-Net's face probabilities near 1 are float32 values a few ulps (6e-8)
+  apart, so two overlapping crops can share one (benchmarks/mtcnn_ties.py).
   """
   plus = 1.0 if mode == 'min' else 0.0
   area = (boxes[:, 2] - boxes[:, 0] + plus) * (boxes[:, 3] - boxes[:, 1] + plus)
@@ -220,7 +224,10 @@ def _nms(boxes, scores, valid, threshold: float, capacity: int, mode: str = 'uni
 
   def step(state):
     alive, picks, count = state
-    i = jnp.argmax(jnp.where(alive, scores, neg_inf))
+    if mode == 'min':
+      i = len(scores) - 1 - jnp.argmax(jnp.where(alive, scores, neg_inf)[::-1])
+    else:
+      i = jnp.argmax(jnp.where(alive, scores, neg_inf))
     xx1 = jnp.maximum(boxes[i, 0], boxes[:, 0])
     yy1 = jnp.maximum(boxes[i, 1], boxes[:, 1])
     xx2 = jnp.minimum(boxes[i, 2], boxes[:, 2])
