@@ -32,9 +32,11 @@ format: $(VENV)/bin/ruff
 	$(VENV)/bin/ruff check --fix --select I .
 	$(VENV)/bin/ruff format .
 
-# The 25 slowest tests are listed at the end, to keep CI's time in sight (under 30 minutes is the aim).
+# The 25 slowest tests are listed at the end, to keep CI's time in sight (under 30 minutes is the aim). Two
+# workers (pytest-xdist): compiling, the suite's slowest part, keeps one core per process busy; tests/conftest.py
+# keeps each module, and the tests that share the synthetic `reproduce.all` run, on one worker.
 test: lint env
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 tests
 
 # The main job: embed all of LFW with the two offline backbones, dlib's ResNet and Sandberg's CASIA-WebFace FaceNet
 # (resumable; skipped when cached; FaceNet with the mirrored faces too, for his flip-concatenated verification), LFW
