@@ -36,7 +36,7 @@ format: $(VENV)/bin/ruff
 # workers (pytest-xdist): compiling, the suite's slowest part, keeps one core per process busy; tests/conftest.py
 # keeps each module, and the tests that share the synthetic `reproduce.all` run, on one worker.
 test: lint env
-	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25 tests
 
 # The main job: embed all of LFW with the two offline backbones, dlib's ResNet and Sandberg's CASIA-WebFace FaceNet
 # (resumable; skipped when cached; FaceNet with the mirrored faces too, for his flip-concatenated verification), LFW

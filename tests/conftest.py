@@ -8,23 +8,32 @@ import pytest
 # so the tests run the sharded engine path that users run.
 import mir_jax  # noqa: F401  pylint: disable=unused-import
 
-# `make test` runs two pytest-xdist workers with --dist loadgroup: each group runs whole on one worker, so a
-# module's fixtures, and the session's `synthetic_run`, are built once. The groups known to take longest
-# start first, so that neither worker is left with a long one at the end.
+# `make test` runs two pytest-xdist workers. Each group of tests runs whole on one worker, so a module's
+# fixtures, and the session's `synthetic_run`, are built once; the groups known to take longest start first,
+# so that neither worker is left with a long one at the end. (A scheduler of our own, not `--dist loadgroup`:
+# xdist 3.8's groups rename nodes through an attribute that pytest 9.2 no longer reads.)
 _SYNTHETIC_RUN_MODULES = ('reproduce_test.py', 'report_page_test.py', 'report_browser_test.py')
 _LONGEST_FIRST = ('synthetic_run', 'regression_test.py', 'mtcnn_jax_test.py')
 
 
-def _group(item) -> str:
-  return 'synthetic_run' if item.path.name in _SYNTHETIC_RUN_MODULES else item.path.name
+def _group(path: str) -> str:
+  name = path.rsplit('/', 1)[-1]
+  return 'synthetic_run' if name in _SYNTHETIC_RUN_MODULES else name
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-  for item in items:
-    item.add_marker(pytest.mark.xdist_group(_group(item)))
   rank = {g: i for i, g in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: modules stay in their order
+  items.sort(key=lambda item: rank.get(_group(item.nodeid.split('::', 1)[0]), len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+  from xdist import scheduler  # pylint: disable=g-import-not-at-top  (only under xdist)
+
+  class ByGroup(scheduler.LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      return _group(nodeid.split('::', 1)[0])
+
+  return ByGroup(config, log)
 
 
 @pytest.fixture(scope='session')
