@@ -1,9 +1,10 @@
 """The compiled training engine: many MIR-head runs trained at once, each run's loop fully inside XLA.
 
 One call to `train` trains R runs (seeds x schedules x per-run hyperparameters) that share shapes: the
-step loop is a `lax.scan` and the runs are a `vmap` over it, so there is no Python dispatch per step and
-no per-run compile. Runs of one schedule share a compiled program, and each program computes only what
-its schedule trains (a single-task head never evaluates the commonality branch; an alternating step
+step loop runs inside XLA (a `lax.scan` over history blocks, each a loop over its steps) and the runs are
+a `vmap` over it, so there is no Python dispatch per step and no per-run compile. Runs of one schedule
+share a compiled program, which the number of steps does not change (only the history's length does), and
+each program computes only what its schedule trains (a single-task head never evaluates the commonality branch; an alternating step
 computes only the loss of the task it trains):
 
   schedule     parameter groups updated at step t                     loss of the update
@@ -285,7 +286,7 @@ def _in_run_order(parts):
 
 # XLA:CPU maps each compiled training program's code into hundreds of memory regions
 # (`python -m benchmarks.compiled_maps` counts them), and Linux allows a process vm.max_map_count (65,530). Tuning
-# compiles one program per (schedule, budget, shapes), so a process that tunes many heads (the test suite,
+# compiles one program per (schedule, options, shapes), so a process that tunes many heads (the test suite,
 # `reproduce.all`) would pass the limit, and LLVM then aborts the process ("Cannot allocate memory"). So
 # at most this many stay compiled (of each jitted function here); one dropped is compiled again if it is
 # asked for again.
@@ -303,6 +304,7 @@ def _train_sharded(
   """Spreads the runs over the local devices (each CPU core is one: `mir_jax/__init__.py`), padding them to
   a multiple of the device count with copies of the last run, whose results are dropped."""
   _bound_compiled(_train_compiled)
+  program_opts, block_steps, num_blocks = _program_options(opts)
   devices = jax.local_devices()
   count = len(runs)
   if len(devices) < 2 or count < 2:
@@ -312,8 +314,10 @@ def _train_sharded(
       jnp.asarray(train_idx, jnp.int32),
       eval_idx,
       run_arrays(runs),
-      opts,
+      block_steps,
+      program_opts,
       program,
+      num_blocks,
     )
   pad = -count % len(devices)
   runs = runs + [runs[-1]] * pad
@@ -329,19 +333,40 @@ def _train_sharded(
     jax.device_put(jnp.asarray(train_idx, jnp.int32), by_run),
     eval_idx,
     jax.device_put(run_arrays(runs), by_run),
-    opts,
+    jax.device_put(block_steps, everywhere),
+    program_opts,
     program,
+    num_blocks,
   )
   return jax.tree.map(lambda a: a[:count], result)
 
 
-@functools.partial(jax.jit, static_argnames=('opts', 'program'))
+def _program_options(opts: StaticOptions):
+  """(the options that fix the compiled program, steps per history block, number of blocks).
+
+  The budget is not part of the program, only the history's length (a shape) is: tuning trains budgets
+  B, 2B, 4B, ... of every point with one history block each, and one program serves them all (compiling,
+  not training, is most of the time of short budgets). The program's own `steps` and `log_every` are
+  placeholders that the traced code never reads."""
+  num_blocks = opts.steps // opts.log_every
+  return dataclasses.replace(opts, steps=1, log_every=1), jnp.int32(opts.log_every), num_blocks
+
+
+@functools.partial(jax.jit, static_argnames=('opts', 'program', 'num_blocks'))
 def _train_compiled(
-  x, labels, train_idx, eval_idx, runs: RunArrays, opts: StaticOptions, program: Program
+  x,
+  labels,
+  train_idx,
+  eval_idx,
+  runs: RunArrays,
+  block_steps,
+  opts: StaticOptions,
+  program: Program,
+  num_blocks: int,
 ) -> TrainResult:
   eval_axis = None if eval_idx is None else 0
-  return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None, None))(
-    x, labels, train_idx, eval_idx, runs, opts, program
+  return jax.vmap(_train_one, in_axes=(None, None, 0, eval_axis, 0, None, None, None, None))(
+    x, labels, train_idx, eval_idx, runs, block_steps, opts, program, num_blocks
   )
 
 
@@ -420,7 +445,7 @@ def train_step(state: TrainState, xb, yb, step, budget, run: RunArrays, opts: St
 
 
 def _train_one(
-  x_all, labels_all, train_idx, eval_idx, run: RunArrays, opts: StaticOptions, program: Program
+  x_all, labels_all, train_idx, eval_idx, run: RunArrays, block_steps, opts: StaticOptions, program: Program, num_blocks
 ) -> TrainResult:
   x, labels = x_all[train_idx], labels_all[train_idx]
   input_mean = x.mean(axis=0) if opts.center else jnp.zeros(x.shape[1], x.dtype)
@@ -431,7 +456,7 @@ def _train_one(
   params = model_lib.init_params(init_key, model, x.shape[1])
   tx = _direction(opts.optimizer)
   state = TrainState(params, {g: tx.init({k: params[k] for k in names}) for g, names in GROUPS.items()})
-  budget = jnp.where(run.steps > 0, run.steps, opts.steps)
+  budget = jnp.where(run.steps > 0, run.steps, num_blocks * block_steps)
   n = x.shape[0]
   batch = n if opts.batch_size in (0, None) or opts.batch_size >= n else opts.batch_size
   batches_per_epoch = n // batch
@@ -460,12 +485,20 @@ def _train_one(
     return (jnp.argmax(logits, axis=-1) == labels_all[eval_idx]).mean()
 
   def log_block(carry, block):
-    carry, per_step = jax.lax.scan(step_fn, carry, block * opts.log_every + jnp.arange(opts.log_every))
-    # A loss an update does not compute is NaN (alternating steps compute one each).
-    return carry, jnp.concatenate([jnp.nanmean(per_step, axis=0), eval_accuracy(carry[0].params)[None]])
+    def one_step(i, acc):
+      carry, total, count = acc
+      carry, losses = step_fn(carry, block * block_steps + i)
+      # A loss an update does not compute is NaN (alternating steps compute one each): the block's mean
+      # is over the steps that computed it.
+      computed = ~jnp.isnan(losses)
+      return carry, total + jnp.where(computed, losses, 0.0), count + computed
+
+    zeros = jnp.zeros(3, jnp.float32)
+    carry, total, count = jax.lax.fori_loop(0, block_steps, one_step, (carry, zeros, zeros))
+    return carry, jnp.concatenate([total / count, eval_accuracy(carry[0].params)[None]])
 
   carry = (state, jnp.zeros(n, jnp.int32))
-  (state, _), hist = jax.lax.scan(log_block, carry, jnp.arange(opts.steps // opts.log_every))
+  (state, _), hist = jax.lax.scan(log_block, carry, jnp.arange(num_blocks))
   history = {'loss': hist[:, 0], 'ce': hist[:, 1], 'bce': hist[:, 2]}
   if eval_idx is not None:
     history['eval_accuracy'] = hist[:, 3]

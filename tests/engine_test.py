@@ -309,7 +309,21 @@ def test_compiled_programs_stay_bounded(synthetic, monkeypatch):
   monkeypatch.setattr(engine, 'MAX_COMPILED_PROGRAMS', 2)
   runs = [engine.Run(schedule='single', learning_rate=1e-2)]
   sizes = []
-  for steps in (3, 4, 5, 6):
-    engine.train(synthetic.x, synthetic.labels, opts(steps=steps, log_every=steps), runs)
+  for blocks in (3, 4, 5, 6):  # a history of another length is another program
+    engine.train(synthetic.x, synthetic.labels, opts(steps=blocks, log_every=1), runs)
     sizes.append(engine._train_compiled._cache_size())  # pylint: disable=protected-access
   assert max(sizes) <= 2 and sizes[-1] >= 1, sizes
+
+
+def test_budgets_share_one_compiled_program(synthetic):
+  # Tuning trains budgets B, 2B, 4B, ... with one history block each: one program, not one per budget.
+  engine._train_compiled.clear_cache()  # pylint: disable=protected-access
+  runs = [engine.Run(schedule='joint', learning_rate=1e-2)]
+  trained = {s: engine.train(synthetic.x, synthetic.labels, opts(steps=s, log_every=s), runs) for s in (5, 10, 20)}
+  assert engine._train_compiled._cache_size() == 1  # pylint: disable=protected-access
+  # Each budget is trained for its own steps: 10 steps are 5 steps and 5 more, not 5 steps again.
+  assert not leaves_equal(trained[5].params, trained[10].params)
+  # And as long as a call that trains 10 steps with a 10-step history, up to the history's resolution.
+  blocks = engine.train(synthetic.x, synthetic.labels, opts(steps=10, log_every=1), runs)
+  assert leaves_equal(blocks.params, trained[10].params)
+  np.testing.assert_allclose(blocks.history['loss'].mean(), trained[10].history['loss'][0, 0], rtol=1e-5)
