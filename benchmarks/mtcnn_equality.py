@@ -88,14 +88,19 @@ def compare(root, files, batch_size: int, same_px: float) -> dict:
   }
 
 
-def main(argv) -> None:
-  del argv
+def lfw_files(stride: int, limit: int):
+  """(the LFW folder, every `stride`-th image path under it in sorted order, up to `limit`; 0 = all)."""
   shared = paths.shared_data_dir()
   if shared is None or not (shared / 'lfw' / 'lfw-deepfunneled').is_dir():
     raise app.UsageError(f'LFW is not under {paths.shared_data_location()} (set $MIR_SHARED_DATA)')
   root = shared / 'lfw' / 'lfw-deepfunneled'
-  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[:: FLAGS.stride]
-  files = files[: FLAGS.limit] if FLAGS.limit else files
+  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[::stride]
+  return root, files[:limit] if limit else files
+
+
+def main(argv) -> None:
+  del argv
+  root, files = lfw_files(FLAGS.stride, FLAGS.limit)
   result = {
     'command': 'python -m benchmarks.mtcnn_equality ' + ' '.join(f'--{k}={v}' for k, v in _flags().items()),
     'machine': machine.basic_info(),

@@ -15,7 +15,6 @@ that computes those nets can run faster on this machine.
 
 import contextlib
 import json
-import os
 import time
 
 from absl import app
@@ -25,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
+from benchmarks import mtcnn_equality
 from mir_jax import align
 from mir_jax import images
-from mir_jax import paths
 from mir_jax.detectors import mtcnn_jax
 from mir_jax.detectors import mtcnn_nets
 
@@ -130,11 +129,7 @@ def net_flops(height: int, width: int, min_face_size: int, factor: float) -> dic
 
 def main(argv) -> None:
   del argv
-  shared = paths.shared_data_dir()
-  if shared is None or not (shared / 'lfw' / 'lfw-deepfunneled').is_dir():
-    raise app.UsageError(f'LFW is not under {paths.shared_data_location()} (set $MIR_SHARED_DATA)')
-  root = shared / 'lfw' / 'lfw-deepfunneled'
-  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))[:: FLAGS.stride][: FLAGS.limit]
+  root, files = mtcnn_equality.lfw_files(FLAGS.stride, FLAGS.limit)
   stack = np.stack([images.load_rgb(root / f) for f in files])  # LFW: all 250 x 250
   n = len(stack)
 
@@ -206,10 +201,8 @@ def main(argv) -> None:
     'images_per_s_at_matmul_peak': peak * 1e9 / per_image,
     'five_times_torch_images_per_s': 5 * n / float(np.median(torch_s)),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as fh:
-    json.dump(result, fh, indent=2)
   print(json.dumps(result, indent=2))
+  machine.write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':

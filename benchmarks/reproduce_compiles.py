@@ -88,10 +88,8 @@ def main(argv) -> None:
     'machine': {**machine.basic_info(), 'jax': jax.__version__, 'devices': len(jax.devices())},
     **measure(),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as fh:
-    json.dump(result, fh, indent=2)
   print(json.dumps(result, indent=2))
+  machine.write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':
