@@ -9,8 +9,9 @@ hooks; the rest of `detect_face` (NMS, box arithmetic, cropping) is its remainde
 blocked on; then the Detector as it runs (`THREADS` batches in flight), for its total. The FLOPs of a net
 are XLA's cost analysis of its compiled program (multiply-adds x2, per crop for R-Net and O-Net, per batch
 for P-Net over one image's pyramid levels at their own sizes), the same counts for both frameworks. The
-bound divides one image's FLOPs by the float32 matmul peak measured here (a 2048^2 `jnp.dot`): no detector
-that computes those nets can run faster on this machine.
+bound divides one image's FLOPs by the float32 matmul peak measured here (`train_speed.matmul_peak`: the
+best of a 2048^3 GEMM in JAX, NumPy and PyTorch): no detector that computes those nets can run faster on
+this machine.
 """
 
 import contextlib
@@ -25,6 +26,7 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks import mtcnn_equality
+from benchmarks import train_speed
 from mir_jax import align
 from mir_jax import images
 from mir_jax.detectors import mtcnn_jax
@@ -40,18 +42,6 @@ def define_flags() -> None:
   flags.DEFINE_integer('repeats', 3, 'Timed passes of each detector, interleaved; medians are reported.')
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best / 1e9
-
-
 def _flops(fn, *args) -> float:
   cost = jax.jit(fn).lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
@@ -59,14 +49,13 @@ def _flops(fn, *args) -> float:
 
 
 class _Clock:
-  """Seconds and calls per name."""
+  """Seconds and items (crops) per name."""
 
   def __init__(self):
-    self.seconds, self.calls, self.items = {}, {}, {}
+    self.seconds, self.items = {}, {}
 
   def add(self, name, seconds, items=0):
     self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-    self.calls[name] = self.calls.get(name, 0) + 1
     self.items[name] = self.items.get(name, 0) + items
 
 
@@ -165,7 +154,8 @@ def main(argv) -> None:
   crops = {net: float(np.median([c.items[net] for c in torch_clocks])) / n for net in ('rnet', 'onet')}
   jax_crops = {net: float(np.median([c.items[net] for c in jax_clocks])) / n for net in ('rnet', 'onet')}
   per_image = flops['pnet_per_image'] + sum(crops[k] * flops[f'{k}_per_crop'] for k in crops)
-  peak = matmul_peak_gflops()
+  peak_by_library = train_speed.matmul_peak(FLAGS.repeats, 'cpu')
+  peak = max(peak_by_library.values())
   torch_stage = stages(torch_clocks, torch_s)
   jax_stage = stages(jax_clocks, staged_s)
   net_flops_total = {
@@ -198,6 +188,7 @@ def main(argv) -> None:
     },
     'gflop_per_image': per_image / 1e9,
     'matmul_peak_gflops': peak,
+    'matmul_gflops_by_library': peak_by_library,
     'images_per_s_at_matmul_peak': peak * 1e9 / per_image,
     'five_times_torch_images_per_s': 5 * n / float(np.median(torch_s)),
   }

@@ -4,8 +4,8 @@ One call to `train` trains R runs (seeds x schedules x per-run hyperparameters) 
 step loop runs inside XLA (a `lax.scan` over history blocks, each a loop over its steps) and the runs are
 a `vmap` over it, so there is no Python dispatch per step and no per-run compile. Runs of one schedule
 share a compiled program, which the number of steps does not change (only the history's length does), and
-each program computes only what its schedule trains (a single-task head never evaluates the commonality branch; an alternating step
-computes only the loss of the task it trains):
+each program computes only what its schedule trains (a single-task head never evaluates the commonality
+branch; an alternating step computes only the loss of the task it trains):
 
   schedule     parameter groups updated at step t                     loss of the update
   joint        both                                                   CE + lambda * BCE
