@@ -25,6 +25,7 @@ from scipy import stats
 import torch
 
 from benchmarks import machine
+from benchmarks import mtcnn_equality
 from mir_jax import align
 from mir_jax import images
 from mir_jax import paths
@@ -35,7 +36,15 @@ STAGES = ('pnet', 'rnet', 'onet')
 
 def define_flags() -> None:
   flags.DEFINE_string('out', 'benchmarks/results/mtcnn_ties.json', 'Where to write the JSON.')
-  flags.DEFINE_string('equality', 'benchmarks/results/mtcnn_equality.json', "mtcnn_equality's JSON: its 'differ' list.")
+  flags.DEFINE_string(
+    'equality', 'benchmarks/results/mtcnn_equality.json', "mtcnn_equality's JSON: its 'differ' lists."
+  )
+  flags.DEFINE_enum(
+    'reference',
+    'alone_stable_sort',
+    list(mtcnn_equality.REFERENCES),
+    "Which of the equality run's torch references to explain; the torch aligner here runs as that one did.",
+  )
   flags.DEFINE_integer('control_stride', 26, 'Every n-th LFW image in sorted order, outside the differing ones.')
   flags.DEFINE_float('eps', 6e-8, 'Noise amplitude on every net output (6e-8: one float32 ulp just below 1).')
   flags.DEFINE_integer('repeats', 3, 'Noise seeds per net.')
@@ -149,27 +158,39 @@ def main(argv) -> None:
   if equality['images'] != 13233:
     raise app.UsageError(f'{FLAGS.equality} covers {equality["images"]} images, not all of LFW')
   root = shared / 'lfw' / 'lfw-deepfunneled'
-  differ = [d['image'] for d in equality['differ']]
+  # Runs before 2026-12-07 compared with the torch aligner's batches of 32 only, at the top level.
+  against = equality.get('against', {'torch_batch_32': equality})
+  reference = f'torch_batch_{FLAGS.torch_batch_size}'
+  if reference not in against:
+    raise app.UsageError(
+      f'{FLAGS.equality} has no {reference} comparison (--torch_batch_size is one of {list(against)})'
+    )
+  listed = against[reference]['differ']
+  differ = [d['image'] for d in listed]
   everything = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))
   controls = [f for f in everything[:: FLAGS.control_stride] if f not in set(differ)]
   files = differ + controls
   stack = np.stack([images.load_rgb(root / f) for f in files])
-  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'))
-  ties = top_ties(aligner, stack, aligner.config.thresholds[2])
-  moved = sensitivity(aligner, stack, FLAGS.eps, FLAGS.repeats, FLAGS.same_px)
+  torch_batch, stable = mtcnn_equality.REFERENCES[FLAGS.reference]
+  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), batch_size=torch_batch)
+  with mtcnn_equality.stable_tie_order(stable):
+    ties = top_ties(aligner, stack, aligner.config.thresholds[2])
+    moved = sensitivity(aligner, stack, FLAGS.eps, FLAGS.repeats, FLAGS.same_px)
   per_image = [
     {
       'image': f,
       'equality_reason': d['reason'],
       'reason': _reason(ties[i], {s: moved[s][i] for s in STAGES}, FLAGS.repeats),
     }
-    for i, (f, d) in enumerate(zip(differ, equality['differ']))
+    for i, (f, d) in enumerate(zip(differ, listed))
   ]
   n_differ = len(differ)
   controls_summary = _summary(moved, ties, np.arange(n_differ, len(files)))
   result = {
     'command': 'python -m benchmarks.mtcnn_ties '
-    + ' '.join(f'--{k}={FLAGS[k].value}' for k in ('equality', 'control_stride', 'eps', 'repeats', 'same_px')),
+    + ' '.join(
+      f'--{k}={FLAGS[k].value}' for k in ('equality', 'reference', 'control_stride', 'eps', 'repeats', 'same_px')
+    ),
     'machine': machine.basic_info(),
     'differing': _summary(moved, ties, np.arange(n_differ)),
     'controls': controls_summary,
