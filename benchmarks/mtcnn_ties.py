@@ -159,13 +159,10 @@ def main(argv) -> None:
     raise app.UsageError(f'{FLAGS.equality} covers {equality["images"]} images, not all of LFW')
   root = shared / 'lfw' / 'lfw-deepfunneled'
   # Runs before 2026-12-07 compared with the torch aligner's batches of 32 only, at the top level.
-  against = equality.get('against', {'torch_batch_32': equality})
-  reference = f'torch_batch_{FLAGS.torch_batch_size}'
-  if reference not in against:
-    raise app.UsageError(
-      f'{FLAGS.equality} has no {reference} comparison (--torch_batch_size is one of {list(against)})'
-    )
-  listed = against[reference]['differ']
+  against = equality.get('against', {'batch32': equality})
+  if FLAGS.reference not in against:
+    raise app.UsageError(f'{FLAGS.equality} has no {FLAGS.reference} comparison (it has {list(against)})')
+  listed = against[FLAGS.reference]['differ']
   differ = [d['image'] for d in listed]
   everything = sorted(str(p.relative_to(root)) for p in root.glob('*/*.jpg'))
   controls = [f for f in everything[:: FLAGS.control_stride] if f not in set(differ)]
