@@ -152,7 +152,9 @@ def _read_state_dict(path: str) -> Dict[str, np.ndarray]:
 def _expected_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
   """torch key -> torch shape, derived from the Flax module's own parameter shapes."""
   size = _INPUT_SIZES[name]
-  params = NETS[name]().init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))['params']
+  # Shapes only: an eager init would compile each of its ops, ~6 s a net in every fresh process (each of the
+  # cache builder's workers).
+  params = jax.eval_shape(NETS[name]().init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))['params']
   inverse = {v: k for k, v in _DENSE_NAMES.get(name, {}).items()}
   shapes = {}
   for module, leaves in params.items():
