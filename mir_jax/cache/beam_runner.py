@@ -24,6 +24,7 @@ import apache_beam as beam
 from apache_beam import runners
 from apache_beam.options import pipeline_options as po
 
+from mir_jax import compilation_cache
 from mir_jax import paths
 from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import workers
@@ -79,6 +80,7 @@ class EmbedChunk(beam.DoFn):
 
   def setup(self):
     # Once per worker: the backbone and the aligner are the expensive part of starting.
+    compilation_cache.enable()
     self.embedder = pipeline_lib.RecordEmbedder(self.writer.pipeline, embed=True)
     self.written = beam.metrics.Metrics.counter('mir_cache', 'images_written')
 

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Callable, Iterator, List, Optional, Sequence
 
+from mir_jax import compilation_cache
 from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.datasets.records import FaceRecord
 
@@ -45,6 +46,7 @@ def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
 def _init_worker(pipeline: pipeline_lib.Pipeline, parent_pid: Optional[int] = None) -> None:
   if parent_pid is not None:
     _exit_with_parent(parent_pid)
+  compilation_cache.enable()
   # Each worker is one of `num_workers` processes sharing the cores; letting torch/BLAS spawn a thread per
   # core in every one of them oversubscribes the machine.
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
