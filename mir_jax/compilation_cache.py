@@ -1,11 +1,11 @@
 """JAX's persistent compilation cache, for the processes that build embedding caches.
 
-A cache build starts fresh processes: its workers, replaced by a new pool every few thousand images
-(`cache.workers.WORKER_MAX_TASKS`), and Beam's. Each used to compile mtcnn-jax's programs anew: on the
-2-core AMD EPYC 14 s for the first batch, and about 11 s more for the larger-capacity programs of the
-images detected again after an overflow (3 of the first 1,600 LFW images). Kept on disk, they are
-compiled once per machine and read back in about 4 s. Only the embedding path turns the cache on, so the
-training engine's compile counts and timings (`benchmarks/reproduce_compiles.py`) measure what they say.
+A cache build starts fresh processes: its workers, a new pool of them every few thousand images
+(`cache.workers.WORKER_MAX_TASKS`), and Beam's. Without a persistent cache each compiles mtcnn-jax's
+programs and the JAX backbones' anew, and so do the larger-capacity programs of any image the detector
+retries; with it they are compiled once per machine and read back (benchmarks/mtcnn_startup.py). Only the
+embedding path turns it on, so that the training engine's compile counts and timings
+(benchmarks/reproduce_compiles.py) measure what they say.
 """
 
 from mir_jax import paths
