@@ -20,7 +20,9 @@ class Context:
     self.output_dir = output_dir
     self.seeds = options.seeds(config.train)
     self.base_variant = options.Variant.from_config(config)
-    self.embeddings = embeddings if embeddings is not None else embedding_store.EmbeddingStore(config.data_dir)
+    self.embeddings = (
+      embeddings if embeddings is not None else embedding_store.EmbeddingStore(config.data_dir, config.aligner)
+    )
     self.choices = choice_store.ChoiceStore(config, config.tuned_dir)
     self.heads = head_memo.HeadMemo(config, self.choices, self.embeddings.spec)
     # What the report plots beyond the tables, by kind (e.g. 'open_set': rank-1 against distractor-set

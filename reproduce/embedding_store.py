@@ -10,6 +10,7 @@ import os
 import time
 from typing import Dict, Tuple
 
+from mir_jax import align
 from mir_jax import embedding_sets
 from mir_jax.cache import key as cache_key
 from mir_jax.cache import reader
@@ -25,10 +26,12 @@ def data_key(dataset: str, backbone: str) -> str:
 
 
 class EmbeddingStore:
-  """Finds the caches under `data_dir` ('' = the default root) and keeps each loaded set."""
+  """Finds the caches under `data_dir` ('' = the default root) made with MTCNN `aligner` ('' = the default,
+  `mir_jax.embed --aligner`), and keeps each loaded set."""
 
-  def __init__(self, data_dir: str = ''):
+  def __init__(self, data_dir: str = '', aligner: str = ''):
     self.data_dir = data_dir
+    self.aligner = aligner
     self._sets: Dict[Tuple, embedding_sets.EmbeddingSet] = {}
     self._specs: Dict[str, dict] = {}
     self.timings: Dict[str, float] = {}
@@ -55,6 +58,8 @@ class EmbeddingStore:
           subset=subset or None,
           limit=limit or None,
           reader_kwargs=reader_kwargs or None,
+          # The default aligner's caches are found without the option, so their commands do not spell it.
+          align_options={'detector': self.aligner} if self.aligner not in ('', align.AlignerConfig.detector) else None,
         )
       except (cache_key.CacheError, listing.DatasetError, selection.UsageError) as e:
         raise Unavailable(str(e)) from None

@@ -267,6 +267,14 @@ def test_verification_cli_without_cache_prints_the_embed_command(tmp_path):
   assert 'python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=pairs_head1' in proc.stderr
 
 
+def test_the_embed_command_spells_the_aligner_settings_as_embed_flags():
+  command = lookup.command_for(
+    'lfw', 'dlib-resnet', align_options={'detector': 'mtcnn-jax', 'thresholds': (0.5, 0.6, 0.7), 'fallback': 'skip'}
+  )
+  flags_given = command.split()[5:]
+  assert sorted(flags_given) == ['--aligner=mtcnn-jax', '--fallback=skip', '--thresholds=0.5,0.6,0.7']
+
+
 def test_find_cache_refuses_a_cache_of_other_images(tmp_path, monkeypatch):
   ours = [FaceRecord('/a/1.jpg', 'a', 'a/1'), FaceRecord('/b/1.jpg', 'b', 'b/1')]
   theirs = ours[:1] + [FaceRecord('/c/1.jpg', 'c', 'c/1')]

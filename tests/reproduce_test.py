@@ -199,3 +199,22 @@ def test_pca_figure_files_and_numbers(built):
     assert len(f['whole_test_split']['mir']['per_seed']) == 3
     assert pca_figure.describe(f).startswith('fake [')
   assert any('unavailable' in f and f['backbone'] == 'facenet-vggface2' for f in figures)
+
+
+def test_the_tables_read_the_caches_of_the_configured_aligner(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  for name in ('ann', 'bob'):
+    (tmp_path / 'faces' / name).mkdir(parents=True)
+    Image.new('RGB', (40, 40)).save(tmp_path / 'faces' / name / f'{name}_0001.png')
+  notes = {}
+  for aligner in ('mtcnn-torch', 'mtcnn-jax'):
+    store = embedding_store.EmbeddingStore(str(tmp_path / 'data'), aligner)
+    with pytest.raises(embedding_store.Unavailable) as e:
+      store.get('folder', 'dlib-resnet', manual_dir=str(tmp_path / 'faces'))
+    notes[aligner] = str(e.value)
+  # Each names its own cache, and the command that builds it: the default's without the flag.
+  assert 'python -m mir_jax.embed --dataset=folder --backbone=dlib-resnet' in notes['mtcnn-torch']
+  assert '--aligner' not in notes['mtcnn-torch'] and '--aligner=mtcnn-jax' in notes['mtcnn-jax']
+  assert notes['mtcnn-torch'].split()[3] != notes['mtcnn-jax'].split()[3]
+  assert reproduce_config.get_config().aligner == 'mtcnn-torch'

@@ -9,6 +9,7 @@ e.g. `--config.train.num_seeds=3` or `--config.backbones=dlib-resnet`.
 import ml_collections
 
 from experiments.configs import default
+from mir_jax import align
 
 
 def get_config():
@@ -26,6 +27,10 @@ def get_config():
   # build it (and, for FaceNet, where its weights go); nothing is embedded by the reproduce commands.
   config.backbones = 'dlib-resnet,facenet-vggface2,facenet-casia'
   config.data_dir = ''  # embedding-cache root; '' = $MIR_DATA_DIR or <repo>/data_cache
+  # Which MTCNN made the caches the tables read (`mir_jax.embed --aligner`). Every stored tuning choice is
+  # keyed by what made its embeddings, so another aligner tunes every head again (BUILD.md, "Alignment and
+  # backbones": why mtcnn-jax is not yet the default).
+  config.aligner = align.AlignerConfig.detector
 
   # subset: '' reads the whole-LFW cache; 'min_images10' a cache of just the identities this protocol uses
   # (`python -m mir_jax.embed --dataset=lfw --subset=min_images10`, a third of the images; 3 of its 4,324

@@ -230,8 +230,11 @@ def command_for(
     data_dir=where(data_dir),
     backbone_option=[f'{k}={v}' for k, v in (backbone_options or {}).items()],
     reader_option=[f'{k}={v}' for k, v in (reader_kwargs or {}).items()],
-    # --thresholds is one comma-separated flag.
-    **{k: ','.join(map(str, v)) if k == 'thresholds' else v for k, v in (align_options or {}).items()},
+    # --thresholds is one comma-separated flag, and AlignerConfig's detector is the --aligner flag.
+    **{
+      'aligner' if k == 'detector' else k: ','.join(map(str, v)) if k == 'thresholds' else v
+      for k, v in (align_options or {}).items()
+    },
   )
 
 
