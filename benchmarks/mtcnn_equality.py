@@ -11,8 +11,7 @@ The torch side is the project's aligner (`align.Aligner`, its max pools), once p
     (`nms_numpy`) sorts the whole batch's candidates with numpy's argsort, which is not stable, so an exact
     tie between two crops of one face goes to whichever that batch's sort puts last.
   * `alone`: each image detected by itself. Its boxes are its own, yet an exact tie still goes where numpy's
-    sort kernel puts it, and that kernel is the CPU's (SIMD sorting networks on AVX2 and AVX-512 machines;
-    numpy's argsort reorders ties even among 5 elements on this project's AVX2 CPU).
+    sort kernel puts it, and that kernel is the CPU's (SIMD sorting networks on AVX2 and AVX-512 machines).
   * `alone_stable_sort`: each image by itself with `nms_numpy`'s argsort made stable (`stable_tie_order`),
     so an exact tie goes to the later candidate on every machine. This is facenet-pytorch's algorithm with
     its one undefined step pinned, the reading mtcnn-jax implements, and the reference its equality targets
