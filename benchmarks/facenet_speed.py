@@ -319,13 +319,6 @@ def summarise(raw, n, gflop_per_face, batch_sizes, bf16_batch_size):
   return out
 
 
-def _xla_flags(extra: str) -> str:
-  """This process's XLA_FLAGS with `extra` added; a flag named in `extra` replaces the inherited one."""
-  names = {f.split('=')[0] for f in extra.split()}
-  kept = [f for f in os.environ.get('XLA_FLAGS', '').split() if f.split('=')[0] not in names]
-  return ' '.join(kept + extra.split())
-
-
 def _variants(path_args, batch_size):
   """Each XLA flag variant in its own subprocess; their summaries."""
   out = {}
@@ -333,7 +326,7 @@ def _variants(path_args, batch_size):
     if name not in VARIANTS:
       raise SystemExit(f'unknown --xla_variants entry {name!r}; known: {list(VARIANTS)}')
     dst = f'/tmp/facenet_speed_variant_{name}.json'
-    env = dict(os.environ, XLA_FLAGS=_xla_flags(VARIANTS[name]))
+    env = dict(os.environ, XLA_FLAGS=machine.xla_flags_with(VARIANTS[name]))
     cmd = [
       sys.executable,
       '-m',

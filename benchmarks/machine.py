@@ -29,6 +29,14 @@ def basic_info() -> dict:
   }
 
 
+def xla_flags_with(extra: str) -> str:
+  """This process's XLA_FLAGS with `extra` added, for a subprocess; a flag named in `extra` replaces the
+  inherited one."""
+  names = {f.split('=')[0] for f in extra.split()}
+  kept = [f for f in os.environ.get('XLA_FLAGS', '').split() if f.split('=')[0] not in names]
+  return ' '.join(kept + extra.split())
+
+
 def child_pids() -> List[int]:
   """PIDs of this process's live children (e.g. dlib worker processes), read from /proc."""
   me, pids = os.getpid(), []

@@ -17,17 +17,15 @@ each variant's number to compare is its XLA / torch time ratio.
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
-from benchmarks import facenet_speed
 from benchmarks import machine
+from benchmarks import train_speed
 
 FLAGS = flags.FLAGS
 
@@ -64,14 +62,8 @@ def define_flags() -> None:
 
 
 def _median_ms(fn, args, repeats: int, calls: int) -> float:
-  fn(*args)
-  rounds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
-      fn(*args)
-    rounds.append((time.perf_counter() - start) / calls)
-  return 1e3 * statistics.median(rounds)
+  fn(*args)  # compile / warm up
+  return 1e3 * train_speed.timed(lambda: [fn(*args) for _ in range(calls)], repeats)[0] / calls
 
 
 def time_layers(repeats: int, calls: int) -> list:
@@ -132,7 +124,7 @@ def main(argv) -> None:
   result = {'command': ' '.join(['python -m benchmarks.mtcnn_convs', *sys.argv[1:]]), 'machine': machine.basic_info()}
   result['variants'] = {}
   for name in FLAGS.variants:
-    env = dict(os.environ, XLA_FLAGS=facenet_speed._xla_flags(VARIANTS[name]))  # pylint: disable=protected-access
+    env = dict(os.environ, XLA_FLAGS=machine.xla_flags_with(VARIANTS[name]))
     cmd = [sys.executable, '-m', 'benchmarks.mtcnn_convs', '--in_subprocess', f'--repeats={FLAGS.repeats}']
     proc = subprocess.run([*cmd, f'--calls={FLAGS.calls}'], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -141,9 +133,7 @@ def main(argv) -> None:
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     result['variants'][name] = {'xla_flags': VARIANTS[name], 'by_net': _by_net(rows), 'layers': rows}
     print(name, json.dumps(result['variants'][name]['by_net']), flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out, 'w') as fh:
-    json.dump(result, fh, indent=2)
+  machine.write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':

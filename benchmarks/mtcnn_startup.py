@@ -54,11 +54,10 @@ def time_startup(num_images: int, batch_size: int) -> dict:
 
   root, files = mtcnn_equality.lfw_files(1, num_images)
   stack = [images.load_rgb(root / f) for f in files]
-  sizes = {'pnet': 12, 'rnet': 24, 'onet': 48}
   out = {
     'eager_flax_init_s': _timed(
       lambda: [
-        net().init(jax.random.PRNGKey(0), jnp.zeros((1, sizes[name], sizes[name], 3)))
+        net().init(jax.random.PRNGKey(0), jnp.zeros((1, mtcnn_nets.INPUT_SIZES[name], mtcnn_nets.INPUT_SIZES[name], 3)))
         for name, net in mtcnn_nets.NETS.items()
       ]
     ),

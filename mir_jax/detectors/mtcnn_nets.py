@@ -120,7 +120,7 @@ _DENSE_NAMES = {
   'onet': {'dense5': 'Dense_0', 'dense6_1': 'Dense_1', 'dense6_2': 'Dense_2', 'dense6_3': 'Dense_3'},
 }
 NETS = {'pnet': PNet, 'rnet': RNet, 'onet': ONet}
-_INPUT_SIZES = {'pnet': 12, 'rnet': 24, 'onet': 48}
+INPUT_SIZES = {'pnet': 12, 'rnet': 24, 'onet': 48}
 
 
 def weights_dir() -> str:
@@ -151,7 +151,7 @@ def _read_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 def _expected_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
   """torch key -> torch shape, derived from the Flax module's own parameter shapes."""
-  size = _INPUT_SIZES[name]
+  size = INPUT_SIZES[name]
   # Shapes only: an eager init would compile each of its ops, ~6 s a net in every fresh process (each of the
   # cache builder's workers).
   params = jax.eval_shape(NETS[name]().init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))['params']
