@@ -215,14 +215,17 @@ def test_precropped_faces_are_their_whole_image(lfw_images):
 
 
 def test_default_key_is_the_one_stored_results_were_keyed_on():
-  """The stored tuning results record the aligner key of the caches they read; the default must still match."""
+  """The stored tuning results record the aligner key of the caches they read: the default must still match
+  some, and every one must be the key of a detector the project runs (`--config.aligner` reads those)."""
   stored = []
   for path in sorted((paths.repo_root() / 'experiments' / 'tuned').glob('*.json')):
     config = json.loads(path.read_text()).get('context', {}).get('data', {}).get('align_config')
     if config is not None:
       stored.append(config)
   assert stored, 'no stored result records an align_config'
-  assert all(c == align.config_key() for c in stored)
+  assert align.config_key() in stored
+  detector_keys = [align.config_key(align.AlignerConfig(detector=d)) for d in align.DETECTORS]
+  assert all(c in detector_keys for c in stored)
   assert align.config_key(align.AlignerConfig(fallback='center', faces='detect')) == align.config_key()
   other = [
     align.AlignerConfig(min_face_size=40),
