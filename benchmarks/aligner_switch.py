@@ -27,10 +27,14 @@ from benchmarks import machine
 from mir_jax import paths
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('tuned_dir', 'experiments/tuned', 'The stored choices (relative: to the repo).')
-flags.DEFINE_string('out', 'benchmarks/results/aligner_switch.json', 'Where to write the JSON.')
-flags.DEFINE_list('outputs', [], 'Two reproduce output directories to compare cell by cell, the reference first.')
 TABLES = ('table1', 'table2', 'ablations')
+
+
+def define_flags() -> None:
+  # Only when run as a script: tests import this module beside other benchmarks that define --out.
+  flags.DEFINE_string('tuned_dir', 'experiments/tuned', 'The stored choices (relative: to the repo).')
+  flags.DEFINE_string('out', 'benchmarks/results/aligner_switch.json', 'Where to write the JSON.')
+  flags.DEFINE_list('outputs', [], 'Two reproduce output directories to compare cell by cell, the reference first.')
 
 
 def _without_detector(context: dict) -> str:
@@ -147,4 +151,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
