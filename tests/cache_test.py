@@ -786,8 +786,19 @@ def test_stored_detections_round_trip_exactly_and_bad_entries_are_detected_again
   assert store.entry(aligner, records[2::-1][::-1]) == entry
   assert store.entry(aligner, records[:3][::-1]) != entry
   assert store.entry(CountingAligner(os.fspath(log), 'other'), records[:3]) != entry
-  os.utime(records[0].path, ns=(0, 0))
-  assert store.entry(aligner, records[:3]) != entry
+  # The bytes, not where the file is or when it was written: a copy of the images elsewhere, with other
+  # modification times, reads the same entries, and a changed photo does not.
+  copies = []
+  for i, r in enumerate(records[:3]):
+    copy = tmp_path / 'copy' / f'{i}.jpg'
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(pathlib.Path(r.path).read_bytes())
+    os.utime(copy, ns=(i, i))
+    copies.append(dataclasses.replace(r, path=os.fspath(copy)))
+  assert store.entry(aligner, copies) == entry
+  pathlib.Path(copies[1].path).write_bytes(pathlib.Path(records[3].path).read_bytes())
+  assert store.entry(aligner, copies) != entry
+  assert store.entry(aligner, copies[:2] + [dataclasses.replace(copies[2], path=os.fspath(tmp_path / 'gone'))]) is None
   # A torn or foreign entry is not trusted: it reads as missing, so the call is detected again.
   path = tmp_path / 'store' / f'{entry}.json'
   path.write_text(path.read_text()[:40])

@@ -4,8 +4,10 @@ With a fast backbone MTCNN is most of an embedding run, and it does not depend o
 of a second backbone over the same images reads the boxes the first run found instead of detecting again.
 
 An entry holds one aligner call's detections (one worker task: up to `task_size` images), keyed by what
-decides them: the aligner's `config_key()` and batch size, and each image's id, path, size and
-modification time, in the call's order. facenet-pytorch's MTCNN moves boxes by float rounding when an
+decides them: the aligner's `config_key()` and batch size, and each image's id and the sha256 of its bytes,
+in the call's order. The bytes, not the path and modification time, because a copy of the same photos
+(re-extracted, copied without `-p`, mounted afresh) has the same boxes: keyed on mtimes, the LFW copy of
+this project's machines, re-materialised between sessions, was detected again in full (BUILD.md). facenet-pytorch's MTCNN moves boxes by float rounding when an
 image's batchmates change (BUILD.md, "Embedding cache"), so keying on the whole call keeps a reused
 detection bit-identical to the one the call would compute, whatever was built before. Two backbones'
 caches of the same images cut the same calls (the records sorted by id, the same chunk and task sizes), so
@@ -32,7 +34,7 @@ from mir_jax.datasets.records import FaceRecord
 
 DIRECTORY = 'detections'
 # Bump when an entry's layout or what its key covers changes: older entries are then never read.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images keyed by content digest, not path and mtime
 
 
 def _digest(obj: Any) -> str:
@@ -73,15 +75,17 @@ class DetectionStore:
     self.directory = pathlib.Path(directory)
 
   def entry(self, aligner, records: Sequence[FaceRecord]) -> Optional[str]:
-    """The key of one aligner call over `records`' images, in this order (None: a file cannot be stat'ed,
-    so the call is not stored)."""
+    """The key of one aligner call over `records`' images, in this order (None: a file cannot be read, so
+    the call is not stored)."""
     images = []
     for r in records:
       try:
-        st = os.stat(r.path)
+        # The file is read again right after, for decoding, so this costs a hash, not a second disk read.
+        with open(r.path, 'rb') as f:
+          digest = hashlib.file_digest(f, 'sha256').hexdigest()
       except (OSError, TypeError, ValueError):
         return None
-      images.append([r.image_id, os.path.abspath(r.path), st.st_size, st.st_mtime_ns])
+      images.append([r.image_id, digest])
     return _digest(
       {
         'format_version': FORMAT_VERSION,
