@@ -6,8 +6,7 @@ of a second backbone over the same images reads the boxes the first run found in
 An entry holds one aligner call's detections (one worker task: up to `task_size` images), keyed by what
 decides them: the aligner's `config_key()` and batch size, and each image's id and the sha256 of its bytes,
 in the call's order. The bytes, not the path and modification time, because a copy of the same photos
-(re-extracted, copied without `-p`, mounted afresh) has the same boxes: keyed on mtimes, the LFW copy of
-this project's machines, re-materialised between sessions, was detected again in full (BUILD.md). facenet-pytorch's MTCNN moves boxes by float rounding when an
+(re-extracted, copied without `-p`, mounted afresh) has the same boxes and should not be detected again. facenet-pytorch's MTCNN moves boxes by float rounding when an
 image's batchmates change (BUILD.md, "Embedding cache"), so keying on the whole call keeps a reused
 detection bit-identical to the one the call would compute, whatever was built before. Two backbones'
 caches of the same images cut the same calls (the records sorted by id, the same chunk and task sizes), so
