@@ -6,9 +6,10 @@ of a second backbone over the same images reads the boxes the first run found in
 An entry holds one aligner call's detections (one worker task: up to `task_size` images), keyed by what
 decides them: the aligner's `config_key()` and batch size, and each image's id and the sha256 of its bytes,
 in the call's order. The bytes, not the path and modification time, because a copy of the same photos
-(re-extracted, copied without `-p`, mounted afresh) has the same boxes and should not be detected again. facenet-pytorch's MTCNN moves boxes by float rounding when an
-image's batchmates change (BUILD.md, "Embedding cache"), so keying on the whole call keeps a reused
-detection bit-identical to the one the call would compute, whatever was built before. Two backbones'
+(re-extracted, copied without `-p`, mounted afresh) has the same boxes and should not be detected again.
+facenet-pytorch's MTCNN moves boxes by float rounding when an image's batchmates change (BUILD.md,
+"Embedding cache"), so keying on the whole call keeps a reused detection bit-identical to the one the call
+would compute, whatever was built before. Two backbones'
 caches of the same images cut the same calls (the records sorted by id, the same chunk and task sizes), so
 they share every entry; another subset of the images cuts other calls, and detects them itself.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from mir_jax.backbones.base import Detection
 from mir_jax.cache import key
+from mir_jax.cache import verify
 from mir_jax.datasets.records import FaceRecord
 
 DIRECTORY = 'detections'
@@ -79,9 +81,8 @@ class DetectionStore:
     images = []
     for r in records:
       try:
-        # The file is read again right after, for decoding, so this costs a hash, not a second disk read.
-        with open(r.path, 'rb') as f:
-          digest = hashlib.file_digest(f, 'sha256').hexdigest()
+        # The call's images were just decoded from these files, so this reads the page cache, not the disk.
+        digest = verify.file_sha256(r.path)
       except (OSError, TypeError, ValueError):
         return None
       images.append([r.image_id, digest])
