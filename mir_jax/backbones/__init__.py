@@ -118,11 +118,8 @@ def file_fingerprint(path: os.PathLike) -> dict:
   key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
   with _SHA_LOCK:
     if key not in _SHA_CACHE:
-      digest = hashlib.sha256()
       with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-          digest.update(block)
-      _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = hashlib.file_digest(f, 'sha256').hexdigest()
     return {'name': path.name, 'size': stat.st_size, 'sha256': _SHA_CACHE[key]}
 
 

@@ -31,11 +31,8 @@ class Damage:
 
 
 def file_sha256(path: os.PathLike) -> str:
-  h = hashlib.sha256()
   with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def chunk_stats_path(directory: pathlib.Path, c: int) -> pathlib.Path:
