@@ -80,7 +80,7 @@ def main(argv):
     embeddings, boxes = {}, {}
     for device in devices:
       sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-      aligner = align.Aligner(device=device, batch_size=FLAGS.batch_size)
+      aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), device=device, batch_size=FLAGS.batch_size)
       dets, t_detect = _timed(lambda a=aligner: a.detect_batch(imgs), sync)
       net = backbones.get_backbone('facenet-vggface2', weights=weights, device=device, batch_size=FLAGS.batch_size)
       inputs = [net.preprocess(im, d) for im, d in zip(imgs, dets)]

@@ -188,7 +188,7 @@ _MP_STATE = {}
 def _mp_init():
   # Each worker is single-threaded end to end: torch intra-op threads fight other processes for the
   # two cores (measured: MTCNN's many tiny ops slow down 2-10x when a 2-thread pool loses a core).
-  _MP_STATE['aligner'] = align.Aligner(num_threads=1)
+  _MP_STATE['aligner'] = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), num_threads=1)
   _MP_STATE['backbone'] = backbones.get_backbone('dlib-resnet')
 
 
@@ -253,7 +253,7 @@ def main(argv):
   log('load', _rate(n, t))
 
   # --- alignment --------------------------------------------------------------------------------
-  aligner = align.Aligner(batch_size=bs)
+  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), batch_size=bs)
   aligner.detect_batch(imgs[:2])  # Warm-up: first calls allocate oneDNN primitives.
   torch.set_num_threads(default_threads)
   dets, t = _timed(lambda: [aligner.detect(im) for im in imgs])

@@ -104,7 +104,7 @@ def lfw_crops(n, lfw_dir=None, cache=''):
 
   t = time.perf_counter()
   imgs = [images.load_rgb(f) for f in files]
-  dets = align.Aligner().detect_batch(imgs)
+  dets = align.Aligner(align.AlignerConfig(detector='mtcnn-torch')).detect_batch(imgs)
   crops = np.stack([align.crop(im, d.box, size=160, margin=32) for im, d in zip(imgs, dets)])
   detected = np.array([d.detected for d in dets])
   info = {'crops_cache': cache, 'from_cache': False, 'seconds_detect_and_crop': time.perf_counter() - t}

@@ -101,8 +101,12 @@ def main(argv):
   load_before = list(os.getloadavg())
   ims = _lfw_images(FLAGS.num_images)
   aligners = {
-    'torch': align.Aligner(num_threads=1, batch_size=16, fast_max_pool=False),
-    'mir_jax': align.Aligner(num_threads=1, batch_size=16, fast_max_pool=True),
+    'torch': align.Aligner(
+      align.AlignerConfig(detector='mtcnn-torch'), num_threads=1, batch_size=16, fast_max_pool=False
+    ),
+    'mir_jax': align.Aligner(
+      align.AlignerConfig(detector='mtcnn-torch'), num_threads=1, batch_size=16, fast_max_pool=True
+    ),
   }
   cpu = {name: [] for name in aligners}
   detections = {}

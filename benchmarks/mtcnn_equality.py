@@ -124,7 +124,7 @@ def compare(root, files, batch_size: int, same_px: float, references: Sequence[s
   against = {}
   for name in references:
     torch_batch, stable = REFERENCES[name]
-    aligner = align.Aligner(batch_size=torch_batch)
+    aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), batch_size=torch_batch)
     with stable_tie_order(stable):
       aligner.detect_batch(list(stack[:torch_batch]))  # warm-up, untimed as mtcnn-jax's compile is
       start = time.perf_counter()

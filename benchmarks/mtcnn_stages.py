@@ -60,7 +60,7 @@ class _Clock:
 
 
 def time_torch(stack, clock: _Clock) -> float:
-  aligner = align.Aligner()
+  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'))
   mtcnn = aligner._mtcnn  # pylint: disable=protected-access
   started = {}
   for name in ('pnet', 'rnet', 'onet'):

@@ -83,7 +83,7 @@ def build_set(root: pathlib.Path, originals: pathlib.Path) -> dict:
     for n in names
     for r in sorted((x for x in records if x.identity == n), key=lambda x: x.image_id)[: FLAGS.images_per_identity]
   ]
-  aligner = align.Aligner(num_threads=1)
+  aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), num_threads=1)
   width, height = (int(v) for v in FLAGS.crop_size)
   written, no_face = 0, []
   for i, r in enumerate(chosen):

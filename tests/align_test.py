@@ -21,7 +21,8 @@ LFW_FILES = [
 @pytest.fixture(scope='module')
 def aligner():
   pytest.importorskip('facenet_pytorch', reason='facenet-pytorch (MTCNN) not installed')
-  return align.Aligner()
+  # These tests reach into facenet-pytorch's MTCNN (`_mtcnn`); mtcnn_jax_test.py tests the JAX one.
+  return align.Aligner(align.AlignerConfig(detector='mtcnn-torch'))
 
 
 @pytest.fixture(scope='module')

@@ -129,8 +129,9 @@ def test_aligner_boxes_unchanged_on_lfw():
   lfw = fixtures.require_lfw_images()
   paths = sorted(lfw.glob('*/*_0001.jpg'))[::97][:32]
   ims = [images.load_rgb(p) for p in paths]
-  fast = align.Aligner(num_threads=1, batch_size=16, fast_max_pool=True)
-  plain = align.Aligner(num_threads=1, batch_size=16, fast_max_pool=False)
+  torch_mtcnn = align.AlignerConfig(detector='mtcnn-torch')  # the max pools swapped are facenet-pytorch's
+  fast = align.Aligner(torch_mtcnn, num_threads=1, batch_size=16, fast_max_pool=True)
+  plain = align.Aligner(torch_mtcnn, num_threads=1, batch_size=16, fast_max_pool=False)
   assert any(isinstance(m, max_pool.MaxPool2d) for m in fast._mtcnn.modules())  # pylint: disable=protected-access
   assert not any(isinstance(m, max_pool.MaxPool2d) for m in plain._mtcnn.modules())  # pylint: disable=protected-access
   for a, b in zip(fast.detect_batch(ims), plain.detect_batch(ims)):

@@ -248,7 +248,7 @@ def test_the_aligner_runs_mtcnn_jax_as_it_runs_mtcnn_torch(lfw_stack, detector):
   del detector  # it compiled the batch-of-2 programs that this aligner's detector reuses
   jax_aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-jax'), batch_size=2)
   # torch's MTCNN one image at a time: no batch-dependent offsets in its NMS.
-  torch_aligner = align.Aligner(batch_size=1)
+  torch_aligner = align.Aligner(align.AlignerConfig(detector='mtcnn-torch'), batch_size=1)
   for got, want in zip(jax_aligner.detect_batch(list(lfw_stack)), torch_aligner.detect_batch(list(lfw_stack))):
     assert got.detected and want.detected
     np.testing.assert_allclose(got.box, want.box, atol=1e-2)
