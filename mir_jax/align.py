@@ -264,11 +264,16 @@ class Aligner:
     self.device = device
     self.num_overflowed = 0
     self._jax = None
+    if num_threads is not None:
+      # Process-wide and whichever detector runs: a cache's worker processes (local and Beam) get their one
+      # torch thread here, and the backbone's torch shares it (FaceNet's last bits depend on the count).
+      import torch  # pylint: disable=g-import-not-at-top
+
+      torch.set_num_threads(num_threads)
     if self.config.faces == 'precropped':
       return  # no detector to load
     if self.config.detector == 'mtcnn-jax':
-      # JAX picks its own device (the default backend: GPU or TPU when there is one); `device` and
-      # `num_threads` are torch's.
+      # JAX picks its own device (the default backend: GPU or TPU when there is one); `device` is torch's.
       from mir_jax.detectors import mtcnn_jax  # pylint: disable=g-import-not-at-top
 
       self._jax = mtcnn_jax.Detector(
@@ -284,8 +289,6 @@ class Aligner:
     from facenet_pytorch import MTCNN  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
 
-    if num_threads is not None:
-      torch.set_num_threads(num_threads)
     if device is None:
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
     use_full_float32(torch, device)
