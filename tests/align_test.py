@@ -244,3 +244,18 @@ def test_config_key_without_detector(aligner):
   assert key == aligner.config_key()
   assert key['min_face_size'] == 20 and key['thresholds'] == [0.6, 0.7, 0.7]
   assert align.config_key(align.AlignerConfig(min_face_size=40)) != key
+
+
+@pytest.mark.parametrize(
+  'config', [{'detector': 'mtcnn-jax'}, {'faces': 'precropped'}], ids=['mtcnn-jax', 'precropped']
+)
+def test_num_threads_sets_torchs_threads_whichever_detector(config):
+  # A cache's worker processes get their one torch thread, the backbone's too, from the aligner.
+  torch = pytest.importorskip('torch')
+  before = torch.get_num_threads()
+  torch.set_num_threads(2)
+  try:
+    align.Aligner(align.AlignerConfig(**config), num_threads=1)
+    assert torch.get_num_threads() == 1
+  finally:
+    torch.set_num_threads(before)
