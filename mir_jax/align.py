@@ -1,7 +1,8 @@
 """Face detection (MTCNN) and the FaceNet input crop.
 
-Every backbone starts from the same `Detection`: MTCNN from facenet-pytorch (its P/R/O-Net weights
-ship inside the wheel, so detection works offline). What each backbone does with the box is its own
+Every backbone starts from the same `Detection`: MTCNN with facenet-pytorch's P/R/O-Net weights (they
+ship inside its wheel, so detection works offline), run by `mir_jax.detectors.mtcnn_jax` (the default) or
+by facenet-pytorch itself (`detector='mtcnn-torch'`). What each backbone does with the box is its own
 business (FaceNet crops it with a margin, dlib fits its 5-point shape predictor inside it).
 
 Rules, chosen to match davidsandberg/facenet's `align_dataset_mtcnn.py` (the reference pipeline
@@ -23,10 +24,11 @@ behind the FaceNet LFW numbers):
     and resizes bilinearly.
 
 Detection is deterministic: MTCNN has no randomness, and the same images in the same batches give
-bit-identical boxes. Batch composition changes float summation order, which moves boxes by float
-rounding only (tested below 1e-2 px).
+bit-identical boxes. With mtcnn-torch, batch composition changes float summation order, which moves boxes
+by float rounding (tested below 1e-2 px), which can tip a candidate near a threshold (BUILD.md, "Embedding
+cache"); with mtcnn-jax an image's boxes do not depend on its batch.
 
-Speed (`benchmarks/embed_speed.py`): batching same-size images beats one image per call. torch's
+mtcnn-torch's speed (`benchmarks/embed_speed.py`): batching same-size images beats one per call. torch's
 intra-op threads hurt when the cores are shared: MTCNN runs thousands of tiny ops, and a thread pool
 that loses a core to another process waits at every op. On a shared or busy machine, or beside other
 worker processes, use `Aligner(num_threads=1)`. On CPU the detector's max pools are swapped for
@@ -170,7 +172,9 @@ class AlignerConfig:
   fallback_fractions: Tuple[float, float] = FALLBACK_FRACTIONS
   fallback: str = 'center'
   faces: str = 'detect'
-  detector: str = 'mtcnn-torch'
+  # mtcnn-jax: facenet-pytorch's nets and steps, equal to its boxes on 13,231 of 13,233 LFW images and
+  # independent of batchmates (BUILD.md, "Alignment and backbones"); mtcnn-torch stays one flag away.
+  detector: str = 'mtcnn-jax'
 
   def __post_init__(self):
     if self.detector not in DETECTORS:

@@ -240,7 +240,7 @@ def test_default_key_is_the_one_stored_results_were_keyed_on():
 
 
 def test_config_key_without_detector(aligner):
-  key = align.config_key()
+  key = align.config_key(aligner.config)
   assert key == aligner.config_key()
   assert key['min_face_size'] == 20 and key['thresholds'] == [0.6, 0.7, 0.7]
   assert align.config_key(align.AlignerConfig(min_face_size=40)) != key

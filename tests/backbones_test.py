@@ -109,14 +109,22 @@ def test_facenet_key_unbuilt(random_facenet, name):
 
 def test_default_lfw_keys_name_the_existing_caches(dlib_models):
   del dlib_models
-  # The names of the caches built before the key was computed without the backbone (data_cache/).
+  # The names of the caches built before the key was computed without the backbone (data_cache/), with
+  # mtcnn-torch, and of the whole-LFW mtcnn-jax cache its tuned choices were made on: a change of default
+  # detector renames none of them.
   config = backbones.config_key('dlib-resnet')
-  for subset, name in ((None, 'lfw_dlib_resnet_d09f4106856d'), ('min_images10', 'lfw_dlib_resnet_156cc2576c67')):
+  torch_mtcnn = align.config_key(align.AlignerConfig(detector='mtcnn-torch'))
+  for subset, aligner, name in (
+    (None, torch_mtcnn, 'lfw_dlib_resnet_d09f4106856d'),
+    ('min_images10', torch_mtcnn, 'lfw_dlib_resnet_156cc2576c67'),
+    (None, align.config_key(), 'lfw_dlib_resnet_45244270c8c8'),
+    ('min_images10', align.config_key(), 'lfw_dlib_resnet_22a74cd60e10'),
+  ):
     spec = cache_key.CacheSpec(
       dataset='lfw',
       reader_options={'reader_kwargs': {}, 'subset': subset, 'limit': None},
       backbone_config=config,
-      align_config=align.config_key(),
+      align_config=aligner,
     )
     assert spec.name() == name
 

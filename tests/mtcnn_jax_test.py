@@ -266,16 +266,17 @@ def test_the_aligner_runs_mtcnn_jax_as_it_runs_mtcnn_torch(lfw_stack, detector):
 
 def test_the_aligner_flag_is_in_the_cache_key_only_when_not_the_default():
   fv = types.SimpleNamespace(
-    faces='detect', fallback='center', aligner='mtcnn-jax', min_face_size=20, thresholds=['0.6', '0.7', '0.7']
+    faces='detect', fallback='center', aligner='mtcnn-torch', min_face_size=20, thresholds=['0.6', '0.7', '0.7']
   )
   options = cache_flags.align_options(fv)
-  assert options == {'detector': 'mtcnn-jax'}
+  assert options == {'detector': 'mtcnn-torch'}
   key, default = align.config_key(lookup.aligner_config(options)), align.config_key()
-  # Existing (mtcnn-torch) caches keep their directories; a jax cache is another one.
-  assert default['detector'] == 'mtcnn-facenet-pytorch-2.6' and key['detector'] == 'mtcnn-jax-3'
+  # Each detector's caches keep the directories they were built in, whichever is the default: the key names
+  # the detector always.
+  assert default['detector'] == 'mtcnn-jax-3' and key['detector'] == 'mtcnn-facenet-pytorch-2.6'
   assert {**key, 'detector': default['detector']} == default
-  assert cache_flags.align_options(types.SimpleNamespace(**{**vars(fv), 'aligner': 'mtcnn-torch'})) == {}
-  with pytest.raises(selection.UsageError, match="detector='mtcnn-jax' would have no effect"):
-    lookup.aligner_config({'faces': 'precropped', 'detector': 'mtcnn-jax'})
+  assert cache_flags.align_options(types.SimpleNamespace(**{**vars(fv), 'aligner': 'mtcnn-jax'})) == {}
+  with pytest.raises(selection.UsageError, match="detector='mtcnn-torch' would have no effect"):
+    lookup.aligner_config({'faces': 'precropped', 'detector': 'mtcnn-torch'})
   with pytest.raises(selection.UsageError, match='detector must be one of'):
     lookup.aligner_config({'detector': 'mtcnn-tf'})

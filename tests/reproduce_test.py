@@ -214,7 +214,7 @@ def test_the_tables_read_the_caches_of_the_configured_aligner(tmp_path):
       store.get('folder', 'dlib-resnet', manual_dir=str(tmp_path / 'faces'))
     notes[aligner] = str(e.value)
   # Each names its own cache, and the command that builds it: the default's without the flag.
-  assert 'python -m mir_jax.embed --dataset=folder --backbone=dlib-resnet' in notes['mtcnn-torch']
-  assert '--aligner' not in notes['mtcnn-torch'] and '--aligner=mtcnn-jax' in notes['mtcnn-jax']
+  assert 'python -m mir_jax.embed --dataset=folder --backbone=dlib-resnet' in notes['mtcnn-jax']
+  assert '--aligner' not in notes['mtcnn-jax'] and '--aligner=mtcnn-torch' in notes['mtcnn-torch']
   assert notes['mtcnn-torch'].split()[3] != notes['mtcnn-jax'].split()[3]
-  assert reproduce_config.get_config().aligner == 'mtcnn-torch'
+  assert reproduce_config.get_config().aligner == 'mtcnn-jax'

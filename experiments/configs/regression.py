@@ -2,10 +2,10 @@
 
 dlib-resnet embeddings of the LFW identities with >= 10 images (the cache
 `python -m mir_jax.embed --dataset=lfw --backbone=dlib-resnet --subset=min_images10`, which holds exactly the
-images the LFW identity protocol reads), the first three seeds, both training readings. The numbers are
-close to, not equal to, the same seeds' numbers in Table II: 3 of the 4,324 embeddings differ from the
-whole-LFW cache's, because MTCNN detects a batch of images at once and its candidate boxes depend in the
-last bits on the batch (BUILD.md, "Embedding cache").
+images the LFW identity protocol reads), the first three seeds, both training readings. Its 4,324
+embeddings equal the whole-LFW cache's bit for bit (mtcnn-jax's boxes do not depend on the batch; with
+`--aligner=mtcnn-torch` 3 of them differ, BUILD.md "Embedding cache"), so these are Table II's numbers for
+the same seeds and settings.
 """
 
 import ml_collections

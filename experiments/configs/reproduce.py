@@ -29,12 +29,12 @@ def get_config():
   config.data_dir = ''  # embedding-cache root; '' = $MIR_DATA_DIR or <repo>/data_cache
   # Which MTCNN made the caches the tables read (`mir_jax.embed --aligner`). Every stored tuning choice is
   # keyed by what made its embeddings, so another aligner tunes every head again (BUILD.md, "Alignment and
-  # backbones": why mtcnn-jax is not yet the default).
+  # backbones": what the switch to mtcnn-jax changed; the mtcnn-torch choices stay stored beside them).
   config.aligner = align.AlignerConfig.detector
 
   # subset: '' reads the whole-LFW cache; 'min_images10' a cache of just the identities this protocol uses
-  # (`python -m mir_jax.embed --dataset=lfw --subset=min_images10`, a third of the images; 3 of its 4,324
-  # embeddings differ from the whole-LFW cache's, see BUILD.md "Embedding cache").
+  # (`python -m mir_jax.embed --dataset=lfw --subset=min_images10`, a third of the images; with mtcnn-jax its
+  # 4,324 embeddings equal the whole-LFW cache's, with mtcnn-torch 3 differ: BUILD.md "Embedding cache").
   config.lfw = ml_collections.ConfigDict({'min_images': 10, 'train_fraction': 0.5, 'subset': ''})
   # Its heads have 1,522 classes, 10x the cost of the LFW ones; the original features' rank-1 does not
   # depend on the seed, and the heads' varies by ~0.2 points, so 5 seeds.
