@@ -265,8 +265,8 @@ class Aligner:
     self.num_overflowed = 0
     self._jax = None
     if num_threads is not None:
-      # Process-wide and whichever detector runs: a cache's worker processes (local and Beam) get their one
-      # torch thread here, and the backbone's torch shares it (FaceNet's last bits depend on the count).
+      # Process-wide and whichever detector runs (the backbone's torch shares it, and FaceNet's last bits depend
+      # on the count), so that the option means the same with every detector.
       import torch  # pylint: disable=g-import-not-at-top
 
       torch.set_num_threads(num_threads)

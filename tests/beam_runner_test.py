@@ -6,6 +6,7 @@ leaves no image twice and none missing, and options Beam rejects are refused wit
 import pathlib
 import subprocess
 import sys
+import types
 
 import fixtures
 import numpy as np
@@ -16,6 +17,7 @@ from mir_jax import paths
 from mir_jax.cache import beam_runner
 from mir_jax.cache import key
 from mir_jax.cache import lookup
+from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import reader
 from mir_jax.cache import writer
 
@@ -178,3 +180,17 @@ def test_failed_bundle_then_rerun_leaves_no_gap_and_no_duplicate(tmp_path, monke
   _, local = _build('pairs_head1', tmp_path / 'local', chunk_size=8)
   found = _same_cache(local.directory, result.directory)
   assert found['embedding_rows_differing'] == 0
+
+
+def test_a_beam_worker_starts_like_a_local_one_whatever_the_aligner():
+  # Beam's workers once got their one torch thread only from an aligner built with num_threads=1, i.e. only
+  # when --num_workers was above 0; the worker start-up is now the local pool's, whatever the aligner.
+  torch = pytest.importorskip('torch')
+  pipeline = pipeline_lib.Pipeline(backbone_factory=object, aligner_factory=object)
+  before = torch.get_num_threads()
+  torch.set_num_threads(2)
+  try:
+    beam_runner.EmbedChunk(types.SimpleNamespace(pipeline=pipeline)).setup()
+    assert torch.get_num_threads() == 1
+  finally:
+    torch.set_num_threads(before)

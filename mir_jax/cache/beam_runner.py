@@ -24,9 +24,7 @@ import apache_beam as beam
 from apache_beam import runners
 from apache_beam.options import pipeline_options as po
 
-from mir_jax import compilation_cache
 from mir_jax import paths
-from mir_jax.cache import pipeline as pipeline_lib
 from mir_jax.cache import workers
 
 # What `--beam_pipeline_options` means when it is empty: the DirectRunner, one process per core (0 = Beam's
@@ -79,9 +77,9 @@ class EmbedChunk(beam.DoFn):
     self.writer = writer
 
   def setup(self):
-    # Once per worker: the backbone and the aligner are the expensive part of starting.
-    compilation_cache.enable()
-    self.embedder = pipeline_lib.RecordEmbedder(self.writer.pipeline, embed=True)
+    # Once per worker: the backbone and the aligner are the expensive part of starting. The local runner's
+    # worker start-up, thread limits included, so they do not hang on the aligner's `num_threads`.
+    self.embedder = workers.start_worker(self.writer.pipeline)
     self.written = beam.metrics.Metrics.counter('mir_cache', 'images_written')
 
   def process(self, element):

@@ -43,22 +43,30 @@ def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
   threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 
 
-def _init_worker(pipeline: pipeline_lib.Pipeline, parent_pid: Optional[int] = None) -> None:
-  if parent_pid is not None:
-    _exit_with_parent(parent_pid)
+def start_worker(pipeline: pipeline_lib.Pipeline) -> pipeline_lib.RecordEmbedder:
+  """What every worker process of a cache build does once before it embeds, whichever runner started it
+  (this module's pool or Beam's `EmbedChunk.setup`); returns its embedder."""
   compilation_cache.enable()
-  # Each worker is one of `num_workers` processes sharing the cores; letting torch/BLAS spawn a thread per
-  # core in every one of them oversubscribes the machine.
+  # Each worker is one of several processes sharing the cores; letting torch/BLAS spawn a thread per core
+  # in every one of them oversubscribes the machine. One torch thread also fixes FaceNet's last bits, so
+  # every runner's workers compute the same embeddings.
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
     os.environ[var] = '1'
-  global _WORKER
-  _WORKER = pipeline_lib.RecordEmbedder(pipeline, embed=True)
+  embedder = pipeline_lib.RecordEmbedder(pipeline, embed=True)
   try:
     import torch  # pylint: disable=g-import-not-at-top
 
     torch.set_num_threads(1)
   except ImportError:
     pass
+  return embedder
+
+
+def _init_worker(pipeline: pipeline_lib.Pipeline, parent_pid: Optional[int] = None) -> None:
+  if parent_pid is not None:
+    _exit_with_parent(parent_pid)
+  global _WORKER
+  _WORKER = start_worker(pipeline)
 
 
 def _release_freed_memory() -> Callable[[], None]:
